@@ -1,0 +1,710 @@
+//! Client configuration: a builder with documented defaults, librdkafka-style keys, and the
+//! environment.
+//!
+//! Three ways in, one validation:
+//! - typed builder methods ([`ConfigBuilder::brokers`], [`ConfigBuilder::client_id`], ...);
+//! - librdkafka / Java style keys through [`ConfigBuilder::set`], so a configuration copied
+//!   from an rdkafka, Karafka or Java service works (the key table is in [`keys`]);
+//! - [`Config::from_env`] for the `KAFKA_*` variables services are deployed with (see [`env`]).
+//!
+//! Every mistake is reported by [`ConfigBuilder::build`] as an [`Error::Config`] that names
+//! the key and the value. Passwords are kept in [`Secret`] and never printed.
+//!
+//! ```
+//! use std::time::Duration;
+//! use purekafka::Config;
+//!
+//! let config = Config::builder()
+//!     .brokers(["127.0.0.1:9092"])
+//!     .client_id("orders-service")
+//!     .set("linger.ms", "10")
+//!     .set("acks", "all")
+//!     .build()?;
+//! assert_eq!(config.producer().linger, Duration::from_millis(10));
+//!
+//! let err = Config::builder().brokers(["127.0.0.1:9092"]).set("linger.ms", "-5").build();
+//! assert!(err.unwrap_err().to_string().contains("linger.ms"));
+//! # Ok::<(), purekafka::Error>(())
+//! ```
+
+pub mod env;
+pub mod keys;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::reconnect::{ReconnectPolicy, RetryEvent, RetryHook};
+
+/// A string that is never shown: `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret value itself, for the code that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How the connection to the brokers is secured (`security.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecurityProtocol {
+    /// Plain TCP. The default: what a local or in-cluster broker speaks.
+    #[default]
+    Plaintext,
+    /// TLS (needs the `tls` feature, which needs a C compiler).
+    Ssl,
+    /// SASL authentication over plain TCP.
+    SaslPlaintext,
+    /// SASL authentication over TLS (needs the `tls` feature).
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// Whether this protocol runs over TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+    /// Whether this protocol authenticates with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// A SASL mechanism (`sasl.mechanism`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// `PLAIN`: user name and password, sent as they are (use TLS).
+    Plain,
+    /// `SCRAM-SHA-256`.
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    ScramSha512,
+}
+
+/// SASL credentials. `Debug` never shows the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslCredentials {
+    /// The mechanism.
+    pub mechanism: SaslMechanism,
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: Secret,
+}
+
+/// The acknowledgement a produce request waits for (`acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Fire and forget (`0`): nothing is confirmed, so nothing can be retried.
+    None,
+    /// The leader wrote it (`1`).
+    Leader,
+    /// All in-sync replicas wrote it (`all`, `-1`). The default, as in Java 3.0+ and
+    /// librdkafka: an acknowledged record survives the loss of the leader.
+    #[default]
+    All,
+}
+
+impl Acks {
+    /// The value sent in a produce request.
+    pub fn as_i16(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+}
+
+/// Compression of produced record batches (`compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// No compression. The default: the cheapest on CPU, as librdkafka.
+    #[default]
+    None,
+    /// gzip (pure Rust).
+    Gzip,
+    /// snappy (pure Rust).
+    Snappy,
+    /// lz4 (the `lz4` feature; needs a C compiler).
+    #[cfg(feature = "lz4")]
+    Lz4,
+    /// zstd (the `zstd` feature; needs a C compiler).
+    #[cfg(feature = "zstd")]
+    Zstd,
+}
+
+/// Where a consumer starts when its group has no committed offset (`auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// The oldest record still on the broker.
+    Earliest,
+    /// Only records written from now on. The default, as librdkafka and Java.
+    #[default]
+    Latest,
+    /// Fail with an error instead of guessing.
+    Error,
+}
+
+/// Producer options. Set them with [`ConfigBuilder::set`] or read them with
+/// [`Config::producer`]; each field names its key and default.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ProducerConfig {
+    /// How long a partition's batch may wait for more records (`linger.ms`, default 5 ms, as
+    /// librdkafka): enough to fill batches under load, unnoticeable for a single record.
+    pub linger: Duration,
+    /// Largest batch per partition in bytes (`batch.size`, default 1 MiB).
+    pub batch_max_bytes: usize,
+    /// Bound on bytes buffered across all partitions before `send` waits
+    /// (`queue.buffering.max.kbytes`, default 64 MiB).
+    pub buffer_max_bytes: usize,
+    /// How long a record may take from `send` to acknowledgement, retries included
+    /// (`delivery.timeout.ms`, alias `message.timeout.ms`; default 120 s, as Java).
+    pub delivery_timeout: Duration,
+    /// Acknowledgement required (`acks`, alias `request.required.acks`; default all).
+    pub acks: Acks,
+    /// Batch compression (`compression.type`, alias `compression.codec`; default none).
+    pub compression: Compression,
+    /// Stamp `event_id`, `timestamp`, `service` and `version` headers on every record
+    /// (`default.headers`, default false: headers cost bytes and nobody asked for them).
+    pub default_headers: bool,
+    /// The `version` header value when `default_headers` is on (`service.version`, default the
+    /// empty string).
+    pub service_version: String,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            linger: Duration::from_millis(5),
+            batch_max_bytes: 1 << 20,
+            buffer_max_bytes: 64 << 20,
+            delivery_timeout: Duration::from_secs(120),
+            acks: Acks::All,
+            compression: Compression::None,
+            default_headers: false,
+            service_version: String::new(),
+        }
+    }
+}
+
+/// Consumer options. Set them with [`ConfigBuilder::set`] or read them with
+/// [`Config::consumer`]; each field names its key and default.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ConsumerConfig {
+    /// The consumer group (`group.id`, no default: a group consumer needs one).
+    pub group_id: Option<String>,
+    /// Static membership id (`group.instance.id`, default none: dynamic membership).
+    pub group_instance_id: Option<String>,
+    /// The coordinator drops a member silent for this long (`session.timeout.ms`, default
+    /// 45 s, as Java 3.0+).
+    pub session_timeout: Duration,
+    /// Heartbeat period (`heartbeat.interval.ms`, default 3 s): a third of a short session
+    /// timeout, as Kafka recommends.
+    pub heartbeat_interval: Duration,
+    /// Longest time between two polls before the member leaves the group
+    /// (`max.poll.interval.ms`, default 5 min, as Java and librdkafka).
+    pub max_poll_interval: Duration,
+    /// Start position without a committed offset (`auto.offset.reset`, default latest).
+    pub auto_offset_reset: OffsetReset,
+    /// Commit polled offsets in the background (`enable.auto.commit`, default **false**:
+    /// commit after processing, so nothing unprocessed is marked done).
+    pub enable_auto_commit: bool,
+    /// Period of auto-commit (`auto.commit.interval.ms`, default 5 s).
+    pub auto_commit_interval: Duration,
+    /// Assignment strategies in order of preference (`partition.assignment.strategy`,
+    /// default `range,roundrobin`, as librdkafka).
+    pub assignment_strategies: Vec<String>,
+    /// Smallest response the broker should wait for (`fetch.min.bytes`, default 1).
+    pub fetch_min_bytes: usize,
+    /// Largest fetch response (`fetch.max.bytes`, default 50 MiB).
+    pub fetch_max_bytes: usize,
+    /// Largest amount fetched per partition per request (`max.partition.fetch.bytes`,
+    /// default 1 MiB).
+    pub max_partition_fetch_bytes: usize,
+    /// How long the broker may hold a fetch to gather `fetch.min.bytes`
+    /// (`fetch.wait.max.ms`, alias `fetch.max.wait.ms`; default 500 ms).
+    pub fetch_max_wait: Duration,
+    /// Bound on prefetched, not yet polled bytes (`queued.max.messages.kbytes`, default
+    /// 64 MiB).
+    pub prefetch_max_bytes: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group_id: None,
+            group_instance_id: None,
+            session_timeout: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(3),
+            max_poll_interval: Duration::from_secs(300),
+            auto_offset_reset: OffsetReset::Latest,
+            enable_auto_commit: false,
+            auto_commit_interval: Duration::from_secs(5),
+            assignment_strategies: vec!["range".into(), "roundrobin".into()],
+            fetch_min_bytes: 1,
+            fetch_max_bytes: 50 << 20,
+            max_partition_fetch_bytes: 1 << 20,
+            fetch_max_wait: Duration::from_millis(500),
+            prefetch_max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A validated client configuration. Build one with [`Config::builder`] or
+/// [`Config::from_env`].
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) brokers: Vec<String>,
+    pub(crate) client_id: String,
+    pub(crate) enabled: bool,
+    pub(crate) security_protocol: SecurityProtocol,
+    pub(crate) sasl: Option<SaslCredentials>,
+    pub(crate) reconnect: ReconnectPolicy,
+    pub(crate) request_timeout: Duration,
+    pub(crate) metadata_max_age: Duration,
+    pub(crate) health_check_interval: Option<Duration>,
+    pub(crate) message_max_bytes: usize,
+    pub(crate) producer: ProducerConfig,
+    pub(crate) consumer: ConsumerConfig,
+    pub(crate) on_retry: Option<RetryHook>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("enabled", &self.enabled)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl", &self.sasl)
+            .field("reconnect", &self.reconnect)
+            .field("request_timeout", &self.request_timeout)
+            .field("metadata_max_age", &self.metadata_max_age)
+            .field("health_check_interval", &self.health_check_interval)
+            .field("message_max_bytes", &self.message_max_bytes)
+            .field("producer", &self.producer)
+            .field("consumer", &self.consumer)
+            .field("on_retry", &self.on_retry.as_ref().map(|_| "<hook>"))
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            brokers: Vec::new(),
+            client_id: "purekafka".into(),
+            enabled: true,
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl: None,
+            reconnect: ReconnectPolicy::default(),
+            request_timeout: Duration::from_secs(30),
+            metadata_max_age: Duration::from_secs(300),
+            health_check_interval: Some(Duration::from_secs(10)),
+            message_max_bytes: 1 << 20,
+            producer: ProducerConfig::default(),
+            consumer: ConsumerConfig::default(),
+            on_retry: None,
+        }
+    }
+}
+
+impl Config {
+    /// A builder with every option at its default.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Reads the `KAFKA_*` environment variables (see [`env`]) and validates them.
+    ///
+    /// ```no_run
+    /// let config = purekafka::Config::from_env()?;
+    /// # Ok::<(), purekafka::Error>(())
+    /// ```
+    pub fn from_env() -> Result<Config> {
+        ConfigBuilder::from_env().build()
+    }
+
+    /// Bootstrap brokers as `host:port` (`bootstrap.servers`, `KAFKA_BROKERS`; no default).
+    pub fn brokers(&self) -> &[String] {
+        &self.brokers
+    }
+    /// The client id sent to brokers (`client.id`, `KAFKA_CLIENT_ID`; default `purekafka`).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+    /// Whether Kafka is enabled (`enabled`, `KAFKA_ENABLED`; default true). When false,
+    /// producers log and drop sends instead of connecting, so an application runs without a
+    /// broker in development.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+    /// `security.protocol` (default plaintext).
+    pub fn security_protocol(&self) -> SecurityProtocol {
+        self.security_protocol
+    }
+    /// SASL credentials, when `security.protocol` uses SASL.
+    pub fn sasl(&self) -> Option<&SaslCredentials> {
+        self.sasl.as_ref()
+    }
+    /// The backoff policy for connecting, reconnecting and retrying.
+    pub fn reconnect(&self) -> &ReconnectPolicy {
+        &self.reconnect
+    }
+    /// Time limit of one request to a broker (`request.timeout.ms`, default 30 s).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+    /// How long cached metadata is trusted (`metadata.max.age.ms`, default 5 min).
+    pub fn metadata_max_age(&self) -> Duration {
+        self.metadata_max_age
+    }
+    /// Period of the background connectivity probe behind [`Client::health`](crate::Client::health)
+    /// (`health.check.interval.ms`, default 10 s; 0 disables the probe).
+    pub fn health_check_interval(&self) -> Option<Duration> {
+        self.health_check_interval
+    }
+    /// Largest record the producer accepts, encoded (`message.max.bytes`, alias
+    /// `max.request.size`; default 1 MiB, as the Java client).
+    pub fn message_max_bytes(&self) -> usize {
+        self.message_max_bytes
+    }
+    /// Producer options.
+    pub fn producer(&self) -> &ProducerConfig {
+        &self.producer
+    }
+    /// Consumer options.
+    pub fn consumer(&self) -> &ConsumerConfig {
+        &self.consumer
+    }
+    /// The retry hook, if one was set.
+    pub(crate) fn retry_hook(&self) -> Option<&RetryHook> {
+        self.on_retry.as_ref()
+    }
+}
+
+/// Builds a [`Config`]; every error is reported by [`ConfigBuilder::build`].
+#[derive(Default, Debug)]
+pub struct ConfigBuilder {
+    config: Config,
+    /// The first error met while setting keys; reported by `build`.
+    error: Option<Error>,
+}
+
+impl ConfigBuilder {
+    /// Sets the bootstrap brokers (`host:port` each).
+    pub fn brokers<I, S>(mut self, brokers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.brokers = brokers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the client id sent to brokers and used in the `service` header.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.config.client_id = client_id.into();
+        self
+    }
+
+    /// Sets the consumer group id.
+    pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
+        self.config.consumer.group_id = Some(group_id.into());
+        self
+    }
+
+    /// Turns Kafka on or off (off: producers log and drop, nothing connects).
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.config.enabled = enabled;
+        self
+    }
+
+    /// Authenticates with SASL (sets `security.protocol` to `sasl_plaintext` unless TLS was
+    /// already chosen).
+    pub fn sasl(
+        mut self,
+        mechanism: SaslMechanism,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.config.sasl = Some(SaslCredentials {
+            mechanism,
+            username: username.into(),
+            password: Secret::new(password),
+        });
+        self.config.security_protocol = if self.config.security_protocol.uses_tls() {
+            SecurityProtocol::SaslSsl
+        } else {
+            SecurityProtocol::SaslPlaintext
+        };
+        self
+    }
+
+    /// Replaces the reconnect / retry policy.
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.config.reconnect = policy;
+        self
+    }
+
+    /// Calls `hook` on every retry (connection attempts and retried requests), with the
+    /// operation, attempt, delay and error. Useful for metrics; keep it cheap.
+    pub fn on_retry(mut self, hook: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.config.on_retry = Some(std::sync::Arc::new(hook));
+        self
+    }
+
+    /// Sets one option by its librdkafka / Java name, e.g. `set("linger.ms", "10")`.
+    ///
+    /// The keys, their aliases and defaults are listed in [`keys`]. An unknown key or a value
+    /// that does not parse is reported by [`build`](Self::build), naming the key and value.
+    pub fn set(mut self, key: &str, value: impl AsRef<str>) -> Self {
+        if self.error.is_none() {
+            if let Err(e) = keys::apply(&mut self, key, value.as_ref()) {
+                self.error = Some(e);
+            }
+        }
+        self
+    }
+
+    /// Sets several options, as [`set`](Self::set) does for each.
+    pub fn set_all<I, K, V>(mut self, pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        for (k, v) in pairs {
+            self = self.set(k.as_ref(), v);
+        }
+        self
+    }
+
+    /// Validates everything set so far and returns the configuration, or the first error.
+    pub fn build(self) -> Result<Config> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let c = self.config;
+        if c.enabled {
+            if c.brokers.is_empty() {
+                return Err(Error::config(
+                    "bootstrap.servers",
+                    "",
+                    "no broker given: set KAFKA_BROKERS or bootstrap.servers to host:port[,host:port...]",
+                ));
+            }
+            for b in &c.brokers {
+                keys::validate_broker(b)?;
+            }
+        }
+        if c.client_id.trim().is_empty() {
+            return Err(Error::config(
+                "client.id",
+                &c.client_id,
+                "must not be empty",
+            ));
+        }
+        if c.security_protocol.uses_tls() && !cfg!(feature = "tls") {
+            return Err(Error::config(
+                "security.protocol",
+                format!("{:?}", c.security_protocol).to_lowercase(),
+                "TLS needs purekafka's `tls` feature (which needs a C compiler)",
+            ));
+        }
+        match (&c.sasl, c.security_protocol.uses_sasl()) {
+            (None, true) => {
+                return Err(Error::config(
+                    "sasl.username",
+                    "",
+                    "security.protocol uses SASL but no sasl.username / sasl.password is set",
+                ))
+            }
+            (Some(s), _) if s.username.is_empty() => {
+                return Err(Error::config("sasl.username", "", "SASL needs a user name"))
+            }
+            _ => {}
+        }
+        if c.message_max_bytes == 0 {
+            return Err(Error::config("message.max.bytes", "0", "must be positive"));
+        }
+        let p = &c.producer;
+        if p.batch_max_bytes == 0 {
+            return Err(Error::config("batch.size", "0", "must be positive"));
+        }
+        if p.buffer_max_bytes < p.batch_max_bytes.min(c.message_max_bytes) {
+            return Err(Error::config(
+                "queue.buffering.max.kbytes",
+                (p.buffer_max_bytes / 1024).to_string(),
+                "must hold at least one batch (batch.size) or one record (message.max.bytes)",
+            ));
+        }
+        let g = &c.consumer;
+        if g.heartbeat_interval >= g.session_timeout {
+            return Err(Error::config(
+                "heartbeat.interval.ms",
+                g.heartbeat_interval.as_millis().to_string(),
+                format!(
+                    "must be lower than session.timeout.ms ({})",
+                    g.session_timeout.as_millis()
+                ),
+            ));
+        }
+        if g.assignment_strategies.is_empty() {
+            return Err(Error::config(
+                "partition.assignment.strategy",
+                "",
+                "name at least one of range, roundrobin",
+            ));
+        }
+        if c.reconnect.multiplier < 1.0 || !c.reconnect.multiplier.is_finite() {
+            return Err(Error::config(
+                "reconnect.backoff.multiplier",
+                c.reconnect.multiplier.to_string(),
+                "must be a number >= 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.reconnect.jitter) {
+            return Err(Error::config(
+                "reconnect.backoff.jitter",
+                c.reconnect.jitter.to_string(),
+                "must be between 0 and 1",
+            ));
+        }
+        if c.reconnect.max_delay < c.reconnect.initial_delay {
+            return Err(Error::config(
+                "reconnect.backoff.max.ms",
+                c.reconnect.max_delay.as_millis().to_string(),
+                "must not be lower than reconnect.backoff.ms",
+            ));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ConfigBuilder {
+        Config::builder().brokers(["127.0.0.1:9092"])
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = base().build().unwrap();
+        assert_eq!(c.producer().linger, Duration::from_millis(5));
+        assert_eq!(c.producer().batch_max_bytes, 1 << 20);
+        assert_eq!(c.producer().buffer_max_bytes, 64 << 20);
+        assert_eq!(c.producer().delivery_timeout, Duration::from_secs(120));
+        assert_eq!(c.message_max_bytes(), 1 << 20);
+        assert!(!c.consumer().enable_auto_commit);
+        assert_eq!(c.client_id(), "purekafka");
+    }
+
+    #[test]
+    fn empty_broker_list_is_an_error() {
+        let e = Config::builder().build().unwrap_err();
+        assert!(
+            matches!(&e, Error::Config { key, .. } if key == "bootstrap.servers"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn disabled_needs_no_broker() {
+        let c = Config::builder().enabled(false).build().unwrap();
+        assert!(!c.enabled());
+    }
+
+    #[test]
+    fn malformed_broker_is_an_error_naming_it() {
+        for bad in [
+            "localhost",
+            "host:",
+            ":9092",
+            "host:99999",
+            "host:abc",
+            "a b:1",
+        ] {
+            let e = Config::builder().brokers([bad]).build().unwrap_err();
+            match &e {
+                Error::Config { key, value, .. } => {
+                    assert_eq!(key, "bootstrap.servers");
+                    assert_eq!(value, bad);
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        base()
+            .brokers(["[::1]:9092", "kafka-0.kafka:9092"])
+            .build()
+            .unwrap();
+    }
+
+    #[test]
+    fn heartbeat_must_be_below_session_timeout() {
+        let e = base()
+            .set("session.timeout.ms", "3000")
+            .set("heartbeat.interval.ms", "3000")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("heartbeat.interval.ms"), "{e}");
+    }
+
+    #[test]
+    fn tls_without_feature_is_explained() {
+        if cfg!(feature = "tls") {
+            return;
+        }
+        let e = base().set("security.protocol", "ssl").build().unwrap_err();
+        assert!(e.to_string().contains("tls"), "{e}");
+    }
+
+    #[test]
+    fn sasl_without_credentials_is_an_error() {
+        let e = base()
+            .set("security.protocol", "sasl_plaintext")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("sasl.username"), "{e}");
+    }
+
+    #[test]
+    fn password_never_in_debug() {
+        let c = base()
+            .sasl(SaslMechanism::ScramSha512, "svc", "hunter2-secret")
+            .build()
+            .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("***"), "{dbg}");
+        assert_eq!(c.sasl().unwrap().password.expose(), "hunter2-secret");
+        let e = base().set("sasl.password", "").set("nope", "x").build();
+        assert!(!format!("{e:?}").contains("hunter2"));
+    }
+}

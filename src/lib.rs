@@ -1,0 +1,49 @@
+//! # purekafka
+//!
+//! A pure-Rust Apache Kafka client: no librdkafka, no C toolchain for the default build, and a
+//! static (musl) binary that runs in a `FROM scratch` container.
+//!
+//! Built on [`rskafka`] for the data path, with configuration from the environment or
+//! librdkafka-style keys ([`Config`]), a reconnecting [`Client`] with exponential backoff
+//! ([`ReconnectPolicy`]) and a health view ([`Health`]) for service health endpoints.
+//!
+//! ```no_run
+//! use purekafka::{Client, Config};
+//!
+//! #[tokio::main]
+//! async fn main() -> purekafka::Result<()> {
+//!     // KAFKA_BROKERS=127.0.0.1:9092 KAFKA_CLIENT_ID=demo
+//!     let config = Config::from_env()?;
+//!     let client = Client::connect(config).await?;
+//!     for topic in client.list_topics().await? {
+//!         println!("{}: {} partitions", topic.name, topic.partitions.len());
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Features
+//!
+//! The default build is pure Rust: plaintext and SASL (PLAIN, SCRAM), gzip and snappy.
+//! `tls`, `lz4` and `zstd` are opt-in and each needs a C compiler to build.
+
+#![deny(rust_2018_idioms, unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod reconnect;
+pub mod record;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub use bytes::Bytes;
+pub use client::{Client, TopicInfo};
+pub use config::{Config, ConfigBuilder};
+pub use error::{Error, Result};
+pub use health::Health;
+pub use reconnect::{ReconnectPolicy, RetryEvent};
+pub use record::{ConsumedRecord, Headers, Record};
+pub use rskafka;
