@@ -12,6 +12,7 @@ use crate::config::{Config, SaslMechanism};
 use crate::error::{Error, Result};
 use crate::health::{Health, HealthState};
 use crate::reconnect;
+use crate::wire::Cluster;
 
 /// A topic as the cluster describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +50,8 @@ struct Inner {
     config: Config,
     /// `None` when Kafka is disabled by configuration.
     cluster: Option<rskafka::client::Client>,
+    /// purekafka's own connections (producer batches, groups, offsets).
+    wire: Arc<Cluster>,
     health: HealthState,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -94,6 +97,7 @@ impl Client {
         };
         let inner = Arc::new(Inner {
             health: HealthState::new(initial, config.reconnect.max_elapsed),
+            wire: Cluster::new(config.clone()),
             config,
             cluster,
             partitions: Mutex::new(HashMap::new()),
@@ -273,6 +277,12 @@ impl Client {
             .partitions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// purekafka's own wire layer (metadata with leaders, one connection per broker).
+    pub(crate) fn wire(&self) -> Result<&Arc<Cluster>> {
+        self.cluster()?;
+        Ok(&self.inner.wire)
     }
 
     fn cluster(&self) -> Result<&rskafka::client::Client> {

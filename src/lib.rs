@@ -38,6 +38,7 @@ pub mod reconnect;
 pub mod record;
 #[cfg(feature = "tls")]
 mod tls;
+pub(crate) mod wire;
 
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};

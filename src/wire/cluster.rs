@@ -1,0 +1,255 @@
+//! The cluster as purekafka's own wire layer sees it: a metadata cache (brokers, topics,
+//! partition leaders) and one shared [`BrokerConnection`] per broker, re-opened when broken.
+//!
+//! Every method makes one attempt; retrying with backoff is the caller's job (through
+//! [`Client::retry`](crate::Client)), so that each retry is logged and counted once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{MetadataRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use tokio::time::Instant;
+
+use super::connection::BrokerConnection;
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// One partition's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartitionMetadata {
+    pub(crate) id: i32,
+    pub(crate) leader: i32,
+    pub(crate) leader_epoch: i32,
+    pub(crate) error: i16,
+}
+
+/// One topic's metadata; partitions sorted by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicMetadata {
+    pub(crate) error: i16,
+    pub(crate) partitions: Vec<PartitionMetadata>,
+}
+
+/// A snapshot of cluster metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct Metadata {
+    pub(crate) brokers: HashMap<i32, String>,
+    pub(crate) topics: HashMap<String, TopicMetadata>,
+    pub(crate) fetched_at: Instant,
+}
+
+impl Metadata {
+    fn empty() -> Self {
+        Metadata {
+            brokers: HashMap::new(),
+            topics: HashMap::new(),
+            fetched_at: Instant::now(),
+        }
+    }
+
+    /// The leader of `topic`/`partition`, if known and valid.
+    pub(crate) fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        let t = self.topics.get(topic)?;
+        let p = t.partitions.iter().find(|p| p.id == partition)?;
+        (p.leader >= 0 && p.error == 0).then_some(p.leader)
+    }
+}
+
+/// Broker connections and metadata for purekafka's own requests.
+pub(crate) struct Cluster {
+    config: Config,
+    metadata: RwLock<Arc<Metadata>>,
+    connections: tokio::sync::Mutex<HashMap<String, Arc<BrokerConnection>>>,
+    /// One metadata refresh at a time; concurrent callers wait and reuse its result.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("bootstrap", &self.config.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A cluster view for `config`; nothing connects until the first request.
+    pub(crate) fn new(config: Config) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            config,
+            metadata: RwLock::new(Arc::new(Metadata::empty())),
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The configuration.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The cached metadata (possibly empty or stale).
+    pub(crate) fn metadata(&self) -> Arc<Metadata> {
+        Arc::clone(&self.metadata.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The shared connection to `addr`, opened (or re-opened when broken) on demand.
+    pub(crate) async fn connection_to(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
+        let mut conns = self.connections.lock().await;
+        if let Some(c) = conns.get(addr) {
+            if !c.is_closed() {
+                return Ok(Arc::clone(c));
+            }
+            conns.remove(addr);
+        }
+        // Connecting under the lock keeps one connection per broker; connects are rare.
+        let conn = Arc::new(BrokerConnection::connect(addr, &self.config).await?);
+        conns.insert(addr.to_string(), Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// The connection to broker `node_id`, refreshing metadata once if the id is unknown.
+    pub(crate) async fn broker(&self, node_id: i32) -> Result<Arc<BrokerConnection>> {
+        let addr = match self.metadata().brokers.get(&node_id) {
+            Some(a) => a.clone(),
+            None => self
+                .refresh(None)
+                .await?
+                .brokers
+                .get(&node_id)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::broker(8, format!("broker {node_id} is not in metadata"), None)
+                })?,
+        };
+        self.connection_to(&addr).await
+    }
+
+    /// A connection to any reachable broker: known brokers first, then the bootstrap list.
+    pub(crate) async fn any_broker(&self) -> Result<Arc<BrokerConnection>> {
+        let mut candidates: Vec<String> = self.metadata().brokers.values().cloned().collect();
+        candidates.sort();
+        for b in &self.config.brokers {
+            if !candidates.contains(b) {
+                candidates.push(b.clone());
+            }
+        }
+        let mut last = None;
+        for addr in &candidates {
+            match self.connection_to(addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::config("bootstrap.servers", "", "no broker given")))
+    }
+
+    /// Fetches metadata for `topics` (`None`: all topics) and merges it into the cache.
+    pub(crate) async fn refresh(&self, topics: Option<&[&str]>) -> Result<Arc<Metadata>> {
+        let asked_at = Instant::now();
+        let _one_at_a_time = self.refreshing.lock().await;
+        let current = self.metadata();
+        if current.fetched_at > asked_at {
+            // Somebody refreshed while we waited; use theirs if it covers our topics.
+            let covered =
+                topics.is_none_or(|ts| ts.iter().all(|t| current.topics.contains_key(*t)));
+            if covered {
+                return Ok(current);
+            }
+        }
+        let conn = self.any_broker().await?;
+        let request = MetadataRequest::default()
+            .with_topics(topics.map(|ts| {
+                ts.iter()
+                    .map(|t| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))
+                    })
+                    .collect()
+            }))
+            .with_allow_auto_topic_creation(false);
+        let version = conn.version_for::<MetadataRequest>(Some(12))?;
+        let response = conn.send_version(&request, version).await?;
+        let mut next = Metadata::clone(&current);
+        next.fetched_at = Instant::now();
+        next.brokers = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        if topics.is_none() {
+            next.topics.clear();
+        }
+        for t in response.topics {
+            let Some(name) = t.name else { continue };
+            let mut partitions: Vec<PartitionMetadata> = t
+                .partitions
+                .iter()
+                .map(|p| PartitionMetadata {
+                    id: p.partition_index,
+                    leader: p.leader_id.0,
+                    leader_epoch: p.leader_epoch,
+                    error: p.error_code,
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.id);
+            next.topics.insert(
+                name.0.to_string(),
+                TopicMetadata {
+                    error: t.error_code,
+                    partitions,
+                },
+            );
+        }
+        let next = Arc::new(next);
+        *self.metadata.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&next);
+        Ok(next)
+    }
+
+    /// Metadata of `topic`, refreshed when missing or older than `metadata.max.age.ms`.
+    /// A topic the broker does not know is [`Error::UnknownTopic`].
+    pub(crate) async fn topic(&self, topic: &str) -> Result<TopicMetadata> {
+        let cached = self.metadata();
+        let fresh = cached.fetched_at.elapsed() < self.config.metadata_max_age;
+        if let (true, Some(t)) = (fresh, cached.topics.get(topic)) {
+            if t.error == 0 && !t.partitions.is_empty() {
+                return Ok(t.clone());
+            }
+        }
+        let md = self.refresh(Some(&[topic])).await?;
+        match md.topics.get(topic) {
+            Some(t) if t.error == 0 && !t.partitions.is_empty() => Ok(t.clone()),
+            Some(t) if t.error == 3 || t.error == 0 => Err(Error::UnknownTopic(topic.to_string())),
+            Some(t) => Err(Error::broker(
+                t.error,
+                format!("metadata of topic {topic}"),
+                None,
+            )),
+            None => Err(Error::UnknownTopic(topic.to_string())),
+        }
+    }
+
+    /// The connection to the leader of `topic`/`partition`, and the leader's id.
+    pub(crate) async fn leader(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i32, Arc<BrokerConnection>)> {
+        let leader = match self.metadata().leader(topic, partition) {
+            Some(l) => l,
+            None => {
+                self.refresh(Some(&[topic])).await?;
+                self.metadata().leader(topic, partition).ok_or_else(|| {
+                    Error::broker(
+                        5,
+                        format!("{topic}/{partition}"),
+                        Some("no leader in metadata".into()),
+                    )
+                })?
+            }
+        };
+        Ok((leader, self.broker(leader).await?))
+    }
+}
