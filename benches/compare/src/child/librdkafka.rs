@@ -1,0 +1,336 @@
+//! librdkafka through rust-rdkafka.
+//!
+//! `librdkafka`: the fastest APIs: `BaseProducer` with a delivery callback (polled from the
+//! sending thread, as librdkafka's own `rdkafka_performance` does) and `BaseConsumer` polled
+//! in a loop. `librdkafka-future`: `FutureProducer` and `StreamConsumer`, what many async
+//! users run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer,
+    ProducerContext,
+};
+use rdkafka::ClientContext;
+
+use super::{consume_result, consume_target, produce_count, produce_result, value, Pacer};
+use crate::model::{
+    ChildResult, ChildSpec, ClientKind, WorkloadKind, ACKS, BATCH_BYTES, LINGER_MS,
+};
+
+pub fn run(spec: &ChildSpec) -> Result<ChildResult, String> {
+    match (spec.client, spec.workload) {
+        (ClientKind::Librdkafka, WorkloadKind::Produce | WorkloadKind::ProduceLatency) => {
+            base_produce(spec)
+        }
+        (ClientKind::Librdkafka, _) => base_consume(spec),
+        (_, WorkloadKind::Produce | WorkloadKind::ProduceLatency) => {
+            super::runtime()?.block_on(future_produce(spec))
+        }
+        (_, _) => super::runtime()?.block_on(stream_consume(spec)),
+    }
+}
+
+/// The producer settings shared by every client, in librdkafka's names.
+fn producer_config(spec: &ChildSpec) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &spec.brokers)
+        .set("acks", ACKS)
+        .set("linger.ms", LINGER_MS.to_string())
+        .set("batch.size", BATCH_BYTES.to_string())
+        // Bytes, not a record count, bound a batch (librdkafka's default is 10,000 records).
+        .set("batch.num.messages", "1000000")
+        .set("message.max.bytes", (BATCH_BYTES + 64 * 1024).to_string())
+        .set("compression.type", "none");
+    c
+}
+
+fn consumer_config(spec: &ChildSpec) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &spec.brokers)
+        .set("group.id", &spec.group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+/// Counts deliveries; in latency runs also records each record's latency (the opaque is the
+/// record's index in the schedule).
+struct Ctx {
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    /// Set (once) when a paced run starts sending.
+    pacer: OnceLock<Pacer>,
+    latencies: Mutex<Vec<u32>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(pacer) = self.pacer.get() {
+                    let us = pacer.latency_us(index as u64, Instant::now());
+                    self.latencies.lock().unwrap().push(us);
+                }
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn base_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+    let total = produce_count(spec);
+    let paced = spec.workload == WorkloadKind::ProduceLatency;
+    let payload = value(spec.value_size);
+    let ctx = Ctx {
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        pacer: OnceLock::new(),
+        latencies: Mutex::new(Vec::with_capacity(if paced { total as usize } else { 0 })),
+    };
+    let producer: BaseProducer<Ctx> = producer_config(spec)
+        .create_with_context(ctx)
+        .map_err(|e| format!("librdkafka producer: {e}"))?;
+
+    let send = |producer: &BaseProducer<Ctx>, i: u64| -> Result<(), String> {
+        let key = super::key(i);
+        let mut record = BaseRecord::with_opaque_to(&spec.topic, i as usize)
+            .key(&key[..])
+            .payload(&payload[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(format!("librdkafka send: {e}")),
+            }
+        }
+    };
+
+    let start = Instant::now();
+    if paced {
+        let pacer = *producer
+            .context()
+            .pacer
+            .get_or_init(|| Pacer::new(spec.rate, total));
+        let mut next = 0u64;
+        while next < total {
+            let due = pacer.due(Instant::now());
+            while next < due {
+                send(&producer, next)?;
+                next += 1;
+            }
+            // Serve delivery callbacks while waiting for the next record's turn, in ticks of
+            // at least 1 ms (the tokio-based runners' timer granularity) so that waiting is
+            // not a busy loop.
+            let wait = pacer
+                .scheduled(next)
+                .saturating_duration_since(Instant::now());
+            producer.poll(wait.max(Duration::from_millis(1)));
+        }
+    } else {
+        for i in 0..total {
+            send(&producer, i)?;
+            if i % 1024 == 0 {
+                producer.poll(Duration::ZERO);
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| format!("librdkafka flush: {e}"))?;
+    producer.poll(Duration::ZERO);
+    let elapsed = start.elapsed();
+    let ctx = producer.context();
+    let latencies = paced.then(|| std::mem::take(&mut *ctx.latencies.lock().unwrap()));
+    Ok(produce_result(
+        spec,
+        ctx.delivered.load(Ordering::Relaxed),
+        ctx.errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    ))
+}
+
+async fn future_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+    let total = produce_count(spec);
+    let paced = spec.workload == WorkloadKind::ProduceLatency;
+    let payload = value(spec.value_size);
+    let producer: FutureProducer = producer_config(spec)
+        .create()
+        .map_err(|e| format!("librdkafka future producer: {e}"))?;
+    let mut pending = FuturesUnordered::new();
+    let mut delivered = 0u64;
+    let mut errors = 0u64;
+    let mut latencies = paced.then(|| Vec::with_capacity(total as usize));
+    let pacer = Pacer::new(spec.rate, total);
+    let start = Instant::now();
+
+    let mut next = 0u64;
+    while next < total {
+        let due = if paced {
+            pacer.due(Instant::now())
+        } else {
+            total
+        };
+        while next < due {
+            let key = super::key(next);
+            let mut record = FutureRecord::to(&spec.topic)
+                .key(&key[..])
+                .payload(&payload[..]);
+            loop {
+                match producer.send_result(record) {
+                    Ok(fut) => {
+                        let i = next;
+                        pending.push(fut.map(move |r| (i, r)));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        // Wait for an acknowledgement to make room.
+                        match pending.next().await {
+                            Some((i, r)) => {
+                                tally(i, r, &mut delivered, &mut errors, &mut latencies, &pacer)
+                            }
+                            None => tokio::time::sleep(Duration::from_millis(1)).await,
+                        }
+                    }
+                    Err((e, _)) => return Err(format!("librdkafka send: {e}")),
+                }
+            }
+            next += 1;
+            if next % 1024 == 0 {
+                while let Some(Some((i, r))) = pending.next().now_or_never() {
+                    tally(i, r, &mut delivered, &mut errors, &mut latencies, &pacer);
+                }
+            }
+        }
+        if paced && next < total {
+            let until = pacer.scheduled(next);
+            // Collect acknowledgements while waiting for the next record's turn.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => break,
+                    Some((i, r)) = pending.next() => tally(i, r, &mut delivered, &mut errors, &mut latencies, &pacer),
+                }
+            }
+        }
+    }
+    while let Some((i, r)) = pending.next().await {
+        tally(i, r, &mut delivered, &mut errors, &mut latencies, &pacer);
+    }
+    let elapsed = start.elapsed();
+    Ok(produce_result(spec, delivered, errors, elapsed, latencies))
+}
+
+type FutureDelivery = Result<
+    rdkafka::producer::future_producer::OwnedDeliveryResult,
+    futures::channel::oneshot::Canceled,
+>;
+
+fn tally(
+    i: u64,
+    r: FutureDelivery,
+    delivered: &mut u64,
+    errors: &mut u64,
+    latencies: &mut Option<Vec<u32>>,
+    pacer: &Pacer,
+) {
+    match r {
+        Ok(Ok(_)) => {
+            *delivered += 1;
+            if let Some(l) = latencies {
+                l.push(pacer.latency_us(i, Instant::now()));
+            }
+        }
+        _ => *errors += 1,
+    }
+}
+
+fn base_consume(spec: &ChildSpec) -> Result<ChildResult, String> {
+    let target = consume_target(spec);
+    let start = Instant::now();
+    let consumer: BaseConsumer = consumer_config(spec)
+        .create()
+        .map_err(|e| format!("librdkafka consumer: {e}"))?;
+    consumer
+        .subscribe(&[&spec.topic])
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut last_progress = Instant::now();
+    while count < target {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                count += 1;
+                bytes += m.payload_len() as u64;
+                last_progress = Instant::now();
+            }
+            Some(Err(e)) => return Err(format!("librdkafka poll: {e}")),
+            None => {
+                if last_progress.elapsed() > super::STALL_TIMEOUT {
+                    return Err(format!(
+                        "librdkafka consumer stalled at {count}/{target} records"
+                    ));
+                }
+            }
+        }
+    }
+    let end = Instant::now();
+    let first = first.unwrap_or(end);
+    let result = consume_result(count, bytes, first - start, end - first);
+    consumer.unsubscribe();
+    Ok(result)
+}
+
+async fn stream_consume(spec: &ChildSpec) -> Result<ChildResult, String> {
+    let target = consume_target(spec);
+    let start = Instant::now();
+    let consumer: StreamConsumer = consumer_config(spec)
+        .create()
+        .map_err(|e| format!("librdkafka stream consumer: {e}"))?;
+    consumer
+        .subscribe(&[&spec.topic])
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    let mut first: Option<Instant> = None;
+    while count < target {
+        match tokio::time::timeout(super::STALL_TIMEOUT, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                count += 1;
+                bytes += m.payload_len() as u64;
+            }
+            Ok(Err(e)) => return Err(format!("librdkafka recv: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "librdkafka consumer stalled at {count}/{target} records"
+                ))
+            }
+        }
+    }
+    let end = Instant::now();
+    let first = first.unwrap_or(end);
+    let result = consume_result(count, bytes, first - start, end - first);
+    consumer.unsubscribe();
+    Ok(result)
+}

@@ -1,0 +1,191 @@
+//! `compare child ...`: runs one workload through one client and prints one result line.
+//!
+//! Each measured client runs in a process of its own so that the orchestrator's
+//! `wait4` rusage (CPU time, peak RSS) belongs to that client alone.
+
+mod librdkafka;
+#[cfg(feature = "purekafka")]
+mod purekafka;
+mod rskafka_raw;
+
+use std::time::{Duration, Instant};
+
+use crate::model::{ChildResult, ChildSpec, ClientKind, Latency, WorkloadKind, RESULT_PREFIX};
+
+/// Gives up on a consume workload that has read nothing new for this long.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn main(spec: ChildSpec) -> Result<(), String> {
+    let result = match spec.client {
+        ClientKind::Librdkafka | ClientKind::LibrdkafkaFuture => librdkafka::run(&spec)?,
+        ClientKind::Rskafka => rskafka_raw::run(&spec)?,
+        #[cfg(feature = "purekafka")]
+        ClientKind::Purekafka => purekafka::run(&spec)?,
+        #[cfg(not(feature = "purekafka"))]
+        ClientKind::Purekafka => {
+            return Err(
+                "this build has no purekafka runner: build with --features purekafka".into(),
+            )
+        }
+    };
+    let line = serde_json::to_string(&result).map_err(|e| e.to_string())?;
+    println!("{RESULT_PREFIX}{line}");
+    Ok(())
+}
+
+/// A multi-threaded tokio runtime for the async clients (librdkafka's own threads are the
+/// counterpart on the C side).
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+/// The value every produced record carries: `size` bytes, incompressible enough not to matter
+/// (no compression is configured anyway).
+pub fn value(size: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9E37_79B9;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// The key of record `i`: 8 bytes, so every client spreads records over all partitions.
+#[inline]
+pub fn key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+/// How many records the workload produces.
+pub fn produce_count(spec: &ChildSpec) -> u64 {
+    match spec.workload {
+        WorkloadKind::ProduceLatency => {
+            ((spec.rate as f64 * spec.duration_s).round() as u64).max(1)
+        }
+        _ => spec.records,
+    }
+}
+
+/// The send schedule of a fixed-rate run: record `i` is due at `start + i / rate`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacer {
+    pub start: Instant,
+    pub rate: f64,
+    pub total: u64,
+}
+
+impl Pacer {
+    pub fn new(rate: u64, total: u64) -> Pacer {
+        Pacer {
+            start: Instant::now(),
+            rate: rate.max(1) as f64,
+            total,
+        }
+    }
+
+    /// Records due by now (all records with a scheduled time not after `now`).
+    pub fn due(&self, now: Instant) -> u64 {
+        let n = (now.duration_since(self.start).as_secs_f64() * self.rate) as u64 + 1;
+        n.min(self.total)
+    }
+
+    /// When record `i` should be sent.
+    pub fn scheduled(&self, i: u64) -> Instant {
+        self.start + Duration::from_secs_f64(i as f64 / self.rate)
+    }
+
+    /// Microseconds from record `i`'s scheduled send time to `now`. Measuring from the
+    /// schedule, not from the actual send, keeps a client that falls behind from hiding it.
+    pub fn latency_us(&self, i: u64, now: Instant) -> u32 {
+        now.saturating_duration_since(self.scheduled(i))
+            .as_micros()
+            .min(u32::MAX as u128) as u32
+    }
+}
+
+/// Percentiles of a set of latencies in microseconds.
+pub fn percentiles(mut us: Vec<u32>) -> Option<Latency> {
+    if us.is_empty() {
+        return None;
+    }
+    us.sort_unstable();
+    let at = |q: f64| {
+        let idx = ((us.len() as f64 * q).ceil() as usize).clamp(1, us.len()) - 1;
+        us[idx] as f64
+    };
+    Some(Latency {
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+        max_us: *us.last().unwrap() as f64,
+    })
+}
+
+/// Builds the result of a produce run.
+pub fn produce_result(
+    spec: &ChildSpec,
+    delivered: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies: Option<Vec<u32>>,
+) -> ChildResult {
+    ChildResult {
+        records: delivered,
+        bytes: delivered * spec.value_size as u64,
+        elapsed_s: elapsed.as_secs_f64(),
+        first_record_ms: None,
+        latency: latencies.and_then(percentiles),
+        errors,
+    }
+}
+
+/// Builds the result of a consume or first-record run. `elapsed` runs from the first record
+/// to the last one counted; `first` from the subscription to the first record.
+pub fn consume_result(records: u64, bytes: u64, first: Duration, elapsed: Duration) -> ChildResult {
+    ChildResult {
+        records,
+        bytes,
+        elapsed_s: elapsed.as_secs_f64(),
+        first_record_ms: Some(first.as_secs_f64() * 1e3),
+        latency: None,
+        errors: 0,
+    }
+}
+
+/// How many records a consume-type workload reads before it stops.
+pub fn consume_target(spec: &ChildSpec) -> u64 {
+    match spec.workload {
+        WorkloadKind::FirstRecord => 1,
+        _ => spec.records,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let l = percentiles((1..=1000).collect()).unwrap();
+        assert_eq!(l.p50_us, 500.0);
+        assert_eq!(l.p99_us, 990.0);
+        assert_eq!(l.p999_us, 999.0);
+        assert_eq!(l.max_us, 1000.0);
+        assert!(percentiles(vec![]).is_none());
+    }
+
+    #[test]
+    fn pacer_counts_due_records() {
+        let p = Pacer::new(1000, 10);
+        assert_eq!(p.due(p.start), 1);
+        assert_eq!(p.due(p.start + Duration::from_millis(4)), 5);
+        assert_eq!(p.due(p.start + Duration::from_secs(5)), 10);
+        assert_eq!(p.scheduled(3) - p.start, Duration::from_millis(3));
+    }
+}

@@ -1,0 +1,176 @@
+//! Running a measured child and reading what it cost: `wait4` gives the child's own CPU time
+//! and peak RSS; `/proc/<pid>/stat` gives a running process's CPU time (the broker's).
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::model::{ChildResult, RESULT_PREFIX};
+
+/// What one child run cost and reported.
+#[derive(Debug, Clone)]
+pub struct ChildRun {
+    pub result: ChildResult,
+    pub user_s: f64,
+    pub sys_s: f64,
+    /// Peak resident set size in bytes.
+    pub max_rss: u64,
+    pub wall_s: f64,
+}
+
+/// Runs `program args...`, waits for it (killing it after `timeout`), and returns its result
+/// line with its rusage. A child that fails or prints no result line is an error carrying the
+/// end of its stderr.
+pub fn run_child(program: &str, args: &[String], timeout: Duration) -> Result<ChildRun, String> {
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {program}: {e}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    // Reap with wait4 (not Child::wait) to get the child's rusage.
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut killed = false;
+    loop {
+        // SAFETY: pid is our own unreaped child; the pointers are valid for the call.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        if r < 0 {
+            return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+        }
+        if !killed && start.elapsed() > timeout {
+            // SAFETY: signalling our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wall_s = start.elapsed().as_secs_f64();
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    let tail = |s: &str| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    };
+    if killed {
+        return Err(format!(
+            "child timed out after {timeout:?} and was killed; stderr:\n{}",
+            tail(&stderr)
+        ));
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        return Err(format!(
+            "child failed (wait status {status:#x}); stderr:\n{}",
+            tail(&stderr)
+        ));
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(RESULT_PREFIX))
+        .ok_or_else(|| format!("child printed no result line; stderr:\n{}", tail(&stderr)))?;
+    let result: ChildResult =
+        serde_json::from_str(line).map_err(|e| format!("bad result line {line:?}: {e}"))?;
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(ChildRun {
+        result,
+        user_s: secs(usage.ru_utime),
+        sys_s: secs(usage.ru_stime),
+        // Linux reports ru_maxrss in KiB.
+        max_rss: usage.ru_maxrss as u64 * 1024,
+        wall_s,
+    })
+}
+
+/// CPU seconds (user + system) used so far by `pid` and all its live descendants (tansu runs
+/// under a watchdog shell, so the broker is a child of the process the testkit started).
+/// `None` when `/proc` cannot be read.
+pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0.0;
+    let mut stack = vec![pid];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        seen += 1;
+        if seen > 64 {
+            break;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // Fields after the parenthesised command name: state is field 3; utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        total += (utime + stime) / ticks;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                stack.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        let t = tree_cpu_seconds(std::process::id()).expect("/proc readable");
+        assert!(t >= 0.0);
+    }
+
+    #[test]
+    fn child_without_result_line_is_an_error_with_its_stderr() {
+        let e = run_child(
+            "sh",
+            &["-c".into(), "echo oops >&2".into()],
+            Duration::from_secs(10),
+        )
+        .unwrap_err();
+        assert!(e.contains("oops"), "{e}");
+    }
+
+    #[test]
+    fn child_result_and_rusage_are_read() {
+        let line = format!(
+            "{RESULT_PREFIX}{{\"records\":3,\"bytes\":30,\"elapsed_s\":0.5,\"first_record_ms\":null,\"latency\":null,\"errors\":0}}"
+        );
+        let run = run_child(
+            "sh",
+            &["-c".into(), format!("echo '{line}'")],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(run.result.records, 3);
+        assert!(run.max_rss > 0);
+    }
+}
