@@ -4,9 +4,13 @@
 use std::time::Duration;
 
 use purekafka_testkit::{unique_name, Backend, TestCluster};
+use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 
 use crate::model::PARTITIONS;
 use crate::proc::tree_cpu_seconds;
+
+/// See [`BrokerChoice::consume_cap`].
+pub const MOCK_CONSUME_CAP: u64 = 200_000;
 
 /// Which broker to use, chosen once per invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +28,16 @@ impl BrokerChoice {
             other => Err(format!(
                 "unknown broker {other:?}; expected mock or tansu (or set KAFKA_BROKERS)"
             )),
+        }
+    }
+
+    /// Most records a consume run can read on this broker. librdkafka's mock cluster keeps
+    /// only the last 5 MiB (or 100,000 batches) of each partition and drops older batches, so
+    /// 6 partitions hold about 260,000 records of 100 B: consume runs on it read 200,000.
+    pub fn consume_cap(&self) -> Option<u64> {
+        match self {
+            BrokerChoice::Mock => Some(MOCK_CONSUME_CAP),
+            _ => None,
         }
     }
 
@@ -81,6 +95,30 @@ impl Broker {
     /// CPU seconds the broker processes have used so far (`None` for external clusters).
     pub fn cpu_seconds(&self) -> Option<f64> {
         self.cluster.pid().and_then(tree_cpu_seconds)
+    }
+
+    /// Fails when a partition of the topic no longer starts at offset 0: the broker dropped
+    /// records (retention), so a consumer reading from the earliest offset would not find all
+    /// the records the fill produced.
+    pub async fn check_nothing_dropped(&self) -> Result<(), String> {
+        let client = self.cluster.client().await?;
+        for p in 0..PARTITIONS {
+            let pc = client
+                .partition_client(self.topic.clone(), p, UnknownTopicHandling::Retry)
+                .await
+                .map_err(|e| format!("partition client {p}: {e}"))?;
+            let earliest = pc
+                .get_offset(OffsetAt::Earliest)
+                .await
+                .map_err(|e| format!("list offsets of partition {p}: {e}"))?;
+            if earliest != 0 {
+                return Err(format!(
+                    "the broker dropped the first {earliest} records of partition {p} of {}                      (retention); use fewer --records",
+                    self.topic
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Best-effort removal of the topic on clusters that outlive the run.

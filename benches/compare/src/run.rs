@@ -116,6 +116,8 @@ struct Runner {
     tty: bool,
     samples: Vec<Sample>,
     failures: Vec<String>,
+    /// Records per consume run (the broker may hold fewer than `opts.records`).
+    consume_records: u64,
 }
 
 impl Runner {
@@ -226,7 +228,10 @@ impl Runner {
             workload: case.workload,
             brokers: broker.bootstrap(),
             topic: broker.topic.clone(),
-            records: self.opts.records,
+            records: match case.workload {
+                WorkloadKind::Consume | WorkloadKind::FirstRecord => self.consume_records,
+                _ => self.opts.records,
+            },
             value_size: case.value_size,
             rate: self.opts.rate,
             duration_s: self.opts.latency_secs,
@@ -262,17 +267,29 @@ impl Runner {
         let Some(first) = cases.first() else {
             return Ok(());
         };
+        let records = match self.opts.broker.consume_cap() {
+            Some(cap) if cap < self.opts.records => {
+                self.say(&format!(
+                    "consume runs read {cap} records, not {}: the mock cluster keeps only the \
+                     last 5 MiB of each partition",
+                    self.opts.records
+                ));
+                cap
+            }
+            _ => self.opts.records,
+        };
+        self.consume_records = records;
         let broker = Broker::start(&self.opts.broker, "compare-consume").await?;
         self.step(format!(
-            "filling {} with {} records of {} B",
-            broker.topic, self.opts.records, first.value_size
+            "filling {} with {records} records of {} B",
+            broker.topic, first.value_size
         ));
         let fill = ChildSpec {
             client: ClientKind::Librdkafka,
             workload: WorkloadKind::Produce,
             brokers: broker.bootstrap(),
             topic: broker.topic.clone(),
-            records: self.opts.records,
+            records,
             value_size: first.value_size,
             rate: 0,
             duration_s: 0.0,
@@ -282,12 +299,13 @@ impl Runner {
             .child(&fill)
             .map_err(|e| format!("filling the consume topic: {e}"))?;
         self.pb.inc(1);
-        if filled.result.records != self.opts.records {
+        if filled.result.records != records {
             return Err(format!(
-                "filling the consume topic: {} of {} records acknowledged",
-                filled.result.records, self.opts.records
+                "filling the consume topic: {} of {records} records acknowledged",
+                filled.result.records
             ));
         }
+        broker.check_nothing_dropped().await?;
         for case in cases {
             for rep in 0..self.opts.reps {
                 for client in self.order(rep) {
@@ -362,6 +380,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         tty,
         samples: Vec::new(),
         failures: Vec::new(),
+        consume_records: opts.records,
     };
     rt.block_on(async {
         for case in &produce {
@@ -386,6 +405,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
             "compression": "none",
             "partitions": PARTITIONS,
             "records": opts.records,
+            "consume_records": runner.consume_records,
             "repetitions": opts.reps,
             "latency_rate_per_s": opts.rate,
             "latency_seconds": opts.latency_secs,
@@ -420,7 +440,14 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
     let md_path = opts.out_dir.join(format!("{stem}.md"));
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(&json_path, json).map_err(|e| format!("write {}: {e}", json_path.display()))?;
-    let svg = crate::svg::render(&report.rows, &format!("{date} · {broker} · {command}"));
+    let svg = crate::svg::render(
+        &report.rows,
+        &[
+            format!("{date} · {command}"),
+            format!("broker: {broker}"),
+            format!("machine: {}", report.machine),
+        ],
+    );
     std::fs::write(&svg_path, svg).map_err(|e| format!("write {}: {e}", svg_path.display()))?;
     std::fs::write(
         &md_path,

@@ -152,8 +152,9 @@ fn draw_panel(out: &mut String, p: &Panel, y0: f64) {
     }
 }
 
-/// The SVG document for `rows`; `subtitle` names the broker, date and command.
-pub fn render(rows: &[Row], subtitle: &str) -> String {
+/// The SVG document for `rows`; each `subtitle` line (date and command, broker, machine)
+/// goes under the title.
+pub fn render(rows: &[Row], subtitle: &[String]) -> String {
     let panels = [
         panel(rows, "Throughput, records/s (higher is better)", |r| {
             r.records_per_s.filter(|_| is_throughput_case(&r.case))
@@ -175,7 +176,8 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
     ];
     let panels: Vec<&Panel> = panels.iter().filter(|p| !p.groups.is_empty()).collect();
     let legend_h = 40.0;
-    let height = 50.0 + legend_h + PANEL_HEIGHT * panels.len() as f64;
+    let head = 32.0 + 15.0 * subtitle.len() as f64;
+    let height = head + legend_h + PANEL_HEIGHT * panels.len() as f64;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -183,9 +185,16 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
     );
     let _ = writeln!(
         out,
-        r##"<rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="24" font-size="18" font-weight="bold">purekafka vs librdkafka vs rskafka</text><text x="{LEFT}" y="42" font-size="11" fill="#555">{}</text>"##,
-        escape(subtitle)
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="24" font-size="18" font-weight="bold">purekafka vs librdkafka vs rskafka</text>"#
     );
+    for (i, line) in subtitle.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r##"<text x="{LEFT}" y="{}" font-size="11" fill="#555">{}</text>"##,
+            42.0 + 15.0 * i as f64,
+            escape(line)
+        );
+    }
     let mut clients: Vec<ClientKind> = rows.iter().map(|r| r.client).collect();
     clients.sort();
     clients.dedup();
@@ -193,14 +202,16 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
         let x = LEFT + 170.0 * i as f64;
         let _ = writeln!(
             out,
-            r#"<rect x="{x}" y="58" width="14" height="14" fill="{}"/><text x="{}" y="70" font-size="12">{}</text>"#,
+            r#"<rect x="{x}" y="{}" width="14" height="14" fill="{}"/><text x="{}" y="{}" font-size="12">{}</text>"#,
+            head + 8.0,
             color(*c),
             x + 20.0,
+            head + 20.0,
             c.name()
         );
     }
     for (i, p) in panels.iter().enumerate() {
-        draw_panel(&mut out, p, 50.0 + legend_h + PANEL_HEIGHT * i as f64);
+        draw_panel(&mut out, p, head + legend_h + PANEL_HEIGHT * i as f64);
     }
     out.push_str("</svg>\n");
     out
@@ -220,7 +231,7 @@ mod tests {
 
     #[test]
     fn empty_rows_still_make_a_document() {
-        let svg = render(&[], "x < y");
+        let svg = render(&[], &["x < y".to_string()]);
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("x &lt; y"));
         assert!(svg.trim_end().ends_with("</svg>"));

@@ -303,6 +303,13 @@ impl TestCluster {
         }
     }
 
+    /// The process id of the broker process this cluster started (for tansu, the watchdog
+    /// `sh` whose child is the broker), e.g. to read its CPU time from `/proc`; `None` for
+    /// [`Backend::External`].
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
     /// A fresh rskafka client on this cluster (bootstrap retries give up after 10 s).
     pub async fn client(&self) -> Result<Client, String> {
         rskafka_client(self.bootstrap_list())

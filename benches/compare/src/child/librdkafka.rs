@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer,
@@ -49,6 +50,7 @@ fn producer_config(spec: &ChildSpec) -> ClientConfig {
         .set("batch.num.messages", "1000000")
         .set("message.max.bytes", (BATCH_BYTES + 64 * 1024).to_string())
         .set("compression.type", "none");
+    debug_from_env(&mut c);
     c
 }
 
@@ -57,8 +59,20 @@ fn consumer_config(spec: &ChildSpec) -> ClientConfig {
     c.set("bootstrap.servers", &spec.brokers)
         .set("group.id", &spec.group)
         .set("auto.offset.reset", "earliest")
+        // librdkafka's defaults, spelled out: purekafka's consumer gets the same.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "5000")
         .set("enable.partition.eof", "false");
+    debug_from_env(&mut c);
     c
+}
+
+/// `COMPARE_RDKAFKA_DEBUG=fetch,broker` turns on librdkafka's debug contexts (to stderr of the
+/// child, shown by `run` only when the child fails), for diagnosing a run.
+fn debug_from_env(c: &mut ClientConfig) {
+    if let Ok(d) = std::env::var("COMPARE_RDKAFKA_DEBUG") {
+        c.set("debug", d);
+    }
 }
 
 /// Counts deliveries; in latency runs also records each record's latency (the opaque is the
@@ -71,7 +85,28 @@ struct Ctx {
     latencies: Mutex<Vec<u32>>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_to_stderr(level, fac, msg);
+    }
+}
+
+/// librdkafka's log lines (errors, and debug contexts when `COMPARE_RDKAFKA_DEBUG` is set)
+/// go to the child's stderr, which `run` shows when a child fails.
+fn log_to_stderr(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    eprintln!("{:?} {:?} {fac} {msg}", std::time::SystemTime::now(), level);
+}
+
+/// The consumers' context: only logging.
+struct ConsumerCtx;
+
+impl ClientContext for ConsumerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_to_stderr(level, fac, msg);
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {}
 
 impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
@@ -147,7 +182,7 @@ fn base_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     } else {
         for i in 0..total {
             send(&producer, i)?;
-            if i % 1024 == 0 {
+            if i.is_multiple_of(1024) {
                 producer.poll(Duration::ZERO);
             }
         }
@@ -215,7 +250,7 @@ async fn future_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
                 }
             }
             next += 1;
-            if next % 1024 == 0 {
+            if next.is_multiple_of(1024) {
                 while let Some(Some((i, r))) = pending.next().now_or_never() {
                     tally(i, r, &mut delivered, &mut errors, &mut latencies, &pacer);
                 }
@@ -266,8 +301,8 @@ fn tally(
 fn base_consume(spec: &ChildSpec) -> Result<ChildResult, String> {
     let target = consume_target(spec);
     let start = Instant::now();
-    let consumer: BaseConsumer = consumer_config(spec)
-        .create()
+    let consumer: BaseConsumer<ConsumerCtx> = consumer_config(spec)
+        .create_with_context(ConsumerCtx)
         .map_err(|e| format!("librdkafka consumer: {e}"))?;
     consumer
         .subscribe(&[&spec.topic])
@@ -304,8 +339,8 @@ fn base_consume(spec: &ChildSpec) -> Result<ChildResult, String> {
 async fn stream_consume(spec: &ChildSpec) -> Result<ChildResult, String> {
     let target = consume_target(spec);
     let start = Instant::now();
-    let consumer: StreamConsumer = consumer_config(spec)
-        .create()
+    let consumer: StreamConsumer<ConsumerCtx> = consumer_config(spec)
+        .create_with_context(ConsumerCtx)
         .map_err(|e| format!("librdkafka stream consumer: {e}"))?;
     consumer
         .subscribe(&[&spec.topic])

@@ -197,7 +197,7 @@ async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
                 pending.indices.push(next as u32);
             }
             next += 1;
-            if next % 256 == 0 {
+            if next.is_multiple_of(256) {
                 s.reap_ready();
                 s.send_lingering().await;
             }
