@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer}
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer,
-    ProducerContext,
+    ProducerContext, ThreadedProducer,
 };
 use rdkafka::ClientContext;
 
@@ -127,16 +127,35 @@ impl ProducerContext for Ctx {
     }
 }
 
-fn base_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
-    let total = produce_count(spec);
-    let paced = spec.workload == WorkloadKind::ProduceLatency;
-    let payload = value(spec.value_size);
-    let ctx = Ctx {
+fn new_ctx(paced: bool, total: u64) -> Ctx {
+    Ctx {
         delivered: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         pacer: OnceLock::new(),
         latencies: Mutex::new(Vec::with_capacity(if paced { total as usize } else { 0 })),
-    };
+    }
+}
+
+fn ctx_result(spec: &ChildSpec, ctx: &Ctx, paced: bool, elapsed: Duration) -> ChildResult {
+    let latencies = paced.then(|| std::mem::take(&mut *ctx.latencies.lock().unwrap()));
+    produce_result(
+        spec,
+        ctx.delivered.load(Ordering::Relaxed),
+        ctx.errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    )
+}
+
+/// Throughput: `BaseProducer`, delivery callbacks served from the sending thread.
+fn base_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+    if spec.workload == WorkloadKind::ProduceLatency {
+        return threaded_paced_produce(spec);
+    }
+    let total = produce_count(spec);
+    let paced = false;
+    let payload = value(spec.value_size);
+    let ctx = new_ctx(paced, total);
     let producer: BaseProducer<Ctx> = producer_config(spec)
         .create_with_context(ctx)
         .map_err(|e| format!("librdkafka producer: {e}"))?;
@@ -159,32 +178,10 @@ fn base_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     };
 
     let start = Instant::now();
-    if paced {
-        let pacer = *producer
-            .context()
-            .pacer
-            .get_or_init(|| Pacer::new(spec.rate, total));
-        let mut next = 0u64;
-        while next < total {
-            let due = pacer.due(Instant::now());
-            while next < due {
-                send(&producer, next)?;
-                next += 1;
-            }
-            // Serve delivery callbacks while waiting for the next record's turn, in ticks of
-            // at least 1 ms (the tokio-based runners' timer granularity) so that waiting is
-            // not a busy loop.
-            let wait = pacer
-                .scheduled(next)
-                .saturating_duration_since(Instant::now());
-            producer.poll(wait.max(Duration::from_millis(1)));
-        }
-    } else {
-        for i in 0..total {
-            send(&producer, i)?;
-            if i.is_multiple_of(1024) {
-                producer.poll(Duration::ZERO);
-            }
+    for i in 0..total {
+        send(&producer, i)?;
+        if i.is_multiple_of(1024) {
+            producer.poll(Duration::ZERO);
         }
     }
     producer
@@ -192,15 +189,54 @@ fn base_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
         .map_err(|e| format!("librdkafka flush: {e}"))?;
     producer.poll(Duration::ZERO);
     let elapsed = start.elapsed();
-    let ctx = producer.context();
-    let latencies = paced.then(|| std::mem::take(&mut *ctx.latencies.lock().unwrap()));
-    Ok(produce_result(
-        spec,
-        ctx.delivered.load(Ordering::Relaxed),
-        ctx.errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-    ))
+    Ok(ctx_result(spec, producer.context(), paced, elapsed))
+}
+
+/// Fixed rate: `ThreadedProducer`, whose own thread serves delivery callbacks as they come
+/// while the sending thread sleeps between sends. (Polling a `BaseProducer` with sub-
+/// millisecond timeouts instead spins: rust-rdkafka rounds timeouts down to milliseconds.)
+fn threaded_paced_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+    let total = produce_count(spec);
+    let payload = value(spec.value_size);
+    let producer: ThreadedProducer<Ctx> = producer_config(spec)
+        .create_with_context(new_ctx(true, total))
+        .map_err(|e| format!("librdkafka producer: {e}"))?;
+    let pacer = *producer
+        .context()
+        .pacer
+        .get_or_init(|| Pacer::new(spec.rate, total));
+    let start = pacer.start;
+    let mut next = 0u64;
+    while next < total {
+        let due = pacer.due(Instant::now());
+        while next < due {
+            let key = super::key(next);
+            let mut record = BaseRecord::with_opaque_to(&spec.topic, next as usize)
+                .key(&key[..])
+                .payload(&payload[..]);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => return Err(format!("librdkafka send: {e}")),
+                }
+            }
+            next += 1;
+        }
+        // Ticks of at least 1 ms, like the tokio timer the async runners wait on.
+        let wait = pacer
+            .scheduled(next)
+            .saturating_duration_since(Instant::now());
+        std::thread::sleep(wait.max(Duration::from_millis(1)));
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| format!("librdkafka flush: {e}"))?;
+    let elapsed = start.elapsed();
+    Ok(ctx_result(spec, producer.context(), true, elapsed))
 }
 
 async fn future_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
