@@ -33,7 +33,7 @@ run options:
                             KAFKA_BROKERS=host:port,... uses that cluster instead
   --clients LIST            comma-separated: librdkafka,librdkafka-future,rskafka,purekafka
   --workloads LIST          comma-separated: produce,produce-latency,consume,first-record
-  --reps N                  repetitions per case and client (default 3; quick 1)
+  --reps N                  repetitions per case and client (default 5; quick 1)
   --records N               records per produce / consume run (default 1000000)
   --rate R                  records/s of the latency run (default 20000)
   --latency-secs S          length of the latency run (default 10; quick 2)

@@ -41,7 +41,7 @@ impl RunOptions {
                 .filter(|c| c.available())
                 .collect(),
             workloads: WorkloadKind::ALL.to_vec(),
-            reps: if quick { 1 } else { 3 },
+            reps: if quick { 1 } else { 5 },
             records: if quick { 50_000 } else { 1_000_000 },
             consume_value_size: 100,
             rate: 20_000,

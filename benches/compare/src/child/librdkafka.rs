@@ -21,7 +21,7 @@ use rdkafka::producer::{
 };
 use rdkafka::ClientContext;
 
-use super::{consume_result, consume_target, produce_count, produce_result, value, Pacer};
+use super::{consume_result, consume_target, produce_count, produce_result, value, InOrder, Pacer};
 use crate::model::{
     ChildResult, ChildSpec, ClientKind, WorkloadKind, ACKS, BATCH_BYTES, LINGER_MS,
 };
@@ -239,9 +239,62 @@ fn threaded_paced_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     Ok(ctx_result(spec, producer.context(), true, elapsed))
 }
 
-async fn future_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+/// Throughput through `FutureProducer`: futures reaped in send order.
+async fn future_produce_throughput(spec: &ChildSpec) -> Result<ChildResult, String> {
     let total = produce_count(spec);
-    let paced = spec.workload == WorkloadKind::ProduceLatency;
+    let payload = value(spec.value_size);
+    let producer: FutureProducer = producer_config(spec)
+        .create()
+        .map_err(|e| format!("librdkafka future producer: {e}"))?;
+    let mut pending = InOrder::new();
+    let start = Instant::now();
+    for i in 0..total {
+        let key = super::key(i);
+        let mut record = FutureRecord::to(&spec.topic)
+            .key(&key[..])
+            .payload(&payload[..]);
+        loop {
+            match producer.send_result(record) {
+                Ok(fut) => {
+                    pending.push(fut.map(flatten));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    pending.wait_one().await;
+                }
+                Err((e, _)) => return Err(format!("librdkafka send: {e}")),
+            }
+        }
+        if i.is_multiple_of(1024) {
+            pending.reap_ready(|_| true);
+        }
+    }
+    pending.drain().await;
+    let elapsed = start.elapsed();
+    Ok(produce_result(
+        spec,
+        pending.delivered,
+        pending.errors,
+        elapsed,
+        None,
+    ))
+}
+
+fn flatten(r: FutureDelivery) -> Result<(), ()> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Fixed rate through `FutureProducer`: every acknowledgement is seen when it arrives.
+async fn future_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+    if spec.workload != WorkloadKind::ProduceLatency {
+        return future_produce_throughput(spec).await;
+    }
+    let total = produce_count(spec);
+    let paced = true;
     let payload = value(spec.value_size);
     let producer: FutureProducer = producer_config(spec)
         .create()

@@ -8,7 +8,11 @@ mod librdkafka;
 mod purekafka;
 mod rskafka_raw;
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use crate::model::{ChildResult, ChildSpec, ClientKind, Latency, WorkloadKind, RESULT_PREFIX};
 
@@ -106,6 +110,73 @@ impl Pacer {
         now.saturating_duration_since(self.scheduled(i))
             .as_micros()
             .min(u32::MAX as u128) as u32
+    }
+}
+
+/// Delivery futures of a throughput run, kept in send order and reaped from the front: the
+/// futures-based counterpart of a delivery callback, with no allocation or waker per record
+/// (a `FuturesUnordered` would add both to the client's measured cost). Latency runs use a
+/// `FuturesUnordered` instead, so that every acknowledgement is seen when it arrives.
+pub struct InOrder<F> {
+    queue: VecDeque<F>,
+    pub delivered: u64,
+    pub errors: u64,
+}
+
+impl<F, T, E> InOrder<F>
+where
+    F: Future<Output = Result<T, E>> + Unpin,
+{
+    pub fn new() -> Self {
+        InOrder {
+            queue: VecDeque::new(),
+            delivered: 0,
+            errors: 0,
+        }
+    }
+
+    pub fn push(&mut self, f: F) {
+        self.queue.push_back(f);
+    }
+
+    fn tally(&mut self, r: Result<T, E>) {
+        match r {
+            Ok(_) => self.delivered += 1,
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    /// Takes the resolved futures at the front; `done` tells cheaply whether one is resolved
+    /// (for futures that cannot tell, `|_| true` polls the front once).
+    pub fn reap_ready(&mut self, done: impl Fn(&F) -> bool) {
+        while let Some(front) = self.queue.front_mut() {
+            if !done(front) {
+                break;
+            }
+            match front.now_or_never() {
+                Some(r) => {
+                    self.queue.pop_front();
+                    self.tally(r);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Waits for the oldest future (to make room when a client's queue is full).
+    pub async fn wait_one(&mut self) {
+        if let Some(f) = self.queue.pop_front() {
+            let r = f.await;
+            self.tally(r);
+        }
+    }
+
+    /// Waits for every remaining future.
+    pub async fn drain(&mut self) {
+        while let Some(f) = self.queue.pop_front() {
+            let r = f.await;
+            self.tally(r);
+        }
     }
 }
 

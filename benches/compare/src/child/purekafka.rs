@@ -8,7 +8,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use purekafka::{Client, Config, Record};
 
-use super::{consume_result, consume_target, produce_count, produce_result, Pacer};
+use super::{consume_result, consume_target, produce_count, produce_result, InOrder, Pacer};
 use crate::model::{ChildResult, ChildSpec, WorkloadKind, ACKS, BATCH_BYTES, LINGER_MS};
 
 pub fn run(spec: &ChildSpec) -> Result<ChildResult, String> {
@@ -38,9 +38,53 @@ fn config(spec: &ChildSpec, group: bool) -> Result<Config, String> {
     b.build().map_err(|e| format!("purekafka config: {e}"))
 }
 
-async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+/// Throughput: delivery futures reaped in send order (`DeliveryFuture::is_done` is a cheap
+/// check), the counterpart of librdkafka's delivery callback.
+async fn produce_throughput(spec: &ChildSpec) -> Result<ChildResult, String> {
     let total = produce_count(spec);
-    let paced = spec.workload == WorkloadKind::ProduceLatency;
+    let payload = Bytes::from(super::value(spec.value_size));
+    let topic = spec.topic.clone();
+    let client = Client::connect(config(spec, false)?)
+        .await
+        .map_err(|e| format!("purekafka connect: {e}"))?;
+    let producer = client.producer();
+    let mut pending = InOrder::new();
+    let start = Instant::now();
+    for i in 0..total {
+        let record = Record::new(topic.clone(), payload.clone())
+            .with_key(Bytes::copy_from_slice(&super::key(i)));
+        let fut = producer
+            .enqueue(record)
+            .await
+            .map_err(|e| format!("purekafka enqueue: {e}"))?;
+        pending.push(fut);
+        if i.is_multiple_of(1024) {
+            pending.reap_ready(|f| f.is_done());
+        }
+    }
+    // Send lingering batches now, as librdkafka's flush() does.
+    #[allow(clippy::let_unit_value)]
+    let _ = producer.flush().await;
+    pending.drain().await;
+    let elapsed = start.elapsed();
+    #[allow(clippy::let_unit_value)]
+    let _ = producer.close().await;
+    Ok(produce_result(
+        spec,
+        pending.delivered,
+        pending.errors,
+        elapsed,
+        None,
+    ))
+}
+
+/// Fixed rate: every acknowledgement is seen when it arrives.
+async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+    if spec.workload != WorkloadKind::ProduceLatency {
+        return produce_throughput(spec).await;
+    }
+    let total = produce_count(spec);
+    let paced = true;
     let payload = Bytes::from(super::value(spec.value_size));
     let topic = spec.topic.clone();
     let client = Client::connect(config(spec, false)?)
