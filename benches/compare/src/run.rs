@@ -94,6 +94,13 @@ fn cases(o: &RunOptions) -> Vec<Case> {
     v
 }
 
+/// The 1, 5 and 15 minute load averages: other work on the machine shows here.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -369,6 +376,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         opts.broker.describe()
     );
     let started = Instant::now();
+    let load_before = loadavg();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -397,7 +405,11 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         date: date.clone(),
         command: command.clone(),
         broker: broker.clone(),
-        machine: machine(),
+        machine: format!(
+            "{}; load average {load_before} before, {} after",
+            machine(),
+            loadavg()
+        ),
         settings: serde_json::json!({
             "acks": ACKS,
             "linger_ms": LINGER_MS,
