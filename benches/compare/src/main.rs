@@ -73,7 +73,6 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             "--latency-secs" => o.latency_secs = num(flag, &value()?)?,
             "--out" => o.out_dir = value()?.into(),
             "--child-timeout" => o.child_timeout = Duration::from_secs(num(flag, &value()?)?),
-            "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -134,6 +133,10 @@ fn main() {
         "compare {}",
         args.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")
     );
+    if args.iter().skip(1).any(|a| a == "-h" || a == "--help") {
+        print!("{USAGE}");
+        return;
+    }
     let result = match args.get(1).map(String::as_str) {
         Some("run") => parse_run(&args[2..]).and_then(|o| run::run(o, command.trim().to_string())),
         Some("child") => parse_child(&args[2..]).and_then(child::main),
