@@ -35,6 +35,15 @@ fn config(spec: &ChildSpec, group: bool) -> Result<Config, String> {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "5000");
     }
+    // `COMPARE_PUREKAFKA_SET=key=value,...` overrides settings, to explore how one changes a
+    // figure (such runs are not like for like: say so when quoting them).
+    if let Ok(pairs) = std::env::var("COMPARE_PUREKAFKA_SET") {
+        for kv in pairs.split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                b = b.set(k.trim(), v.trim());
+            }
+        }
+    }
     b.build().map_err(|e| format!("purekafka config: {e}"))
 }
 
