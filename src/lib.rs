@@ -34,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod producer;
 pub mod reconnect;
 pub mod record;
 #[cfg(feature = "tls")]
@@ -45,6 +46,7 @@ pub use client::{Client, TopicInfo};
 pub use config::{Config, ConfigBuilder};
 pub use error::{Error, Result};
 pub use health::Health;
+pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics};
 pub use reconnect::{ReconnectPolicy, RetryEvent};
 pub use record::{ConsumedRecord, Headers, Record};
 pub use rskafka;

@@ -1,0 +1,316 @@
+//! Batch-level completion: one shared [`BatchCompletion`] per batch, and per record a
+//! [`DeliveryFuture`] that holds an `Arc` of it plus the record's offset delta.
+//!
+//! No channel and no allocation per record: a record's delivery is `base_offset + delta` of
+//! its batch. A future that is polled before its batch completes registers on the batch's
+//! `Notify` (one small box, only on that slow path); futures awaited after the batch
+//! completed return at once.
+//!
+//! A batch whose completion is dropped unresolved (the producer's runtime shut down, say)
+//! resolves its records with [`Error::Closed`]: never silence.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+
+/// Where a record was written: what a successful send resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The topic (shared by the records of a batch: no allocation per record).
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: i32,
+    /// The record's offset in the partition; `-1` with `acks=0`, where the broker says
+    /// nothing.
+    pub offset: i64,
+    /// The record's timestamp in milliseconds since the Unix epoch: its create time, or the
+    /// broker's log append time when the topic uses `LogAppendTime`.
+    pub timestamp: i64,
+}
+
+/// The broker's answer for a whole batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchAck {
+    /// Offset of the batch's first record (`-1` when unknown, with `acks=0`).
+    pub(crate) base_offset: i64,
+    /// The broker's log append time, when the topic uses it.
+    pub(crate) log_append_time: Option<i64>,
+}
+
+/// The outcome of one batch, shared by all its records.
+#[derive(Debug)]
+pub(crate) struct BatchCompletion {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    result: OnceLock<Result<BatchAck>>,
+    notify: Notify,
+}
+
+impl BatchCompletion {
+    pub(crate) fn new(topic: Arc<str>, partition: i32) -> Arc<Self> {
+        Arc::new(BatchCompletion {
+            topic,
+            partition,
+            result: OnceLock::new(),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Resolves the batch (the first call wins) and wakes every waiting record.
+    pub(crate) fn complete(&self, result: Result<BatchAck>) {
+        if self.result.set(result).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Whether the batch is resolved.
+    pub(crate) fn is_done(&self) -> bool {
+        self.result.get().is_some()
+    }
+
+    /// Waits until the batch is resolved.
+    pub(crate) async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn delivery(&self, delta: i32, timestamp: i64) -> Result<Delivery> {
+        match self.result.get().expect("resolved") {
+            Ok(ack) => Ok(Delivery {
+                topic: Arc::clone(&self.topic),
+                partition: self.partition,
+                offset: if ack.base_offset < 0 {
+                    -1
+                } else {
+                    ack.base_offset + i64::from(delta)
+                },
+                timestamp: ack.log_append_time.unwrap_or(timestamp),
+            }),
+            Err(e) => Err(duplicate(e)),
+        }
+    }
+}
+
+/// The batch's owning handle: resolves the batch with an error if it is dropped unresolved.
+#[derive(Debug)]
+pub(crate) struct CompletionGuard(pub(crate) Arc<BatchCompletion>);
+
+impl Drop for CompletionGuard {
+    fn drop(&mut self) {
+        if !self.0.is_done() {
+            tracing::warn!(
+                topic = %self.0.topic,
+                partition = self.0.partition,
+                "producer stopped before a batch was acknowledged; its records fail"
+            );
+            self.0.complete(Err(Error::Closed(
+                "producer (stopped before acknowledgement)",
+            )));
+        }
+    }
+}
+
+/// The pending delivery of one record, from [`Producer::enqueue`](super::Producer::enqueue)
+/// or [`Producer::try_send`](super::Producer::try_send). It resolves once the broker
+/// acknowledged the record's batch (or the batch failed for good), whether or not it is
+/// polled: dropping it does not cancel the send.
+#[must_use = "a DeliveryFuture tells whether the record was written; await it or drop it knowingly"]
+pub struct DeliveryFuture {
+    state: State,
+}
+
+enum State {
+    Batch {
+        completion: Arc<BatchCompletion>,
+        delta: i32,
+        timestamp: i64,
+        wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    },
+    Ready(Option<Result<Delivery>>),
+    Deferred(Pin<Box<dyn Future<Output = Result<Delivery>> + Send>>),
+}
+
+impl std::fmt::Debug for DeliveryFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.state {
+            State::Batch {
+                completion, delta, ..
+            } => f
+                .debug_struct("DeliveryFuture")
+                .field("topic", &completion.topic)
+                .field("partition", &completion.partition)
+                .field("offset_delta", delta)
+                .field("done", &completion.is_done())
+                .finish(),
+            State::Ready(r) => f.debug_tuple("DeliveryFuture").field(r).finish(),
+            State::Deferred(_) => f.write_str("DeliveryFuture(deferred)"),
+        }
+    }
+}
+
+impl DeliveryFuture {
+    pub(crate) fn batch(completion: Arc<BatchCompletion>, delta: i32, timestamp: i64) -> Self {
+        DeliveryFuture {
+            state: State::Batch {
+                completion,
+                delta,
+                timestamp,
+                wait: None,
+            },
+        }
+    }
+
+    pub(crate) fn ready(result: Result<Delivery>) -> Self {
+        DeliveryFuture {
+            state: State::Ready(Some(result)),
+        }
+    }
+
+    pub(crate) fn deferred(f: impl Future<Output = Result<Delivery>> + Send + 'static) -> Self {
+        DeliveryFuture {
+            state: State::Deferred(Box::pin(f)),
+        }
+    }
+
+    /// Whether the outcome is known (awaiting it would not wait).
+    pub fn is_done(&self) -> bool {
+        match &self.state {
+            State::Batch { completion, .. } => completion.is_done(),
+            State::Ready(_) => true,
+            State::Deferred(_) => false,
+        }
+    }
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<Delivery>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.state {
+            State::Batch {
+                completion,
+                delta,
+                timestamp,
+                wait,
+            } => {
+                if completion.is_done() {
+                    return Poll::Ready(completion.delivery(*delta, *timestamp));
+                }
+                let w = wait.get_or_insert_with(|| {
+                    let c = Arc::clone(completion);
+                    Box::pin(async move { c.wait().await })
+                });
+                match w.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(completion.delivery(*delta, *timestamp)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            State::Ready(r) => Poll::Ready(
+                r.take()
+                    .unwrap_or(Err(Error::Closed("delivery future (already awaited)"))),
+            ),
+            State::Deferred(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// A copy of a batch's error for one of its records (errors are not `Clone`: their causes
+/// are kept as they are where possible, as text where not).
+pub(crate) fn duplicate(e: &Error) -> Error {
+    match e {
+        Error::Broker {
+            code,
+            context,
+            message,
+        } => Error::Broker {
+            code: *code,
+            context: context.clone(),
+            message: message.clone(),
+        },
+        Error::RecordTooLarge { topic, size, max } => Error::RecordTooLarge {
+            topic: topic.clone(),
+            size: *size,
+            max: *max,
+        },
+        Error::RetriesExhausted {
+            operation,
+            attempts,
+            elapsed,
+            last_error,
+        } => Error::RetriesExhausted {
+            operation: operation.clone(),
+            attempts: *attempts,
+            elapsed: *elapsed,
+            last_error: Box::new(duplicate(last_error)),
+        },
+        Error::Io { broker, source } => Error::Io {
+            broker: broker.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Timeout { operation, after } => Error::Timeout {
+            operation: operation.clone(),
+            after: *after,
+        },
+        Error::Disabled => Error::Disabled,
+        Error::Closed(what) => Error::Closed(what),
+        Error::UnknownTopic(t) => Error::UnknownTopic(t.clone()),
+        Error::QueueFull { buffered, limit } => Error::QueueFull {
+            buffered: *buffered,
+            limit: *limit,
+        },
+        other => Error::Protocol(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_of_a_batch_share_one_completion() {
+        let c = BatchCompletion::new(Arc::from("t"), 3);
+        let futures: Vec<_> = (0..3)
+            .map(|d| DeliveryFuture::batch(Arc::clone(&c), d, 100 + i64::from(d)))
+            .collect();
+        let waiter = tokio::spawn(async move {
+            let mut out = Vec::new();
+            for f in futures {
+                out.push(f.await.unwrap());
+            }
+            out
+        });
+        tokio::task::yield_now().await;
+        c.complete(Ok(BatchAck {
+            base_offset: 40,
+            log_append_time: None,
+        }));
+        let out = waiter.await.unwrap();
+        assert_eq!(
+            out.iter().map(|d| d.offset).collect::<Vec<_>>(),
+            vec![40, 41, 42]
+        );
+        assert_eq!(out[2].timestamp, 102);
+        assert_eq!(out[0].partition, 3);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_batch_fails_its_records() {
+        let c = BatchCompletion::new(Arc::from("t"), 0);
+        let f = DeliveryFuture::batch(Arc::clone(&c), 0, 0);
+        drop(CompletionGuard(c));
+        assert!(matches!(f.await, Err(Error::Closed(_))));
+    }
+}
