@@ -363,24 +363,9 @@ impl Core {
         if let Some(d) = &self.default_headers {
             self.stamp(record, d);
         }
-        let body = record_body_size(
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &record.headers,
-        );
-        let reserved = record_size_upper_bound(body);
-        let max = self
-            .message_max_bytes
-            .min(self.acc.settings.buffer_max_bytes);
-        if reserved + BATCH_HEADER_SIZE > max {
-            return Err(Error::RecordTooLarge {
-                topic: record.topic.to_string(),
-                size: reserved + BATCH_HEADER_SIZE,
-                max,
-            });
-        }
+        let sizes = measure(record, self.message_max_bytes, &self.acc)?;
         self.start_sender();
-        Ok((body, reserved))
+        Ok(sizes)
     }
 
     fn stamp(&self, record: &mut Record, d: &DefaultHeaders) {
@@ -424,37 +409,7 @@ impl Core {
     /// Chooses the partition and appends; releases the reservation on failure.
     #[inline]
     fn append(&self, record: &Record, body: usize, reserved: usize) -> Result<DeliveryFuture> {
-        let prepared = Prepared {
-            record,
-            body,
-            reserved,
-            timestamp: record.timestamp.unwrap_or_else(now_millis),
-        };
-        let result = self.acc.with_topic(&record.topic, |t| {
-            let n = t.partition_count();
-            let partition = match record.partition {
-                Some(p) => Some(p),
-                None => match &self.partitioner {
-                    None => record.key.as_deref().map(|k| partition_for_key(k, n)),
-                    Some(custom) => custom.partition(record, n),
-                },
-            };
-            if let Some(p) = partition {
-                if !(0..n).contains(&p) {
-                    return Err(Error::broker(
-                        3,
-                        format!("{}/{p}", record.topic),
-                        Some(format!("the topic has partitions 0..{n}")),
-                    ));
-                }
-            }
-            Ok(self.acc.append(t, partition, &prepared))
-        });
-        let result = result.unwrap_or_else(|| Err(Error::UnknownTopic(record.topic.to_string())));
-        if result.is_err() {
-            self.acc.release(reserved);
-        }
-        result
+        append_record(&self.acc, self.partitioner.as_deref(), record, body, reserved)
     }
 
     /// Starts the background sender on first use (inside the caller's tokio runtime).
@@ -473,6 +428,126 @@ impl Core {
                 self.started.store(true, Ordering::Release);
             }
             Err(_) => tracing::error!("the producer needs a tokio runtime; none is running"),
+        }
+    }
+}
+
+/// The record's encoded body size and the bytes to reserve for it, or
+/// [`Error::RecordTooLarge`] when it cannot fit in a batch under `message.max.bytes` (or in
+/// the buffer).
+#[inline]
+fn measure(record: &Record, message_max_bytes: usize, acc: &Accumulator) -> Result<(usize, usize)> {
+    let body = record_body_size(
+        record.key.as_deref(),
+        record.value.as_deref(),
+        &record.headers,
+    );
+    let reserved = record_size_upper_bound(body);
+    let max = message_max_bytes.min(acc.settings.buffer_max_bytes);
+    if reserved + BATCH_HEADER_SIZE > max {
+        return Err(Error::RecordTooLarge {
+            topic: record.topic.to_string(),
+            size: reserved + BATCH_HEADER_SIZE,
+            max,
+        });
+    }
+    Ok((body, reserved))
+}
+
+/// Chooses the record's partition (explicit, custom partitioner, murmur2 of the key, or
+/// sticky) and appends it to that partition's open batch. The caller reserved `reserved`
+/// bytes; they are released when this fails.
+#[inline]
+fn append_record(
+    acc: &Accumulator,
+    partitioner: Option<&dyn Partitioner>,
+    record: &Record,
+    body: usize,
+    reserved: usize,
+) -> Result<DeliveryFuture> {
+    let prepared = Prepared {
+        record,
+        body,
+        reserved,
+        timestamp: record.timestamp.unwrap_or_else(now_millis),
+    };
+    let result = acc.with_topic(&record.topic, |t| {
+        let n = t.partition_count();
+        let partition = match record.partition {
+            Some(p) => Some(p),
+            None => match partitioner {
+                None => record.key.as_deref().map(|k| partition_for_key(k, n)),
+                Some(custom) => custom.partition(record, n),
+            },
+        };
+        if let Some(p) = partition {
+            if !(0..n).contains(&p) {
+                return Err(Error::broker(
+                    3,
+                    format!("{}/{p}", record.topic),
+                    Some(format!("the topic has partitions 0..{n}")),
+                ));
+            }
+        }
+        Ok(acc.append(t, partition, &prepared))
+    });
+    let result = result.unwrap_or_else(|| Err(Error::UnknownTopic(record.topic.to_string())));
+    if result.is_err() {
+        acc.release(reserved);
+    }
+    result
+}
+
+/// Access to the per-record path without a broker, for the criterion benchmarks in
+/// `benches/producer.rs`. Not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+    use crate::config::Compression;
+
+    /// An accumulator for one topic whose batches are "acknowledged" locally.
+    pub struct Harness {
+        acc: Arc<Accumulator>,
+        message_max_bytes: usize,
+    }
+
+    impl Harness {
+        pub fn new(topic: &str, partitions: usize, batch_max_bytes: usize, compression: Compression) -> Self {
+            let acc = Accumulator::new(Settings {
+                linger: std::time::Duration::from_millis(5),
+                batch_max_bytes,
+                buffer_max_bytes: 1 << 30,
+                compression,
+            });
+            acc.add_topic(topic, partitions);
+            Harness { acc, message_max_bytes: 1 << 20 }
+        }
+
+        /// The producer's per-record path: measure, reserve, partition, encode into the batch.
+        #[inline]
+        pub fn enqueue(&self, record: &Record) -> Result<DeliveryFuture> {
+            let (body, reserved) = measure(record, self.message_max_bytes, &self.acc)?;
+            self.acc.try_reserve(reserved)?;
+            append_record(&self.acc, None, record, body, reserved)
+        }
+
+        /// Closes, encodes (header, CRC, compression) and acknowledges every batch; returns
+        /// the encoded bytes.
+        pub fn complete_all(&self) -> usize {
+            self.acc.start_closing();
+            let mut bytes = 0;
+            loop {
+                let drained = self.acc.drain(tokio::time::Instant::now());
+                if drained.ready.is_empty() {
+                    return bytes;
+                }
+                for (topic, partition, mut batch) in drained.ready {
+                    let data = batch.encode(self.acc.settings.compression).expect("encodes");
+                    bytes += data.len();
+                    batch.completion.0.complete(Ok(delivery::BatchAck { base_offset: 0, log_append_time: None }));
+                    self.acc.finished(&topic, partition, batch.reserved);
+                }
+            }
         }
     }
 }
