@@ -409,7 +409,13 @@ impl Core {
     /// Chooses the partition and appends; releases the reservation on failure.
     #[inline]
     fn append(&self, record: &Record, body: usize, reserved: usize) -> Result<DeliveryFuture> {
-        append_record(&self.acc, self.partitioner.as_deref(), record, body, reserved)
+        append_record(
+            &self.acc,
+            self.partitioner.as_deref(),
+            record,
+            body,
+            reserved,
+        )
     }
 
     /// Starts the background sender on first use (inside the caller's tokio runtime).
@@ -512,7 +518,12 @@ pub mod bench {
     }
 
     impl Harness {
-        pub fn new(topic: &str, partitions: usize, batch_max_bytes: usize, compression: Compression) -> Self {
+        pub fn new(
+            topic: &str,
+            partitions: usize,
+            batch_max_bytes: usize,
+            compression: Compression,
+        ) -> Self {
             let acc = Accumulator::new(Settings {
                 linger: std::time::Duration::from_millis(5),
                 batch_max_bytes,
@@ -520,7 +531,10 @@ pub mod bench {
                 compression,
             });
             acc.add_topic(topic, partitions);
-            Harness { acc, message_max_bytes: 1 << 20 }
+            Harness {
+                acc,
+                message_max_bytes: 1 << 20,
+            }
         }
 
         /// The producer's per-record path: measure, reserve, partition, encode into the batch.
@@ -542,9 +556,14 @@ pub mod bench {
                     return bytes;
                 }
                 for (topic, partition, mut batch) in drained.ready {
-                    let data = batch.encode(self.acc.settings.compression).expect("encodes");
+                    let data = batch
+                        .encode(self.acc.settings.compression)
+                        .expect("encodes");
                     bytes += data.len();
-                    batch.completion.0.complete(Ok(delivery::BatchAck { base_offset: 0, log_append_time: None }));
+                    batch.completion.0.complete(Ok(delivery::BatchAck {
+                        base_offset: 0,
+                        log_append_time: None,
+                    }));
                     self.acc.finished(&topic, partition, batch.reserved);
                 }
             }
