@@ -37,7 +37,7 @@ pub(crate) fn varint_len(v: i32) -> usize {
 pub(crate) fn varlong_len(v: i64) -> usize {
     let z = ((v << 1) ^ (v >> 63)) as u64;
     // 1 byte per started 7 bits; 0 still takes one byte.
-    ((64 - (z | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[inline]

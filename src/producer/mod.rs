@@ -539,10 +539,10 @@ pub mod bench {
 
         /// The producer's per-record path: measure, reserve, partition, encode into the batch.
         #[inline]
-        pub fn enqueue(&self, record: &Record) -> Result<DeliveryFuture> {
-            let (body, reserved) = measure(record, self.message_max_bytes, &self.acc)?;
+        pub fn enqueue(&self, record: Record) -> Result<DeliveryFuture> {
+            let (body, reserved) = measure(&record, self.message_max_bytes, &self.acc)?;
             self.acc.try_reserve(reserved)?;
-            append_record(&self.acc, None, record, body, reserved)
+            append_record(&self.acc, None, &record, body, reserved)
         }
 
         /// Closes, encodes (header, CRC, compression) and acknowledges every batch; returns
