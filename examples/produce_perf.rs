@@ -126,7 +126,7 @@ async fn main() -> purekafka::Result<()> {
 
     let secs = elapsed.as_secs_f64();
     println!(
-        "command: produce_perf --records {records} --size {size} ({}, acks=all, linger.ms=5{})",
+        "command: produce_perf --records {records} --size {size} --partitions {partitions} ({}, acks=all, linger.ms=5{})",
         if keyed { "keyed" } else { "keyless" },
         sets.iter()
             .map(|(k, v)| format!(", {k}={v}"))
