@@ -473,7 +473,9 @@ async fn leader_move_and_not_leader_errors_lose_nothing() {
             for p in 0..6 {
                 cluster.set_leader(&topic, p, ((p + 1) % 3) + 1).unwrap();
             }
-            cluster.push_request_errors(0, &[6]).unwrap();
+            // NOT_LEADER once more, then a dropped connection (librdkafka's _TRANSPORT: the
+            // broker closes the connection instead of answering).
+            cluster.push_request_errors(0, &[6, -195]).unwrap();
         }
         pending.push(producer.enqueue(numbered(&topic, i)).await.unwrap());
         if i % 1000 == 0 {
@@ -494,6 +496,40 @@ async fn leader_move_and_not_leader_errors_lose_nothing() {
     let reader = connect(config_for(&cluster)).await;
     let read = read_topic(&reader, &topic, 6).await;
     check_read_back(&read, &deliveries, key_of, value_of);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_fails_records_after_the_delivery_timeout() {
+    let cluster = TestCluster::start(Backend::MockCluster).expect("start broker");
+    let topic = unique_name("producer-timeout");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let client = connect(
+        config_for(&cluster)
+            .set("delivery.timeout.ms", "1500")
+            .set("reconnect.backoff.ms", "50")
+            .set("request.timeout.ms", "500"),
+    )
+    .await;
+    let producer = client.producer();
+    producer
+        .send(Record::new(topic.clone(), "first"))
+        .await
+        .expect("delivered while the brokers are up");
+    cluster.broker_down(-1).unwrap();
+    let started = Instant::now();
+    let result = producer.send(Record::new(topic.clone(), "lost")).await;
+    let took = started.elapsed();
+    match result {
+        Err(e @ Error::RetriesExhausted { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&topic), "{text}");
+            assert!(text.contains("delivery.timeout.ms"), "{text}");
+        }
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+    assert!(producer.metrics().retries >= 1);
+    assert_eq!(producer.metrics().errors, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

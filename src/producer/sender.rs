@@ -272,8 +272,7 @@ impl Sender {
         if !error.is_retriable() {
             return self.give_up(b, error);
         }
-        let delay = backoff_delay(&self.backoff, attempt);
-        if elapsed + delay >= self.delivery_timeout {
+        if elapsed >= self.delivery_timeout {
             let e = Error::RetriesExhausted {
                 operation: format!(
                     "{} ({} records, delivery.timeout.ms = {})",
@@ -287,6 +286,8 @@ impl Sender {
             };
             return self.give_up(b, e);
         }
+        // The last attempt happens at the deadline at the latest.
+        let delay = backoff_delay(&self.backoff, attempt).min(self.delivery_timeout - elapsed);
         let op = operation();
         tracing::warn!(
             operation = %op,
