@@ -250,9 +250,10 @@ impl Accumulator {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    self.counters
-                        .buffered_peak
-                        .fetch_max(next, Ordering::Relaxed);
+                    let peak = &self.counters.buffered_peak;
+                    if next > peak.load(Ordering::Relaxed) {
+                        peak.fetch_max(next, Ordering::Relaxed);
+                    }
                     return Ok(());
                 }
                 Err(actual) => current = actual,

@@ -138,7 +138,8 @@ enum State {
         timestamp: i64,
         wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     },
-    Ready(Option<Result<Delivery>>),
+    /// Known at once (disabled, errors): boxed, so that the common variant stays small.
+    Ready(Option<Box<Result<Delivery>>>),
     Deferred(Pin<Box<dyn Future<Output = Result<Delivery>> + Send>>),
 }
 
@@ -174,7 +175,7 @@ impl DeliveryFuture {
 
     pub(crate) fn ready(result: Result<Delivery>) -> Self {
         DeliveryFuture {
-            state: State::Ready(Some(result)),
+            state: State::Ready(Some(Box::new(result))),
         }
     }
 
@@ -218,10 +219,10 @@ impl Future for DeliveryFuture {
                     Poll::Pending => Poll::Pending,
                 }
             }
-            State::Ready(r) => Poll::Ready(
-                r.take()
-                    .unwrap_or(Err(Error::Closed("delivery future (already awaited)"))),
-            ),
+            State::Ready(r) => Poll::Ready(match r.take() {
+                Some(result) => *result,
+                None => Err(Error::Closed("delivery future (already awaited)")),
+            }),
             State::Deferred(f) => f.as_mut().poll(cx),
         }
     }
@@ -304,6 +305,16 @@ mod tests {
         );
         assert_eq!(out[2].timestamp, 102);
         assert_eq!(out[0].partition, 3);
+    }
+
+    #[test]
+    fn a_delivery_future_is_small_send_and_unpin() {
+        // One per record in flight: a million of them should not cost 100 MB.
+        assert!(std::mem::size_of::<DeliveryFuture>() <= 48);
+        fn is_send_unpin<T: Send + Unpin>() {}
+        is_send_unpin::<DeliveryFuture>();
+        fn is_send_sync<T: Send + Sync>() {}
+        is_send_sync::<crate::Producer>();
     }
 
     #[tokio::test]

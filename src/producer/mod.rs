@@ -245,10 +245,21 @@ impl Producer {
             return Ok(DeliveryFuture::ready(Err(Error::Disabled)));
         };
         let (body, reserved) = core.prepare(&mut record)?;
-        if !core.knows(&record.topic) {
-            core.load_topic(&self.inner.client, &record.topic).await?;
-        }
         core.acc.reserve(reserved).await?;
+        if let Some(appended) = try_append_record(
+            &core.acc,
+            core.partitioner.as_deref(),
+            &record,
+            body,
+            reserved,
+        ) {
+            return appended;
+        }
+        // First record for this topic: learn its partitions, then append.
+        if let Err(e) = core.load_topic(&self.inner.client, &record.topic).await {
+            core.acc.release(reserved);
+            return Err(e);
+        }
         core.append(&record, body, reserved)
     }
 
@@ -261,8 +272,14 @@ impl Producer {
         };
         let (body, reserved) = core.prepare(&mut record)?;
         core.acc.try_reserve(reserved)?;
-        if core.knows(&record.topic) {
-            return core.append(&record, body, reserved);
+        if let Some(appended) = try_append_record(
+            &core.acc,
+            core.partitioner.as_deref(),
+            &record,
+            body,
+            reserved,
+        ) {
+            return appended;
         }
         // First record for this topic: its metadata needs a round trip; do it in the
         // background (the bytes are reserved already).
@@ -389,11 +406,6 @@ impl Core {
         }
     }
 
-    #[inline]
-    fn knows(&self, topic: &str) -> bool {
-        self.acc.with_topic(topic, |_| ()).is_some()
-    }
-
     /// Fetches the topic's partition count (under the client's retry policy).
     async fn load_topic(&self, client: &Client, topic: &str) -> Result<()> {
         let cluster = &self.cluster;
@@ -471,6 +483,21 @@ fn append_record(
     body: usize,
     reserved: usize,
 ) -> Result<DeliveryFuture> {
+    try_append_record(acc, partitioner, record, body, reserved).unwrap_or_else(|| {
+        acc.release(reserved);
+        Err(Error::UnknownTopic(record.topic.to_string()))
+    })
+}
+
+/// [`append_record`], but `None` (reservation kept) when the topic is not known yet.
+#[inline]
+fn try_append_record(
+    acc: &Accumulator,
+    partitioner: Option<&dyn Partitioner>,
+    record: &Record,
+    body: usize,
+    reserved: usize,
+) -> Option<Result<DeliveryFuture>> {
     let prepared = Prepared {
         record,
         body,
@@ -496,12 +523,11 @@ fn append_record(
             }
         }
         Ok(acc.append(t, partition, &prepared))
-    });
-    let result = result.unwrap_or_else(|| Err(Error::UnknownTopic(record.topic.to_string())));
+    })?;
     if result.is_err() {
         acc.release(reserved);
     }
-    result
+    Some(result)
 }
 
 /// Access to the per-record path without a broker, for the criterion benchmarks in
