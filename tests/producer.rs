@@ -533,6 +533,38 @@ async fn an_unreachable_cluster_fails_records_after_the_delivery_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_sends_lingering_batches_at_once() {
+    let cluster = TestCluster::start(Backend::MockCluster).expect("start broker");
+    let topic = unique_name("producer-full-linger");
+    cluster.create_topic(&topic, 2).await.unwrap();
+    let client = connect(
+        config_for(&cluster)
+            .set("linger.ms", "30000")
+            .set("queue.buffering.max.kbytes", "1024")
+            .set("batch.size", "262144"),
+    )
+    .await;
+    let producer = client.producer();
+    let started = Instant::now();
+    let value = Bytes::from(vec![b'v'; 1000]);
+    let mut pending = Vec::new();
+    for _ in 0..4_000 {
+        // 4 MB through a 1 MiB buffer: impossible if batches waited for their linger.
+        pending.push(
+            producer
+                .enqueue(Record::new(topic.clone(), value.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    producer.flush().await;
+    for f in pending {
+        f.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_keeps_memory_bounded_and_loses_nothing() {
     const N: usize = 20_000;
     const BOUND: usize = 1 << 20;

@@ -163,6 +163,9 @@ pub(crate) struct Accumulator {
     buffered: AtomicUsize,
     /// Budget bytes were released.
     space: Notify,
+    /// Callers waiting for budget bytes: lingering batches are sent at once meanwhile (as
+    /// the Java client does when its buffer is exhausted).
+    waiting: AtomicUsize,
     /// Something for the sender: a new batch (linger clock started), a full batch, a batch
     /// back from the broker, flush, close.
     pub(crate) wake_sender: Notify,
@@ -180,6 +183,7 @@ impl Accumulator {
             topics: RwLock::new(HashMap::new()),
             buffered: AtomicUsize::new(0),
             space: Notify::new(),
+            waiting: AtomicUsize::new(0),
             wake_sender: Notify::new(),
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -266,7 +270,16 @@ impl Accumulator {
         if self.try_reserve(n).is_ok() {
             return Ok(());
         }
-        // There may be nothing in flight to free room: make sure the sender sends what waits.
+        // There may be nothing in flight to free room: have the sender send what lingers.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        // Decremented also when the caller gives up waiting (the future is dropped).
+        let _waiting = Waiting(&self.waiting);
         self.wake_sender.notify_one();
         loop {
             let released = self.space.notified();
@@ -392,7 +405,8 @@ impl Accumulator {
     /// `closing`). Partitions with a batch in flight are skipped. Also returns when the next
     /// batch becomes due, and whether everything is empty.
     pub(crate) fn drain(&self, now: Instant) -> Drained {
-        let closing = self.closing.load(Ordering::Acquire);
+        let closing =
+            self.closing.load(Ordering::Acquire) || self.waiting.load(Ordering::Acquire) > 0;
         let linger = self.settings.linger;
         let mut out = Drained {
             ready: Vec::new(),
