@@ -654,10 +654,20 @@ on_each_backend!(
         for i in 0..1_000 {
             pending.push(producer.enqueue(numbered(&topic, i)).await.unwrap());
         }
+        // try_send to a topic not seen yet: its metadata is fetched in the background.
+        let other = unique_name("producer-drop-other");
+        cluster.create_topic(&other, 1).await.expect("create topic");
+        let deferred = producer
+            .try_send(Record::new(other.clone(), "late"))
+            .unwrap();
         drop(producer);
         for f in pending {
             f.await.expect("delivered after the producer was dropped");
         }
+        let d = deferred
+            .await
+            .expect("delivered after the producer was dropped");
+        assert_eq!(&*d.topic, other.as_str());
 
         let producer = client.producer();
         let f = producer.enqueue(numbered(&topic, 1_000)).await.unwrap();

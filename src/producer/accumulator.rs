@@ -169,6 +169,9 @@ pub(crate) struct Accumulator {
     /// Something for the sender: a new batch (linger clock started), a full batch, a batch
     /// back from the broker, flush, close.
     pub(crate) wake_sender: Notify,
+    /// Appends started but not finished (a `try_send` learning its topic in the background):
+    /// the sender keeps running until they are done, so their records are not stranded.
+    deferred: AtomicUsize,
     /// Send everything now, linger or not (close / last producer dropped).
     closing: AtomicBool,
     /// No more records accepted.
@@ -184,6 +187,7 @@ impl Accumulator {
             buffered: AtomicUsize::new(0),
             space: Notify::new(),
             waiting: AtomicUsize::new(0),
+            deferred: AtomicUsize::new(0),
             wake_sender: Notify::new(),
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -497,8 +501,11 @@ impl Accumulator {
         self.wake_sender.notify_one();
     }
 
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+    /// Whether the sender may stop: closing, and no append pending. Checked *before* a
+    /// drain that finds everything empty: an append finished before this check is seen by
+    /// that drain.
+    pub(crate) fn may_stop(&self) -> bool {
+        self.closing.load(Ordering::SeqCst) && self.deferred.load(Ordering::SeqCst) == 0
     }
 
     /// Records enqueued and not yet resolved.
@@ -507,6 +514,23 @@ impl Accumulator {
         let done =
             c.records_sent.load(Ordering::Relaxed) + c.records_failed.load(Ordering::Relaxed);
         c.enqueued.load(Ordering::Relaxed).saturating_sub(done)
+    }
+}
+
+/// A pending append (see `Accumulator::deferred`); dropping it ends it and wakes the sender.
+pub(crate) struct DeferredAppend(Arc<Accumulator>);
+
+impl DeferredAppend {
+    pub(crate) fn new(acc: Arc<Accumulator>) -> Self {
+        acc.deferred.fetch_add(1, Ordering::SeqCst);
+        DeferredAppend(acc)
+    }
+}
+
+impl Drop for DeferredAppend {
+    fn drop(&mut self) {
+        self.0.deferred.fetch_sub(1, Ordering::SeqCst);
+        self.0.wake_sender.notify_one();
     }
 }
 

@@ -283,14 +283,20 @@ impl Producer {
         }
         // First record for this topic: its metadata needs a round trip; do it in the
         // background (the bytes are reserved already).
+        // The sender does not stop while such an append is pending (see `Accumulator::deferred`).
         let core = Arc::clone(core);
         let client = self.inner.client.clone();
+        let pending_append = accumulator::DeferredAppend::new(Arc::clone(&core.acc));
         let task = tokio::spawn(async move {
-            if let Err(e) = core.load_topic(&client, &record.topic).await {
-                core.acc.release(reserved);
-                return Err(e);
-            }
-            core.append(&record, body, reserved)?.await
+            let appended = match core.load_topic(&client, &record.topic).await {
+                Ok(()) => core.append(&record, body, reserved),
+                Err(e) => {
+                    core.acc.release(reserved);
+                    Err(e)
+                }
+            };
+            drop(pending_append);
+            appended?.await
         });
         Ok(DeliveryFuture::deferred(async move {
             task.await

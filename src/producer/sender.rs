@@ -58,8 +58,9 @@ impl Sender {
     /// Runs until the accumulator is closing and everything was resolved.
     pub(crate) async fn run(self: Arc<Self>) {
         loop {
+            let may_stop = self.acc.may_stop();
             let drained = self.acc.drain(Instant::now());
-            if drained.empty && self.acc.is_closing() {
+            if drained.empty && may_stop {
                 tracing::debug!("producer sender: everything sent, stopping");
                 return;
             }
