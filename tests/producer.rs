@@ -741,6 +741,33 @@ async fn disabled_kafka_sends_nothing_and_says_so() {
     producer.close().await;
 }
 
+on_each_backend!(
+    acks_zero_sends_without_waiting_for_answers,
+    |cluster: TestCluster| async move {
+        let topic = unique_name("producer-acks0");
+        cluster.create_topic(&topic, 2).await.expect("create topic");
+        let client = connect(config_for(&cluster).set("acks", "0")).await;
+        let producer = client.producer();
+        for r in producer
+            .send_all((0..500).map(|i| numbered(&topic, i)))
+            .await
+        {
+            assert_eq!(r.expect("written").offset, -1, "acks=0 has no offsets");
+        }
+        // Nothing confirms the writes: wait until they show up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let read = read_topic(&client, &topic, 2).await;
+            let n: usize = read.iter().map(Vec::len).sum();
+            if n == 500 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{n} of 500 records arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topic_and_partition_fail_clearly() {
     let cluster = TestCluster::start(Backend::MockCluster).expect("start broker");
