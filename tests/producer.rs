@@ -284,6 +284,27 @@ on_each_backend!(
                 .send(Record::new(topic.clone(), "fine again"))
                 .await
                 .expect("next record is delivered");
+
+            // A batch of many records rejected as too large is split and sent again in
+            // halves, in order (as the Java client does): nothing fails.
+            cluster.push_request_errors(0, &[10, 10]).unwrap();
+            let results = producer
+                .send_all((0..100).map(|i| Record::new(topic.clone(), format!("split-{i}"))))
+                .await;
+            let offsets: Vec<i64> = results
+                .into_iter()
+                .map(|r| r.expect("delivered after splitting").offset)
+                .collect();
+            assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+            assert!(producer.metrics().retries >= 2);
+            let read = read_partition(&client, &topic, 0).await;
+            let split: Vec<String> = read
+                .iter()
+                .filter_map(|r| String::from_utf8(r.record.value.clone()?).ok())
+                .filter(|v| v.starts_with("split-"))
+                .collect();
+            let expected: Vec<String> = (0..100).map(|i| format!("split-{i}")).collect();
+            assert_eq!(split, expected);
         }
     }
 );

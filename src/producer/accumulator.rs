@@ -470,6 +470,23 @@ impl Accumulator {
         self.wake_sender.notify_one();
     }
 
+    /// Puts the two halves of a split batch back at the front of its partition's queue.
+    pub(crate) fn requeue_split(
+        &self,
+        topic: &TopicQueues,
+        partition: i32,
+        first: ReadyBatch,
+        second: ReadyBatch,
+    ) {
+        {
+            let mut q = topic.lock(partition);
+            q.in_flight = None;
+            q.closed.push_front(second);
+            q.closed.push_front(first);
+        }
+        self.wake_sender.notify_one();
+    }
+
     /// A batch was resolved: frees its partition for the next one and its budget bytes.
     pub(crate) fn finished(&self, topic: &TopicQueues, partition: i32, reserved: usize) {
         topic.lock(partition).in_flight = None;

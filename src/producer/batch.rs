@@ -211,6 +211,146 @@ impl BatchBuilder {
     }
 }
 
+/// Splits an encoded batch (ours: magic 2, possibly compressed) into two halves, re-encoded
+/// as open batches; returns them and the offset delta where the second half starts. Used
+/// when the broker rejects a batch as too large (MESSAGE_TOO_LARGE), as the Java client does.
+pub(crate) fn split(data: &[u8]) -> Result<(BatchBuilder, BatchBuilder, i32)> {
+    let malformed = |why: &str| Error::Protocol(format!("cannot split a record batch: {why}"));
+    if data.len() < BATCH_HEADER_SIZE || data[16] != 2 {
+        return Err(malformed("not a v2 record batch"));
+    }
+    let be_i64 = |at: usize| i64::from_be_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+    let codec = i16::from_be_bytes([data[21], data[22]]) & 0x7;
+    let first_timestamp = be_i64(27);
+    let count = i32::from_be_bytes(data[57..61].try_into().expect("4 bytes"));
+    if count < 2 {
+        return Err(malformed("fewer than two records"));
+    }
+    let records = decompress(codec, &data[BATCH_HEADER_SIZE..])?;
+    let mut input = &records[..];
+    let half = count / 2;
+    let capacity = records.len() / 2 + 64;
+    let (mut a, mut b) = (BatchBuilder::new(capacity), BatchBuilder::new(capacity));
+    for i in 0..count {
+        let _length = get_varlong(&mut input).ok_or_else(|| malformed("truncated"))?;
+        input = input.get(1..).ok_or_else(|| malformed("truncated"))?; // attributes
+        let timestamp_delta = get_varlong(&mut input).ok_or_else(|| malformed("truncated"))?;
+        let _offset_delta = get_varlong(&mut input).ok_or_else(|| malformed("truncated"))?;
+        let key = get_bytes_field(&mut input).ok_or_else(|| malformed("bad key"))?;
+        let value = get_bytes_field(&mut input).ok_or_else(|| malformed("bad value"))?;
+        let header_count = get_varlong(&mut input).ok_or_else(|| malformed("truncated"))?;
+        let mut headers = Headers::new();
+        for _ in 0..header_count.max(0) {
+            let name = get_bytes_field(&mut input)
+                .flatten()
+                .ok_or_else(|| malformed("bad header"))?;
+            let value = get_bytes_field(&mut input).ok_or_else(|| malformed("bad header"))?;
+            headers.insert(
+                String::from_utf8_lossy(name).into_owned(),
+                bytes::Bytes::copy_from_slice(value.unwrap_or_default()),
+            );
+        }
+        let body = record_body_size(key, value, &headers);
+        let target = if i < half { &mut a } else { &mut b };
+        target.append(
+            body,
+            first_timestamp + timestamp_delta,
+            key,
+            value,
+            &headers,
+        );
+    }
+    Ok((a, b, half))
+}
+
+fn get_varlong(input: &mut &[u8]) -> Option<i64> {
+    let mut z: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = input.split_first()?;
+        *input = rest;
+        z |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+/// A varint-length-prefixed byte field; `Some(None)` for null (length -1).
+fn get_bytes_field<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let len = get_varlong(input)?;
+    if len < 0 {
+        return Some(None);
+    }
+    let len = usize::try_from(len).ok()?;
+    if input.len() < len {
+        return None;
+    }
+    let (field, rest) = input.split_at(len);
+    *input = rest;
+    Some(Some(field))
+}
+
+/// Undoes [`compress`] for a batch's record section, by codec id.
+fn decompress(codec: i16, input: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    use std::io::Read;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Protocol(format!(
+            "{what} decompression of a record batch failed: {e}"
+        ))
+    };
+    match codec {
+        0 => Ok(Cow::Borrowed(input)),
+        1 => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(input)
+                .read_to_end(&mut out)
+                .map_err(|e| failed("gzip", &e))?;
+            Ok(Cow::Owned(out))
+        }
+        2 => {
+            let mut decoder = snap::raw::Decoder::new();
+            let Some(mut framed) = input.strip_prefix(&XERIAL_SNAPPY_HEADER[..]) else {
+                return decoder
+                    .decompress_vec(input)
+                    .map(Cow::Owned)
+                    .map_err(|e| failed("snappy", &e));
+            };
+            let mut out = Vec::new();
+            while !framed.is_empty() {
+                if framed.len() < 4 {
+                    return Err(failed("snappy", &"truncated block length"));
+                }
+                let len = u32::from_be_bytes(framed[..4].try_into().expect("4 bytes")) as usize;
+                let block = framed
+                    .get(4..4 + len)
+                    .ok_or_else(|| failed("snappy", &"truncated block"))?;
+                out.extend(
+                    decoder
+                        .decompress_vec(block)
+                        .map_err(|e| failed("snappy", &e))?,
+                );
+                framed = &framed[4 + len..];
+            }
+            Ok(Cow::Owned(out))
+        }
+        #[cfg(feature = "lz4")]
+        3 => {
+            let mut out = Vec::new();
+            lz4::Decoder::new(input)
+                .and_then(|mut d| d.read_to_end(&mut out))
+                .map_err(|e| failed("lz4", &e))?;
+            Ok(Cow::Owned(out))
+        }
+        #[cfg(feature = "zstd")]
+        4 => zstd::stream::decode_all(input)
+            .map(Cow::Owned)
+            .map_err(|e| failed("zstd", &e)),
+        other => Err(failed("unknown codec", &other)),
+    }
+}
+
 #[inline]
 fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
     match b {
@@ -377,6 +517,25 @@ mod tests {
             None::<fn(&mut Bytes, kafka_protocol::records::Compression) -> anyhow::Result<Bytes>>,
         );
         assert!(r.is_err(), "a corrupted batch must fail its CRC check");
+    }
+
+    #[test]
+    fn a_batch_splits_into_two_halves_with_everything_kept() {
+        for compression in [Compression::None, Compression::Gzip, Compression::Snappy] {
+            let data = encode_three(compression);
+            let (a, b, at) = split(&data).unwrap();
+            assert_eq!((a.len(), b.len(), at), (1, 2, 1));
+            let first = decode(a.finish(compression).unwrap()).records;
+            let second = decode(b.finish(compression).unwrap()).records;
+            assert_eq!(first[0].key.as_deref(), Some(&b"k1"[..]));
+            assert_eq!(first[0].headers.len(), 1);
+            assert_eq!(first[0].timestamp, 1_000);
+            assert_eq!(second[0].key, None);
+            assert_eq!(second[0].value.as_deref(), Some(&b"v2"[..]));
+            assert_eq!(second[1].value, None);
+            assert_eq!(second[1].timestamp, 1_002);
+            assert_eq!(second[1].offset, 1);
+        }
     }
 
     #[test]

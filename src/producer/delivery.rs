@@ -42,12 +42,22 @@ pub(crate) struct BatchAck {
     pub(crate) log_append_time: Option<i64>,
 }
 
+/// How a batch ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Acknowledged, or failed for good.
+    Done(Result<BatchAck>),
+    /// The broker found it too large: its records went on in smaller batches. Each entry is
+    /// the offset delta (in this batch) of a part's first record, and that part's completion.
+    Split(Vec<(i32, Arc<BatchCompletion>)>),
+}
+
 /// The outcome of one batch, shared by all its records.
 #[derive(Debug)]
 pub(crate) struct BatchCompletion {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
-    result: OnceLock<Result<BatchAck>>,
+    result: OnceLock<Outcome>,
     notify: Notify,
 }
 
@@ -63,32 +73,83 @@ impl BatchCompletion {
 
     /// Resolves the batch (the first call wins) and wakes every waiting record.
     pub(crate) fn complete(&self, result: Result<BatchAck>) {
-        if self.result.set(result).is_ok() {
+        self.set(Outcome::Done(result));
+    }
+
+    /// Hands the batch's records over to `parts` (first offset delta, completion), in order.
+    pub(crate) fn split(&self, parts: Vec<(i32, Arc<BatchCompletion>)>) {
+        self.set(Outcome::Split(parts));
+    }
+
+    fn set(&self, outcome: Outcome) {
+        if self.result.set(outcome).is_ok() {
             self.notify.notify_waiters();
         }
     }
 
-    /// Whether the batch is resolved.
-    pub(crate) fn is_done(&self) -> bool {
+    /// Whether this batch has an outcome (possibly "split", with parts still pending).
+    pub(crate) fn is_set(&self) -> bool {
         self.result.get().is_some()
     }
 
-    /// Waits until the batch is resolved.
-    pub(crate) async fn wait(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_done() {
-                return;
-            }
-            notified.await;
+    /// Whether every record of the batch is resolved (following splits).
+    pub(crate) fn is_done(&self) -> bool {
+        match self.result.get() {
+            None => false,
+            Some(Outcome::Done(_)) => true,
+            Some(Outcome::Split(parts)) => parts.iter().all(|(_, c)| c.is_done()),
         }
+    }
+
+    /// Whether the record at `delta` is resolved (following splits).
+    fn is_done_for(&self, delta: i32) -> bool {
+        match self.result.get() {
+            None => false,
+            Some(Outcome::Done(_)) => true,
+            Some(Outcome::Split(parts)) => {
+                let (first, part) = part_of(parts, delta);
+                part.is_done_for(delta - first)
+            }
+        }
+    }
+
+    /// Waits until every record of the batch is resolved (following splits).
+    pub(crate) fn wait(self: &Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        self.wait_for(None)
+    }
+
+    /// Waits until the record at `delta` (all records: `None`) is resolved.
+    fn wait_for(self: &Arc<Self>, delta: Option<i32>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let this = Arc::clone(self);
+        Box::pin(async move {
+            loop {
+                let notified = this.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if this.is_set() {
+                    break;
+                }
+                notified.await;
+            }
+            if let Some(Outcome::Split(parts)) = this.result.get() {
+                match delta {
+                    Some(delta) => {
+                        let (first, part) = part_of(parts, delta);
+                        part.wait_for(Some(delta - first)).await;
+                    }
+                    None => {
+                        for (_, part) in parts {
+                            part.wait().await;
+                        }
+                    }
+                }
+            }
+        })
     }
 
     fn delivery(&self, delta: i32, timestamp: i64) -> Result<Delivery> {
         match self.result.get().expect("resolved") {
-            Ok(ack) => Ok(Delivery {
+            Outcome::Done(Ok(ack)) => Ok(Delivery {
                 topic: Arc::clone(&self.topic),
                 partition: self.partition,
                 offset: if ack.base_offset < 0 {
@@ -98,9 +159,23 @@ impl BatchCompletion {
                 },
                 timestamp: ack.log_append_time.unwrap_or(timestamp),
             }),
-            Err(e) => Err(duplicate(e)),
+            Outcome::Done(Err(e)) => Err(duplicate(e)),
+            Outcome::Split(parts) => {
+                let (first, part) = part_of(parts, delta);
+                part.delivery(delta - first, timestamp)
+            }
         }
     }
+}
+
+/// The part of a split batch holding the record at `delta`, with the part's first delta.
+fn part_of(parts: &[(i32, Arc<BatchCompletion>)], delta: i32) -> (i32, &Arc<BatchCompletion>) {
+    let (first, part) = parts
+        .iter()
+        .rev()
+        .find(|(first, _)| *first <= delta)
+        .expect("the first part starts at delta 0");
+    (*first, part)
 }
 
 /// The batch's owning handle: resolves the batch with an error if it is dropped unresolved.
@@ -109,7 +184,7 @@ pub(crate) struct CompletionGuard(pub(crate) Arc<BatchCompletion>);
 
 impl Drop for CompletionGuard {
     fn drop(&mut self) {
-        if !self.0.is_done() {
+        if !self.0.is_set() {
             tracing::warn!(
                 topic = %self.0.topic,
                 partition = self.0.partition,
@@ -188,7 +263,9 @@ impl DeliveryFuture {
     /// Whether the outcome is known (awaiting it would not wait).
     pub fn is_done(&self) -> bool {
         match &self.state {
-            State::Batch { completion, .. } => completion.is_done(),
+            State::Batch {
+                completion, delta, ..
+            } => completion.is_done_for(*delta),
             State::Ready(_) => true,
             State::Deferred(_) => false,
         }
@@ -207,13 +284,10 @@ impl Future for DeliveryFuture {
                 timestamp,
                 wait,
             } => {
-                if completion.is_done() {
+                if completion.is_done_for(*delta) {
                     return Poll::Ready(completion.delivery(*delta, *timestamp));
                 }
-                let w = wait.get_or_insert_with(|| {
-                    let c = Arc::clone(completion);
-                    Box::pin(async move { c.wait().await })
-                });
+                let w = wait.get_or_insert_with(|| completion.wait_for(Some(*delta)));
                 match w.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(completion.delivery(*delta, *timestamp)),
                     Poll::Pending => Poll::Pending,
@@ -315,6 +389,38 @@ mod tests {
         is_send_unpin::<DeliveryFuture>();
         fn is_send_sync<T: Send + Sync>() {}
         is_send_sync::<crate::Producer>();
+    }
+
+    #[tokio::test]
+    async fn records_of_a_split_batch_follow_their_part() {
+        let c = BatchCompletion::new(Arc::from("t"), 0);
+        let futures: Vec<_> = (0..4)
+            .map(|d| DeliveryFuture::batch(Arc::clone(&c), d, 0))
+            .collect();
+        let a = BatchCompletion::new(Arc::from("t"), 0);
+        let b = BatchCompletion::new(Arc::from("t"), 0);
+        c.split(vec![(0, Arc::clone(&a)), (2, Arc::clone(&b))]);
+        assert!(!futures[0].is_done());
+        a.complete(Ok(BatchAck {
+            base_offset: 10,
+            log_append_time: None,
+        }));
+        assert!(futures[1].is_done());
+        assert!(!futures[2].is_done());
+        let waiter = tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for f in futures {
+                offsets.push(f.await.map(|d| d.offset).map_err(|e| e.to_string()));
+            }
+            offsets
+        });
+        tokio::task::yield_now().await;
+        b.complete(Err(Error::broker(87, "t/0", None)));
+        let offsets = waiter.await.unwrap();
+        assert_eq!(offsets[0], Ok(10));
+        assert_eq!(offsets[1], Ok(11));
+        assert!(offsets[2].is_err() && offsets[3].is_err());
+        c.wait().await;
     }
 
     #[tokio::test]

@@ -18,8 +18,9 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::ProduceRequest;
 use tokio::time::Instant;
 
-use super::accumulator::{Accumulator, ReadyBatch, TopicQueues};
-use super::delivery::BatchAck;
+use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues};
+use super::batch;
+use super::delivery::{BatchAck, BatchCompletion, CompletionGuard};
 use crate::config::Acks;
 use crate::error::Error;
 use crate::reconnect::{ReconnectPolicy, RetryEvent, RetryHook};
@@ -214,6 +215,9 @@ impl Sender {
                     };
                     self.succeed(b, ack);
                 }
+                Some(p) if p.error_code == MESSAGE_TOO_LARGE && b.batch.records > 1 => {
+                    self.split(b);
+                }
                 Some(p) if p.error_code == MESSAGE_TOO_LARGE => {
                     tracing::warn!(
                         topic = %b.topic.name,
@@ -308,6 +312,43 @@ impl Sender {
         self.acc.counters.retries.fetch_add(1, Ordering::Relaxed);
         b.batch.retry_at = Some(Instant::now() + delay);
         self.acc.requeue(&b.topic, b.partition, b.batch);
+    }
+
+    /// The broker rejected a batch of several records as too large: send its records again
+    /// in two halves (each may split again), in order, ahead of the partition's queue.
+    fn split(&self, b: InFlight) {
+        let (first, second, at) = match batch::split(&b.data) {
+            Ok(halves) => halves,
+            Err(e) => return self.give_up(b, e),
+        };
+        tracing::warn!(
+            topic = %b.topic.name,
+            partition = b.partition,
+            records = b.batch.records,
+            bytes = b.data.len(),
+            "broker rejected a batch as too large (MESSAGE_TOO_LARGE); splitting it in two"
+        );
+        self.acc.counters.retries.fetch_add(1, Ordering::Relaxed);
+        let part = |builder: batch::BatchBuilder, reserved: usize| ReadyBatch {
+            records: builder.len(),
+            payload: Payload::Open(builder),
+            reserved,
+            created: b.batch.created,
+            attempts: 0,
+            retry_at: None,
+            completion: CompletionGuard(BatchCompletion::new(
+                Arc::clone(&b.topic.name),
+                b.partition,
+            )),
+        };
+        let half_reserved = b.batch.reserved / 2;
+        let first = part(first, half_reserved);
+        let second = part(second, b.batch.reserved - half_reserved);
+        b.batch.completion.0.split(vec![
+            (0, Arc::clone(&first.completion.0)),
+            (at, Arc::clone(&second.completion.0)),
+        ]);
+        self.acc.requeue_split(&b.topic, b.partition, first, second);
     }
 
     fn succeed(&self, b: InFlight, ack: BatchAck) {
