@@ -790,6 +790,36 @@ on_each_backend!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_avoid_a_partition_without_leader() {
+    let cluster = TestCluster::start(Backend::MockCluster).expect("start broker");
+    let topic = unique_name("producer-leaderless");
+    cluster.create_topic(&topic, 3).await.unwrap();
+    cluster.set_leader(&topic, 0, -1).unwrap();
+    let client = connect(
+        config_for(&cluster)
+            .set("batch.size", "2000")
+            .set("linger.ms", "1"),
+    )
+    .await;
+    let producer = client.producer();
+    let results = producer
+        .send_all((0..300).map(|i| Record {
+            key: None,
+            ..numbered(&topic, i)
+        }))
+        .await;
+    let mut per_partition = [0usize; 3];
+    for r in results {
+        per_partition[r.expect("delivered").partition as usize] += 1;
+    }
+    assert_eq!(per_partition[0], 0, "{per_partition:?}");
+    assert!(
+        per_partition[1] > 0 && per_partition[2] > 0,
+        "{per_partition:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topic_and_partition_fail_clearly() {
     let cluster = TestCluster::start(Backend::MockCluster).expect("start broker");
     let topic = unique_name("producer-partitions");

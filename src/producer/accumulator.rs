@@ -133,11 +133,31 @@ pub(crate) struct TopicQueues {
     partitions: Box<[Mutex<PartitionQueue>]>,
     /// The sticky partition for records without a key.
     sticky: AtomicI32,
+    /// Partitions last seen without a leader: records without a key avoid them (as the Java
+    /// client does), unless no partition has one.
+    leaderless: Box<[AtomicBool]>,
 }
 
 impl TopicQueues {
     pub(crate) fn partition_count(&self) -> i32 {
         self.partitions.len() as i32
+    }
+
+    /// Records whether `partition` has a leader (from metadata, by the sender).
+    pub(crate) fn set_has_leader(&self, partition: i32, has_leader: bool) {
+        if let Some(flag) = self.leaderless.get(partition as usize) {
+            flag.store(!has_leader, Ordering::Relaxed);
+        }
+    }
+
+    /// The next partition for keyless records after `current`: the next one with a leader,
+    /// or simply the next one when none has.
+    fn next_sticky(&self, current: i32) -> i32 {
+        let n = self.partition_count();
+        (1..=n)
+            .map(|step| (current + step) % n)
+            .find(|p| !self.leaderless[*p as usize].load(Ordering::Relaxed))
+            .unwrap_or((current + 1) % n)
     }
 
     fn lock(&self, partition: i32) -> MutexGuard<'_, PartitionQueue> {
@@ -225,6 +245,9 @@ impl Accumulator {
                 .map(|_| Mutex::new(PartitionQueue::default()))
                 .collect(),
             sticky: AtomicI32::new(initial_sticky(partitions)),
+            leaderless: (0..partitions.max(1))
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         };
         topics.insert(name, Arc::new(queues));
     }
@@ -326,8 +349,7 @@ impl Accumulator {
                 if let Some(f) = self.append_to(topic, current, p, true) {
                     return f;
                 }
-                let n = topic.partition_count();
-                let next = (current + 1) % n;
+                let next = topic.next_sticky(current);
                 let _ = topic.sticky.compare_exchange(
                     current,
                     next,

@@ -421,6 +421,11 @@ impl Core {
             })
             .await?;
         self.acc.add_topic(topic, meta.partitions.len());
+        self.acc.with_topic(topic, |t| {
+            for p in &meta.partitions {
+                t.set_has_leader(p.id, p.leader >= 0 && p.error == 0);
+            }
+        });
         Ok(())
     }
 

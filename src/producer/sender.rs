@@ -93,7 +93,9 @@ impl Sender {
                 batch,
                 data: Bytes::new(),
             };
-            let Some(leader) = metadata.leader(&b.topic.name, partition) else {
+            let leader = metadata.leader(&b.topic.name, partition);
+            b.topic.set_has_leader(partition, leader.is_some());
+            let Some(leader) = leader else {
                 leaderless.push(b);
                 continue;
             };
@@ -260,8 +262,19 @@ impl Sender {
         topics.dedup();
         let retriable = failed.iter().any(|(_, e)| e.is_retriable());
         if retriable {
-            if let Err(e) = self.cluster.refresh(Some(&topics)).await {
-                tracing::debug!(error = %e, "metadata refresh after a failed produce failed");
+            match self.cluster.refresh(Some(&topics)).await {
+                Ok(metadata) => {
+                    // Keyless records avoid partitions without a leader until they have one.
+                    for (b, _) in &failed {
+                        for p in 0..b.topic.partition_count() {
+                            b.topic
+                                .set_has_leader(p, metadata.leader(&b.topic.name, p).is_some());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "metadata refresh after a failed produce failed")
+                }
             }
         }
         for (b, e) in failed {
