@@ -61,6 +61,6 @@ root="$work/root"
 mkdir -p "$root"
 cp "$bin" "$root/static-service"
 echo "empty root holds: $(cd "$root" && find . | tr '\n' ' ')"
-unshare --user --map-root-user chroot "$root" /static-service \
-    --brokers "$bootstrap" --topic static-check --group static-check-group --count 100
+env -i PATH="$PATH" KAFKA_BROKERS="$bootstrap" KAFKA_CLIENT_ID=static-check \
+    unshare --user --map-root-user chroot "$root" /static-service --topic static-check --count 100
 echo "empty-root run: ok"

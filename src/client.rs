@@ -264,13 +264,6 @@ impl Client {
         Ok(Arc::clone(self.lock_partitions().entry(key).or_insert(pc)))
     }
 
-    /// Forgets a cached partition client (after its leader moved, say).
-    #[allow(dead_code)] // for the fetch path
-    pub(crate) fn forget_partition_client(&self, topic: &str, partition: i32) {
-        self.lock_partitions()
-            .remove(&(topic.to_string(), partition));
-    }
-
     fn lock_partitions(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Arc<PartitionClient>>> {
