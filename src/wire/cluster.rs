@@ -86,6 +86,7 @@ impl Cluster {
     }
 
     /// The configuration.
+    #[allow(dead_code)] // for the consumer and coordinator paths
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
@@ -232,6 +233,7 @@ impl Cluster {
     }
 
     /// The connection to the leader of `topic`/`partition`, and the leader's id.
+    #[allow(dead_code)] // for the fetch path (the producer reads leaders from `metadata()`)
     pub(crate) async fn leader(
         &self,
         topic: &str,

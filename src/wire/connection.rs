@@ -300,7 +300,7 @@ async fn read_loop(
     let outcome: std::io::Result<()> = async {
         loop {
             let len = read.read_i32().await? as usize;
-            if len > MAX_FRAME || len < 4 {
+            if !(4..=MAX_FRAME).contains(&len) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("response frame of {len} bytes"),
