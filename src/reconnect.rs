@@ -130,7 +130,7 @@ impl RetryObserver for () {}
 pub(crate) async fn retry<T, F, Fut>(
     policy: &ReconnectPolicy,
     hook: Option<&RetryHook>,
-    observer: &dyn RetryObserver,
+    observer: &(dyn RetryObserver + Sync),
     operation: &str,
     mut op: F,
 ) -> Result<T>
