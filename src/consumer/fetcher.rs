@@ -22,6 +22,7 @@ use super::offsets;
 use super::state::{Chunk, Shared};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::wire::BrokerConnection;
 
 /// Fetch v13+ names topics by id; v12 is the last to use names.
 const FETCH_MAX: i16 = 12;
@@ -170,10 +171,37 @@ impl Fetcher {
     }
 
     /// Sends one Fetch to `node` for `planned` and queues what comes back.
-    async fn fetch(&self, node: i32, planned: &[Planned]) -> Result<FetchOutcome> {
+    async fn fetch(
+        &self,
+        node: i32,
+        planned: &[Planned],
+        own: &mut Option<Arc<BrokerConnection>>,
+    ) -> Result<FetchOutcome> {
         let config = self.client.config().consumer();
         let cluster = self.client.wire()?;
-        let conn = cluster.broker(node).await?;
+        // Each worker has its own connection: a broker holds a fetch up to fetch.wait.max.ms
+        // and answers one connection's requests in order, so a shared connection would make
+        // other consumers' fetches (and the producer's requests) wait behind ours.
+        let conn = match own {
+            Some(c) if !c.is_closed() => Arc::clone(c),
+            _ => {
+                let addr = match cluster.metadata().brokers.get(&node) {
+                    Some(a) => a.clone(),
+                    None => cluster
+                        .refresh(None)
+                        .await?
+                        .brokers
+                        .get(&node)
+                        .cloned()
+                        .ok_or_else(|| {
+                            Error::broker(8, format!("broker {node} is not in metadata"), None)
+                        })?,
+                };
+                let c = Arc::new(BrokerConnection::connect(&addr, self.client.config()).await?);
+                *own = Some(Arc::clone(&c));
+                c
+            }
+        };
         let version = conn.version_for::<FetchRequest>(Some(FETCH_MAX))?;
         let mut topics: Vec<FetchTopic> = Vec::new();
         for f in planned {
@@ -309,6 +337,7 @@ async fn refresh(fetcher: &Fetcher, topics: HashSet<Arc<str>>) {
 /// The loop of the worker for broker `node`.
 async fn worker(fetcher: Arc<Fetcher>, node: i32) {
     let mut failures = 0u32;
+    let mut conn = None;
     loop {
         let wakeup = fetcher.shared.fetch_wakeup.notified();
         tokio::pin!(wakeup);
@@ -321,7 +350,7 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
             let _ = tokio::time::timeout(IDLE_RECHECK, wakeup).await;
             continue;
         }
-        match fetcher.fetch(node, &planned).await {
+        match fetcher.fetch(node, &planned, &mut conn).await {
             Ok(outcome) => {
                 failures = 0;
                 fetcher.release(&planned, 0);
@@ -371,7 +400,12 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
                     "fetch failed, retrying"
                 );
                 fetcher.release(&planned, failures);
-                if e.is_connection_error() || e.is_retriable() {
+                // A broker that is down drops out of metadata (BROKER_NOT_AVAILABLE): also
+                // transient, fetching resumes when it is back.
+                let transient = e.is_connection_error()
+                    || e.is_retriable()
+                    || e.kafka_code().map(|c| c.code()) == Some(8);
+                if transient {
                     let topics = planned.iter().map(|f| Arc::clone(&f.tp.0)).collect();
                     refresh(&fetcher, topics).await;
                 } else {
