@@ -494,7 +494,7 @@ async fn mock_mixed_group_with_kcat() {
                     "session.timeout.ms=6000",
                 ])
                 .args(["-X", "partition.assignment.strategy=range"])
-                .args(["-f", "%p %o\\n", "-q"])
+                .args(["-f", "%p %o\\n", "-q", "-u"])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .spawn()

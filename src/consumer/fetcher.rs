@@ -24,8 +24,9 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::wire::BrokerConnection;
 
-/// Fetch v13+ names topics by id; v12 is the last to use names.
-const FETCH_MAX: i16 = 12;
+/// Fetch v13+ names topics by id; v12 is the last to use names, but tansu 0.6.0 sends a
+/// top-level tagged field in v12 responses that v12 does not define: v11 works on both.
+const FETCH_MAX: i16 = 11;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often an idle worker looks again (leaders may have moved to it).
