@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 ///
 /// Delays grow from `initial_delay` by `multiplier` up to `max_delay`; each delay is randomised
 /// by ±`jitter` (a fraction) so that many clients restarting together do not retry in step.
-/// Retrying stops once `max_elapsed` has passed since the first failure (`None`: never).
+/// Retrying stops when the next delay would end past `max_elapsed` counted from the first
+/// attempt (`None`: never), so a give-up arrives within the budget, not after it.
 ///
 /// ```
 /// use std::time::Duration;

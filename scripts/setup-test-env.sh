@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need on a fresh Debian machine, skipping what is there:
+#   - kcat (librdkafka's CLI, used by the interoperability tests against the mock cluster)
+#   - tansu 0.6.0 in ~/.cargo/bin (a Kafka broker in Rust; ~13 min to build once, then cached)
+#   - the mock-cluster binary (librdkafka's mock cluster; C, built from source by rdkafka-sys)
+# Usage: bash scripts/setup-test-env.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing apt packages: ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+apt_install kcat build-essential file
+bash testcontainers/tansu/install.sh
+echo "building the mock-cluster harness (librdkafka, C)..."
+cargo build --release --quiet --manifest-path testcontainers/mock-cluster/Cargo.toml

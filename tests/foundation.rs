@@ -1,0 +1,253 @@
+//! Foundation: connecting, reconnecting, health and configuration errors, against real
+//! brokers (librdkafka's mock cluster and tansu) started by the testkit.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use purekafka::rskafka::client::partition::{Compression, OffsetAt};
+use purekafka::rskafka::record::Record as RsRecord;
+use purekafka::{Client, Config, Error, Health, ReconnectPolicy};
+use purekafka_testkit::{unique_name, Backend, TestCluster};
+
+fn config_for(cluster: &TestCluster) -> purekafka::ConfigBuilder {
+    Config::builder()
+        .brokers(cluster.bootstrap_list())
+        .client_id(unique_name("foundation"))
+}
+
+/// Runs `body` against every local backend (or only `PUREKAFKA_TEST_BROKERS` when set).
+macro_rules! on_each_backend {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mock_cluster() {
+                let backend = Backend::from_env().unwrap_or(Backend::MockCluster);
+                let cluster = TestCluster::start(backend).expect("start broker");
+                ($body)(cluster).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tansu() {
+                let backend = Backend::from_env().unwrap_or(Backend::Tansu);
+                let cluster = TestCluster::start(backend).expect("start broker");
+                ($body)(cluster).await;
+            }
+        }
+    };
+}
+
+on_each_backend!(connect_list_produce_and_read_back, |cluster: TestCluster| async move {
+    let topic = unique_name("foundation-rw");
+    let client = Client::connect(config_for(&cluster).build().unwrap())
+        .await
+        .expect("connect");
+    assert_eq!(client.health(), Health::Connected);
+    if matches!(cluster.backend(), Backend::MockCluster) {
+        // librdkafka's mock cluster does not serve CreateTopics; it has its own command.
+        cluster.create_topic(&topic, 2).await.expect("create topic");
+    } else {
+        client.create_topic(&topic, 2, 1).await.expect("create topic");
+    }
+    let topics = client.list_topics().await.expect("list topics");
+    let info = topics
+        .iter()
+        .find(|t| t.name == topic)
+        .unwrap_or_else(|| panic!("{topic} not in {topics:?}"));
+    assert_eq!(info.partitions, vec![0, 1]);
+    assert_eq!(client.partition_count(&topic).await.unwrap(), 2);
+
+    let partition = client.partition_client(&topic, 1).await.expect("partition client");
+    let record = RsRecord {
+        key: Some(b"key-1".to_vec()),
+        value: Some(b"hello purekafka".to_vec()),
+        headers: [("h".to_string(), b"v".to_vec())].into_iter().collect(),
+        timestamp: purekafka::rskafka::chrono::Utc::now(),
+    };
+    let offsets = partition
+        .produce(vec![record.clone()], Compression::NoCompression)
+        .await
+        .expect("produce");
+    assert_eq!(offsets.len(), 1);
+    let start = partition.get_offset(OffsetAt::Earliest).await.unwrap();
+    let (records, high_watermark) = partition
+        .fetch_records(start, 1..1_000_000, 1_000)
+        .await
+        .expect("fetch");
+    assert_eq!(high_watermark, offsets[0] + 1);
+    let got = records
+        .iter()
+        .find(|r| r.offset == offsets[0])
+        .expect("the produced record is read back");
+    assert_eq!(got.record.key, record.key);
+    assert_eq!(got.record.value, record.value);
+    assert_eq!(got.record.headers, record.headers);
+});
+
+on_each_backend!(unknown_topic_is_a_clear_error, |cluster: TestCluster| async move {
+    let client = Client::connect(config_for(&cluster).build().unwrap())
+        .await
+        .unwrap();
+    let missing = unique_name("no-such-topic");
+    match client.partition_count(&missing).await {
+        Err(Error::UnknownTopic(t)) => assert_eq!(t, missing),
+        other => panic!("expected UnknownTopic, got {other:?}"),
+    }
+});
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn nothing_listening_gives_growing_delays_then_a_clear_error() {
+    let port = dead_port();
+    let broker = format!("127.0.0.1:{port}");
+    let delays = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&delays);
+    let config = Config::builder()
+        .brokers([broker.clone()])
+        .reconnect(ReconnectPolicy {
+            initial_delay: Duration::from_millis(50),
+            multiplier: 2.0,
+            max_delay: Duration::from_millis(800),
+            jitter: 0.0,
+            max_elapsed: Some(Duration::from_secs(3)),
+        })
+        .on_retry(move |e| seen.lock().unwrap().push((e.attempt, e.delay)))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = Client::connect(config).await.expect_err("nothing listens");
+    let elapsed = started.elapsed();
+    let delays = delays.lock().unwrap().clone();
+    assert!(delays.len() >= 4, "retries seen: {delays:?}");
+    for pair in delays.windows(2) {
+        assert!(pair[1].1 >= pair[0].1, "delays must not shrink: {delays:?}");
+        assert_eq!(pair[1].0, pair[0].0 + 1);
+    }
+    assert_eq!(delays[0].1, Duration::from_millis(50));
+    assert!(delays.last().unwrap().1 > delays[0].1, "{delays:?}");
+    // No attempt is scheduled past the budget: the give-up comes once the next delay would
+    // cross 3 s, so between 3 s − max_delay and 3 s (plus scheduling slack).
+    assert!(
+        elapsed >= Duration::from_millis(2200) && elapsed < Duration::from_secs(5),
+        "gave up after {elapsed:?}"
+    );
+    match &err {
+        Error::Connect {
+            brokers, attempts, ..
+        } => {
+            assert_eq!(brokers, &vec![broker.clone()]);
+            assert_eq!(*attempts as usize, delays.len() + 1);
+        }
+        other => panic!("expected Error::Connect, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&broker) && text.contains("attempts"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_started_two_seconds_after_connect_is_found() {
+    if Backend::from_env().is_some() {
+        return; // needs a broker it can start itself
+    }
+    let port = dead_port();
+    let retries = Arc::new(Mutex::new(0u32));
+    let seen = Arc::clone(&retries);
+    let config = Config::builder()
+        .brokers([format!("127.0.0.1:{port}")])
+        .reconnect(ReconnectPolicy {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+            max_elapsed: Some(Duration::from_secs(60)),
+            ..ReconnectPolicy::default()
+        })
+        .on_retry(move |_| *seen.lock().unwrap() += 1)
+        .build()
+        .unwrap();
+    let connecting = tokio::spawn(Client::connect(config));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!connecting.is_finished(), "connect returned before any broker existed");
+    let cluster = tokio::task::spawn_blocking(move || TestCluster::start_tansu_on(port))
+        .await
+        .unwrap()
+        .expect("start tansu on the chosen port");
+    let client = connecting.await.unwrap().expect("connects once the broker is up");
+    assert!(*retries.lock().unwrap() >= 2, "expected retries before the broker came up");
+    client.list_topics().await.expect("usable");
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_down_and_up_health_follows_and_callers_see_no_error() {
+    if Backend::from_env().is_some() {
+        return; // needs the mock cluster's fault injection
+    }
+    let cluster = TestCluster::start_mock(3).expect("mock cluster");
+    let topic = unique_name("foundation-health");
+    cluster.create_topic(&topic, 3).await.unwrap();
+    let config = config_for(&cluster)
+        .set("health.check.interval.ms", "100")
+        .set("request.timeout.ms", "2000")
+        .reconnect(ReconnectPolicy {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+            max_elapsed: Some(Duration::from_secs(60)),
+            ..ReconnectPolicy::default()
+        })
+        .build()
+        .unwrap();
+    let client = Client::connect(config).await.unwrap();
+    assert_eq!(client.health(), Health::Connected);
+
+    for id in 1..=3 {
+        cluster.broker_down(id).unwrap();
+    }
+    // An operation started during the outage is retried, not failed.
+    let during = {
+        let client = client.clone();
+        tokio::spawn(async move { client.list_topics().await })
+    };
+    let mut saw_reconnecting = false;
+    for _ in 0..100 {
+        if let Health::Reconnecting { attempt, .. } = client.health() {
+            assert!(attempt >= 1);
+            saw_reconnecting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_reconnecting, "health stayed {:?}", client.health());
+    assert!(!during.is_finished(), "the operation must wait for the brokers");
+
+    for id in 1..=3 {
+        cluster.broker_up(id).unwrap();
+    }
+    let topics = during
+        .await
+        .unwrap()
+        .expect("the operation succeeds once brokers are back");
+    assert!(topics.iter().any(|t| t.name == topic));
+    let mut connected = false;
+    for _ in 0..100 {
+        if client.health() == Health::Connected {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connected, "health stayed {:?}", client.health());
+}
+
+#[tokio::test]
+async fn disabled_client_connects_to_nothing() {
+    let config = Config::builder().enabled(false).build().unwrap();
+    let client = Client::connect(config).await.unwrap();
+    assert_eq!(client.health(), Health::Disabled);
+    assert!(client.health().is_ok());
+    assert!(matches!(client.list_topics().await, Err(Error::Disabled)));
+}
