@@ -105,16 +105,23 @@ async fn consume_until(
     }
 }
 
-async fn wait_for_assignment(consumer: &Consumer, partitions: usize, limit: Duration) {
+/// Polls until `partitions` partitions are assigned; returns the records those polls got.
+async fn wait_for_assignment(
+    consumer: &Consumer,
+    partitions: usize,
+    limit: Duration,
+) -> Vec<ConsumedRecord> {
     let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
     while consumer.assignment().len() != partitions {
         assert!(
             Instant::now() < deadline,
             "no assignment of {partitions} partitions in {limit:?}: {:?}",
             consumer.assignment()
         );
-        consumer.poll(Duration::from_millis(100)).await.unwrap();
+        got.extend(consumer.poll(Duration::from_millis(100)).await.unwrap());
     }
+    got
 }
 
 async fn reads_all_once_then_nothing_after_commit(backend: Backend) {
@@ -147,7 +154,12 @@ async fn reads_all_once_then_nothing_after_commit(backend: Backend) {
 
     // Same group, after the commits: nothing left.
     let second = c.consumer(&[&topic]).unwrap();
-    wait_for_assignment(&second, 6, Duration::from_secs(30)).await;
+    let early = wait_for_assignment(&second, 6, Duration::from_secs(30)).await;
+    assert!(
+        early.is_empty(),
+        "re-read committed records: {:?}",
+        early.first()
+    );
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         let batch = second.poll(Duration::from_millis(200)).await.unwrap();
@@ -315,9 +327,12 @@ async fn seek_pause_resume_and_lag(backend: Backend) {
     let c = client(&cluster, &group, &[]).await;
     produce(&c, &topic, 2, 100, 1).await;
     let consumer = c.consumer(&[&topic]).unwrap();
-    wait_for_assignment(&consumer, 2, Duration::from_secs(30)).await;
+    let early = wait_for_assignment(&consumer, 2, Duration::from_secs(30)).await;
 
     let mut got: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in early {
+        got.entry(r.partition).or_default().push(r.offset);
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while got.values().map(Vec::len).sum::<usize>() < 200 {
         for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
@@ -513,7 +528,8 @@ async fn mock_mixed_group_with_kcat() {
         }
         let mut kcat = kcat.unwrap();
         // range over two members: three partitions each.
-        wait_for_assignment(&consumer, 3, Duration::from_secs(60)).await;
+        let early = wait_for_assignment(&consumer, 3, Duration::from_secs(60)).await;
+        assert!(early.is_empty(), "records before anything was produced");
         let mine: HashSet<i32> = consumer.assignment().iter().map(|(_, p)| *p).collect();
         produce(&c, &topic, 6, 100, 100).await;
         let mut seen: HashSet<(i32, i64)> = HashSet::new();

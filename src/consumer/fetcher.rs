@@ -351,8 +351,10 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
             let _ = tokio::time::timeout(IDLE_RECHECK, wakeup).await;
             continue;
         }
+        tracing::trace!(broker = node, partitions = planned.len(), "fetching");
         match fetcher.fetch(node, &planned, &mut conn).await {
             Ok(outcome) => {
+                tracing::trace!(broker = node, got_data = outcome.got_data, "fetched");
                 failures = 0;
                 fetcher.release(&planned, 0);
                 if outcome.got_data {
