@@ -41,6 +41,12 @@ fn arg(name: &str, default: &str) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let records: usize = arg("--records", "1000000").parse()?;
     let size: usize = arg("--size", "100").parse()?;
     let partitions: i32 = arg("--partitions", "6").parse()?;
@@ -118,6 +124,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             first = Some(t0.elapsed());
         }
         got += batch.len();
+        if batch.is_empty() {
+            eprintln!(
+                "no records for 5 s; {got} read so far, lag {:?}",
+                consumer.lag().await?
+            );
+        }
         bytes += batch
             .iter()
             .map(|r| r.value.as_ref().map_or(0, |v| v.len()))

@@ -265,6 +265,7 @@ impl Client {
     }
 
     /// Forgets a cached partition client (after its leader moved, say).
+    #[allow(dead_code)] // for the producer (issue 3)
     pub(crate) fn forget_partition_client(&self, topic: &str, partition: i32) {
         self.lock_partitions()
             .remove(&(topic.to_string(), partition));

@@ -10,5 +10,7 @@ mod cluster;
 mod connection;
 mod sasl;
 
+// Metadata types are for the producer (issue 3); unused until it lands.
+#[allow(unused_imports)]
 pub(crate) use cluster::{Cluster, Metadata, PartitionMetadata, TopicMetadata};
 pub(crate) use connection::BrokerConnection;
