@@ -51,6 +51,8 @@
 
 pub mod client;
 pub mod config;
+pub mod consumer;
+pub(crate) mod coordinator;
 pub mod error;
 pub mod health;
 pub mod producer;
@@ -63,6 +65,7 @@ pub(crate) mod wire;
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};
 pub use config::{Config, ConfigBuilder};
+pub use consumer::{Consumer, TopicPartition};
 pub use error::{Error, Result};
 pub use health::Health;
 pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics};

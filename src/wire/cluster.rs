@@ -211,6 +211,7 @@ impl Cluster {
 
     /// Metadata of `topic`, refreshed when missing or older than `metadata.max.age.ms`.
     /// A topic the broker does not know is [`Error::UnknownTopic`].
+    #[allow(dead_code)] // for the producer (issue 3)
     pub(crate) async fn topic(&self, topic: &str) -> Result<TopicMetadata> {
         let cached = self.metadata();
         let fresh = cached.fetched_at.elapsed() < self.config.metadata_max_age;

@@ -10,9 +10,6 @@ mod cluster;
 mod connection;
 mod sasl;
 
-pub(crate) use cluster::Cluster;
-// Used by the consumer and coordinator paths (other branches) as well.
 #[allow(unused_imports)]
-pub(crate) use cluster::{Metadata, PartitionMetadata, TopicMetadata};
-#[allow(unused_imports)]
+pub(crate) use cluster::{Cluster, Metadata, PartitionMetadata, TopicMetadata};
 pub(crate) use connection::BrokerConnection;
