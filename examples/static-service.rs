@@ -1,37 +1,39 @@
 //! A small service built as one static binary (musl) for a `FROM scratch` container: it
-//! connects with the configuration from the environment, produces `--count` records to
-//! `--topic`, reads them back, and reports success through its exit code.
+//! connects with the configuration from the environment (`KAFKA_BROKERS`, `KAFKA_*`),
+//! produces `--count` records to `--topic`, consumes them back through the consumer group
+//! `--group`, commits, leaves the group, and reports success through its exit code.
 //!
 //! ```sh
 //! CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
 //!   cargo build --release --target x86_64-unknown-linux-musl --example static-service
 //! KAFKA_BROKERS=127.0.0.1:9092 target/x86_64-unknown-linux-musl/release/examples/static-service \
-//!   --topic events --count 100
+//!   --topic events --group events-check --count 100
 //! ```
 //!
 //! In an empty root there is no /etc/hosts and no /etc/resolv.conf: give brokers as IP
 //! literals (`127.0.0.1:9092`); see the README's "Static builds" section.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use purekafka::rskafka::client::partition::{Compression, OffsetAt};
-use purekafka::rskafka::record::Record as RsRecord;
-use purekafka::{Client, ConfigBuilder};
+use purekafka::{Client, ConfigBuilder, Record};
 
 struct Args {
     topic: String,
+    group: String,
     count: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut topic = std::env::var("KAFKA_TOPIC").ok();
+    let mut group = std::env::var("KAFKA_GROUP_ID").ok();
     let mut count = 100;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
             "--topic" => topic = Some(value()?),
+            "--group" => group = Some(value()?),
             "--count" => {
                 let v = value()?;
                 count = v
@@ -41,54 +43,51 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    let topic = topic.ok_or("--topic (or KAFKA_TOPIC) is required")?;
     Ok(Args {
-        topic: topic.ok_or("--topic (or KAFKA_TOPIC) is required")?,
+        group: group.unwrap_or_else(|| format!("{topic}-static-service")),
+        topic,
         count,
     })
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = ConfigBuilder::from_env()
-        .set("request.timeout.ms", "10000")
+        .set("group.id", &args.group)
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
         .build()?;
     let client = Client::connect(config).await?;
-    let partitions = client.partition_count(&args.topic).await?;
+
+    let producer = client.producer();
+    let mut deliveries = Vec::with_capacity(args.count);
     for i in 0..args.count {
-        let p = (i % partitions) as i32;
-        let partition = client.partition_client(&args.topic, p).await?;
-        partition
-            .produce(
-                vec![RsRecord {
-                    key: Some(format!("k{i}").into_bytes()),
-                    value: Some(format!("static-service record {i}").into_bytes()),
-                    headers: Default::default(),
-                    timestamp: purekafka::rskafka::chrono::Utc::now(),
-                }],
-                Compression::NoCompression,
-            )
-            .await?;
+        let record = Record::new(args.topic.clone(), format!("static-service record {i}"))
+            .with_key(format!("k{i}"));
+        deliveries.push(producer.enqueue(record).await?);
     }
+    for d in deliveries {
+        d.await?;
+    }
+    producer.close().await;
+    println!("produced {} records", args.count);
+
+    let consumer = client.consumer(&[args.topic.as_str()])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut read = 0;
-    for p in 0..partitions as i32 {
-        let partition = client.partition_client(&args.topic, p).await?;
-        let mut offset = partition.get_offset(OffsetAt::Earliest).await?;
-        let end = partition.get_offset(OffsetAt::Latest).await?;
-        while offset < end {
-            let (records, _) = tokio::time::timeout(
-                Duration::from_secs(10),
-                partition.fetch_records(offset, 1..1_000_000, 500),
-            )
-            .await??;
-            for r in records {
-                offset = offset.max(r.offset + 1);
-                read += 1;
-            }
+    while read < args.count {
+        if Instant::now() > deadline {
+            return Err(format!("read {read} of {} records in 60 s", args.count).into());
         }
+        let batch = consumer.poll(Duration::from_millis(500)).await?;
+        read += batch.len();
+        consumer.commit_batch(&batch).await?;
     }
-    println!("produced {} and read back {read} records", args.count);
-    if read < args.count {
-        return Err(format!("read {read} of {} records", args.count).into());
-    }
+    consumer.close().await?;
+    println!(
+        "consumed {read} records through group {} and left it",
+        args.group
+    );
     Ok(())
 }
 

@@ -62,5 +62,5 @@ mkdir -p "$root"
 cp "$bin" "$root/static-service"
 echo "empty root holds: $(cd "$root" && find . | tr '\n' ' ')"
 env -i PATH="$PATH" KAFKA_BROKERS="$bootstrap" KAFKA_CLIENT_ID=static-check \
-    unshare --user --map-root-user chroot "$root" /static-service --topic static-check --count 100
+    unshare --user --map-root-user chroot "$root" /static-service --topic static-check --group static-check-group --count 100
 echo "empty-root run: ok"

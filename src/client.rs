@@ -286,13 +286,28 @@ impl Client {
     /// Runs `op` under the client's retry policy: retriable errors are retried with backoff
     /// and logged, every attempt is bounded by `request.timeout.ms`, and the outcome feeds
     /// [`health`](Self::health).
-    pub(crate) async fn retry<T, F, Fut>(&self, operation: &str, mut op: F) -> Result<T>
+    pub(crate) async fn retry<T, F, Fut>(&self, operation: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.retry_with_timeout(operation, self.inner.config.request_timeout, op)
+            .await
+    }
+
+    /// [`retry`](Self::retry) with a longer bound per attempt, for requests the broker may
+    /// hold on purpose (JoinGroup waits for the whole group, up to the rebalance timeout).
+    pub(crate) async fn retry_with_timeout<T, F, Fut>(
+        &self,
+        operation: &str,
+        timeout: Duration,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let config = &self.inner.config;
-        let timeout = config.request_timeout;
         reconnect::retry(
             &config.reconnect,
             config.retry_hook(),

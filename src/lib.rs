@@ -22,6 +22,25 @@
 //! }
 //! ```
 //!
+//! ## Producing
+//!
+//! [`Client::producer`] gives a [`Producer`]: records are batched per partition, partitioned
+//! by murmur2 of the key exactly as the Java client and librdkafka, and acknowledged through
+//! a [`DeliveryFuture`] per record (one shared completion per batch, no channel per record).
+//!
+//! ```no_run
+//! # async fn demo(client: purekafka::Client) -> purekafka::Result<()> {
+//! use purekafka::Record;
+//!
+//! let producer = client.producer();
+//! let delivery = producer
+//!     .send(Record::new("orders", "{\"id\":1}").with_key("customer-7"))
+//!     .await?;
+//! println!("{}/{} @ {}", delivery.topic, delivery.partition, delivery.offset);
+//! producer.close().await;
+//! # Ok(()) }
+//! ```
+//!
 //! ## Features
 //!
 //! The default build is pure Rust: plaintext and SASL (PLAIN, SCRAM), gzip and snappy.
@@ -32,8 +51,11 @@
 
 pub mod client;
 pub mod config;
+pub mod consumer;
+pub(crate) mod coordinator;
 pub mod error;
 pub mod health;
+pub mod producer;
 pub mod reconnect;
 pub mod record;
 #[cfg(feature = "tls")]
@@ -43,8 +65,10 @@ pub(crate) mod wire;
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};
 pub use config::{Config, ConfigBuilder};
+pub use consumer::{Consumer, TopicPartition};
 pub use error::{Error, Result};
 pub use health::Health;
+pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics};
 pub use reconnect::{ReconnectPolicy, RetryEvent};
 pub use record::{ConsumedRecord, Headers, Record};
 pub use rskafka;

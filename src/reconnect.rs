@@ -113,7 +113,7 @@ pub struct RetryEvent<'a> {
 pub type RetryHook = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 
 /// Observes the progress of a retry loop (the client's health state implements it).
-pub(crate) trait RetryObserver {
+pub(crate) trait RetryObserver: Sync {
     /// An attempt failed with `error`; attempt `attempt + 1` follows after `delay`.
     fn retrying(&self, _operation: &str, _attempt: u32, _error: &Error) {}
     /// The operation succeeded.

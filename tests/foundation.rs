@@ -38,63 +38,75 @@ macro_rules! on_each_backend {
     };
 }
 
-on_each_backend!(connect_list_produce_and_read_back, |cluster: TestCluster| async move {
-    let topic = unique_name("foundation-rw");
-    let client = Client::connect(config_for(&cluster).build().unwrap())
-        .await
-        .expect("connect");
-    assert_eq!(client.health(), Health::Connected);
-    if matches!(cluster.backend(), Backend::MockCluster) {
-        // librdkafka's mock cluster does not serve CreateTopics; it has its own command.
-        cluster.create_topic(&topic, 2).await.expect("create topic");
-    } else {
-        client.create_topic(&topic, 2, 1).await.expect("create topic");
-    }
-    let topics = client.list_topics().await.expect("list topics");
-    let info = topics
-        .iter()
-        .find(|t| t.name == topic)
-        .unwrap_or_else(|| panic!("{topic} not in {topics:?}"));
-    assert_eq!(info.partitions, vec![0, 1]);
-    assert_eq!(client.partition_count(&topic).await.unwrap(), 2);
+on_each_backend!(
+    connect_list_produce_and_read_back,
+    |cluster: TestCluster| async move {
+        let topic = unique_name("foundation-rw");
+        let client = Client::connect(config_for(&cluster).build().unwrap())
+            .await
+            .expect("connect");
+        assert_eq!(client.health(), Health::Connected);
+        if matches!(cluster.backend(), Backend::MockCluster) {
+            // librdkafka's mock cluster does not serve CreateTopics; it has its own command.
+            cluster.create_topic(&topic, 2).await.expect("create topic");
+        } else {
+            client
+                .create_topic(&topic, 2, 1)
+                .await
+                .expect("create topic");
+        }
+        let topics = client.list_topics().await.expect("list topics");
+        let info = topics
+            .iter()
+            .find(|t| t.name == topic)
+            .unwrap_or_else(|| panic!("{topic} not in {topics:?}"));
+        assert_eq!(info.partitions, vec![0, 1]);
+        assert_eq!(client.partition_count(&topic).await.unwrap(), 2);
 
-    let partition = client.partition_client(&topic, 1).await.expect("partition client");
-    let record = RsRecord {
-        key: Some(b"key-1".to_vec()),
-        value: Some(b"hello purekafka".to_vec()),
-        headers: [("h".to_string(), b"v".to_vec())].into_iter().collect(),
-        timestamp: purekafka::rskafka::chrono::Utc::now(),
-    };
-    let offsets = partition
-        .produce(vec![record.clone()], Compression::NoCompression)
-        .await
-        .expect("produce");
-    assert_eq!(offsets.len(), 1);
-    let start = partition.get_offset(OffsetAt::Earliest).await.unwrap();
-    let (records, high_watermark) = partition
-        .fetch_records(start, 1..1_000_000, 1_000)
-        .await
-        .expect("fetch");
-    assert_eq!(high_watermark, offsets[0] + 1);
-    let got = records
-        .iter()
-        .find(|r| r.offset == offsets[0])
-        .expect("the produced record is read back");
-    assert_eq!(got.record.key, record.key);
-    assert_eq!(got.record.value, record.value);
-    assert_eq!(got.record.headers, record.headers);
-});
-
-on_each_backend!(unknown_topic_is_a_clear_error, |cluster: TestCluster| async move {
-    let client = Client::connect(config_for(&cluster).build().unwrap())
-        .await
-        .unwrap();
-    let missing = unique_name("no-such-topic");
-    match client.partition_count(&missing).await {
-        Err(Error::UnknownTopic(t)) => assert_eq!(t, missing),
-        other => panic!("expected UnknownTopic, got {other:?}"),
+        let partition = client
+            .partition_client(&topic, 1)
+            .await
+            .expect("partition client");
+        let record = RsRecord {
+            key: Some(b"key-1".to_vec()),
+            value: Some(b"hello purekafka".to_vec()),
+            headers: [("h".to_string(), b"v".to_vec())].into_iter().collect(),
+            timestamp: purekafka::rskafka::chrono::Utc::now(),
+        };
+        let offsets = partition
+            .produce(vec![record.clone()], Compression::NoCompression)
+            .await
+            .expect("produce");
+        assert_eq!(offsets.len(), 1);
+        let start = partition.get_offset(OffsetAt::Earliest).await.unwrap();
+        let (records, high_watermark) = partition
+            .fetch_records(start, 1..1_000_000, 1_000)
+            .await
+            .expect("fetch");
+        assert_eq!(high_watermark, offsets[0] + 1);
+        let got = records
+            .iter()
+            .find(|r| r.offset == offsets[0])
+            .expect("the produced record is read back");
+        assert_eq!(got.record.key, record.key);
+        assert_eq!(got.record.value, record.value);
+        assert_eq!(got.record.headers, record.headers);
     }
-});
+);
+
+on_each_backend!(
+    unknown_topic_is_a_clear_error,
+    |cluster: TestCluster| async move {
+        let client = Client::connect(config_for(&cluster).build().unwrap())
+            .await
+            .unwrap();
+        let missing = unique_name("no-such-topic");
+        match client.partition_count(&missing).await {
+            Err(Error::UnknownTopic(t)) => assert_eq!(t, missing),
+            other => panic!("expected UnknownTopic, got {other:?}"),
+        }
+    }
+);
 
 /// A port on 127.0.0.1 where nothing listens (bound, then released).
 fn dead_port() -> u16 {
@@ -147,7 +159,10 @@ async fn nothing_listening_gives_growing_delays_then_a_clear_error() {
         other => panic!("expected Error::Connect, got {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains(&broker) && text.contains("attempts"), "{text}");
+    assert!(
+        text.contains(&broker) && text.contains("attempts"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,13 +186,22 @@ async fn broker_started_two_seconds_after_connect_is_found() {
         .unwrap();
     let connecting = tokio::spawn(Client::connect(config));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!connecting.is_finished(), "connect returned before any broker existed");
+    assert!(
+        !connecting.is_finished(),
+        "connect returned before any broker existed"
+    );
     let cluster = tokio::task::spawn_blocking(move || TestCluster::start_tansu_on(port))
         .await
         .unwrap()
         .expect("start tansu on the chosen port");
-    let client = connecting.await.unwrap().expect("connects once the broker is up");
-    assert!(*retries.lock().unwrap() >= 2, "expected retries before the broker came up");
+    let client = connecting
+        .await
+        .unwrap()
+        .expect("connects once the broker is up");
+    assert!(
+        *retries.lock().unwrap() >= 2,
+        "expected retries before the broker came up"
+    );
     client.list_topics().await.expect("usable");
     drop(cluster);
 }
@@ -222,7 +246,10 @@ async fn brokers_down_and_up_health_follows_and_callers_see_no_error() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(saw_reconnecting, "health stayed {:?}", client.health());
-    assert!(!during.is_finished(), "the operation must wait for the brokers");
+    assert!(
+        !during.is_finished(),
+        "the operation must wait for the brokers"
+    );
 
     for id in 1..=3 {
         cluster.broker_up(id).unwrap();

@@ -151,15 +151,27 @@ impl BrokerConnection {
         request: &R,
         version: i16,
     ) -> Result<R::Response> {
+        self.send_version_timeout(request, version, self.request_timeout)
+            .await
+    }
+
+    /// Sends `request` at `version` and waits up to `timeout` for its response (JoinGroup may
+    /// legitimately take as long as the group's rebalance timeout).
+    pub(crate) async fn send_version_timeout<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response> {
         let rx = self.write_request(request, version, true).await?;
         let rx = rx.expect("a response was asked for");
-        let frame = match tokio::time::timeout(self.request_timeout, rx).await {
+        let frame = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(frame)) => frame?,
             Ok(Err(_)) => return Err(self.closed_error()),
             Err(_) => {
                 return Err(Error::Timeout {
                     operation: format!("{:?} request to {}", api_name(R::KEY), self.addr),
-                    after: self.request_timeout,
+                    after: timeout,
                 })
             }
         };
@@ -167,6 +179,7 @@ impl BrokerConnection {
     }
 
     /// Sends a request the broker does not answer (produce with `acks=0`).
+    #[allow(dead_code)] // for the producer (issue 3, acks=0)
     pub(crate) async fn send_without_response<R: Request>(
         &self,
         request: &R,
@@ -300,7 +313,7 @@ async fn read_loop(
     let outcome: std::io::Result<()> = async {
         loop {
             let len = read.read_i32().await? as usize;
-            if len > MAX_FRAME || len < 4 {
+            if !(4..=MAX_FRAME).contains(&len) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("response frame of {len} bytes"),

@@ -10,5 +10,6 @@ mod cluster;
 mod connection;
 mod sasl;
 
+#[allow(unused_imports)]
 pub(crate) use cluster::{Cluster, Metadata, PartitionMetadata, TopicMetadata};
 pub(crate) use connection::BrokerConnection;

@@ -1,0 +1,420 @@
+//! Background fetching: one worker per broker sends Fetch requests for the assigned partitions
+//! that broker leads, decodes the batches (zero-copy, [`decode`](super::decode)) and queues
+//! them for `poll`, while the buffered bytes stay under `queued.max.messages.kbytes`.
+//!
+//! One request per broker is in flight at a time; the next one is sent as soon as its response
+//! is decoded, so `poll` normally finds data waiting. Leader changes (NOT_LEADER, unknown
+//! partition, fenced epoch) refresh metadata; OFFSET_OUT_OF_RANGE applies `auto.offset.reset`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::assignor::TopicPartition;
+use super::decode::{decode_batches, Decoded};
+use super::offsets;
+use super::state::{Chunk, Shared};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::wire::BrokerConnection;
+
+/// Fetch v13+ names topics by id; v12 is the last to use names, but tansu 0.6.0 sends a
+/// top-level tagged field in v12 responses that v12 does not define: v11 works on both.
+const FETCH_MAX: i16 = 11;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often an idle worker looks again (leaders may have moved to it).
+const IDLE_RECHECK: Duration = Duration::from_millis(200);
+
+/// The fetch workers of one consumer.
+pub(crate) struct Fetcher {
+    client: Client,
+    shared: Arc<Shared>,
+    workers: Mutex<HashMap<i32, JoinHandle<()>>>,
+    me: Weak<Fetcher>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        for (_, w) in self
+            .workers
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            w.abort();
+        }
+    }
+}
+
+/// What one fetch asks for.
+struct Planned {
+    tp: TopicPartition,
+    offset: i64,
+    epoch: u64,
+}
+
+impl Fetcher {
+    pub(crate) fn new(client: Client, shared: Arc<Shared>) -> Arc<Fetcher> {
+        Arc::new_cyclic(|me| Fetcher {
+            client,
+            shared,
+            workers: Mutex::new(HashMap::new()),
+            me: me.clone(),
+        })
+    }
+
+    /// Stops every worker.
+    pub(crate) fn stop(&self) {
+        for (_, w) in self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            w.abort();
+        }
+    }
+
+    /// Refreshes metadata for `topics` and makes sure every broker has a worker.
+    pub(crate) async fn start(&self, topics: &[&str]) -> Result<()> {
+        let cluster = self.client.wire()?;
+        let md = self
+            .client
+            .retry("refresh metadata for fetching", || {
+                cluster.refresh(Some(topics))
+            })
+            .await?;
+        self.spawn_workers(md.brokers.keys().copied());
+        self.shared.fetch_wakeup.notify_waiters();
+        Ok(())
+    }
+
+    /// Starts a worker for each broker that has none (a plain function, so that the worker's
+    /// future, which calls `start`, does not contain itself).
+    fn spawn_workers(&self, brokers: impl Iterator<Item = i32>) {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for node in brokers {
+            let alive = workers.get(&node).is_some_and(|w| !w.is_finished());
+            if !alive {
+                let Some(me) = self.me.upgrade() else {
+                    return;
+                };
+                workers.insert(node, tokio::spawn(worker(me, node)));
+            }
+        }
+    }
+
+    /// Partitions this broker leads that can be fetched now; marks them in flight.
+    fn plan(&self, node: i32) -> (Vec<Planned>, HashSet<Arc<str>>) {
+        let cluster = match self.client.wire() {
+            Ok(c) => c,
+            Err(_) => return (Vec::new(), HashSet::new()),
+        };
+        let md = cluster.metadata();
+        let limit = self.client.config().consumer().prefetch_max_bytes;
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        let mut leaderless = HashSet::new();
+        if state.closed || state.buffered_bytes >= limit {
+            return (Vec::new(), leaderless);
+        }
+        let mut planned = Vec::new();
+        for (tp, p) in state.partitions.iter_mut() {
+            if p.position.is_none() || p.paused || p.in_flight {
+                continue;
+            }
+            if p.backoff_until.is_some_and(|t| t > now) {
+                continue;
+            }
+            match md.leader(&tp.0, tp.1) {
+                Some(l) if l == node => {}
+                Some(_) => continue,
+                None => {
+                    leaderless.insert(Arc::clone(&tp.0));
+                    continue;
+                }
+            }
+            p.in_flight = true;
+            planned.push(Planned {
+                tp: tp.clone(),
+                offset: p.fetch_offset,
+                epoch: p.epoch,
+            });
+        }
+        (planned, leaderless)
+    }
+
+    /// Marks planned partitions as no longer in flight, backing them off after a failure.
+    fn release(&self, planned: &[Planned], failures: u32) {
+        let mut state = self.shared.lock();
+        let until = (failures > 0).then(|| Instant::now() + backoff(failures));
+        for f in planned {
+            if let Some(p) = state.partitions.get_mut(&f.tp) {
+                p.in_flight = false;
+                if p.epoch == f.epoch {
+                    p.backoff_until = until;
+                }
+            }
+        }
+    }
+
+    /// Sends one Fetch to `node` for `planned` and queues what comes back.
+    async fn fetch(
+        &self,
+        node: i32,
+        planned: &[Planned],
+        own: &mut Option<Arc<BrokerConnection>>,
+    ) -> Result<FetchOutcome> {
+        let config = self.client.config().consumer();
+        let cluster = self.client.wire()?;
+        // Each worker has its own connection: a broker holds a fetch up to fetch.wait.max.ms
+        // and answers one connection's requests in order, so a shared connection would make
+        // other consumers' fetches (and the producer's requests) wait behind ours.
+        let conn = match own {
+            Some(c) if !c.is_closed() => Arc::clone(c),
+            _ => {
+                let addr = match cluster.metadata().brokers.get(&node) {
+                    Some(a) => a.clone(),
+                    None => cluster
+                        .refresh(None)
+                        .await?
+                        .brokers
+                        .get(&node)
+                        .cloned()
+                        .ok_or_else(|| {
+                            Error::broker(8, format!("broker {node} is not in metadata"), None)
+                        })?,
+                };
+                let c = Arc::new(BrokerConnection::connect(&addr, self.client.config()).await?);
+                *own = Some(Arc::clone(&c));
+                c
+            }
+        };
+        let version = conn.version_for::<FetchRequest>(Some(FETCH_MAX))?;
+        let mut topics: Vec<FetchTopic> = Vec::new();
+        for f in planned {
+            let partition = FetchPartition::default()
+                .with_partition(f.tp.1)
+                .with_current_leader_epoch(-1)
+                .with_fetch_offset(f.offset)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(config.max_partition_fetch_bytes as i32);
+            match topics.iter_mut().find(|t| t.topic.0.as_str() == &*f.tp.0) {
+                Some(t) => t.partitions.push(partition),
+                None => topics.push(
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(f.tp.0.to_string())))
+                        .with_partitions(vec![partition]),
+                ),
+            }
+        }
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(config.fetch_max_wait.as_millis() as i32)
+            .with_min_bytes(config.fetch_min_bytes as i32)
+            .with_max_bytes(config.fetch_max_bytes.min(i32::MAX as usize) as i32)
+            .with_isolation_level(0)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(topics);
+        let timeout = self.client.config().request_timeout() + config.fetch_max_wait;
+        let response = conn
+            .send_version_timeout(&request, version, timeout)
+            .await?;
+        if response.error_code != 0 {
+            return Err(Error::broker(
+                response.error_code,
+                format!("fetch from broker {node}"),
+                None,
+            ));
+        }
+
+        let mut outcome = FetchOutcome::default();
+        let mut chunks = Vec::new();
+        for t in response.responses {
+            for p in t.partitions {
+                let Some(f) = planned
+                    .iter()
+                    .find(|f| &*f.tp.0 == t.topic.0.as_str() && f.tp.1 == p.partition_index)
+                else {
+                    continue;
+                };
+                match p.error_code {
+                    0 => {}
+                    1 => {
+                        outcome.out_of_range.push((f.tp.clone(), f.epoch));
+                        continue;
+                    }
+                    3 | 5 | 6 | 56 | 74 | 75 => {
+                        tracing::debug!(topic = %f.tp.0, partition = f.tp.1, code = p.error_code, "leader changed; refreshing metadata");
+                        outcome.stale_leaders.insert(Arc::clone(&f.tp.0));
+                        continue;
+                    }
+                    code => {
+                        outcome.errors.push(Error::broker(
+                            code,
+                            format!("fetch of {}/{}", f.tp.0, f.tp.1),
+                            None,
+                        ));
+                        continue;
+                    }
+                }
+                let mut decoded = Decoded::default();
+                let bytes = p.records.as_ref().map_or(0, |r| r.len());
+                if let Some(records) = p.records {
+                    decode_batches(records, &f.tp.0, f.tp.1, f.offset, &mut decoded)?;
+                }
+                chunks.push((f, decoded, bytes, p.high_watermark));
+            }
+        }
+
+        let mut state = self.shared.lock();
+        for (f, decoded, bytes, high_watermark) in chunks {
+            let Some(p) = state.partitions.get_mut(&f.tp) else {
+                continue;
+            };
+            if p.epoch != f.epoch || p.fetch_offset != f.offset {
+                continue;
+            }
+            p.high_watermark = high_watermark;
+            let next = decoded
+                .records
+                .last()
+                .map(|r| r.offset + 1)
+                .into_iter()
+                .chain(decoded.next_offset)
+                .max();
+            if let Some(next) = next {
+                p.fetch_offset = next.max(p.fetch_offset);
+            }
+            if !decoded.records.is_empty() {
+                state.buffered_bytes += bytes;
+                state.buffer.push_back(Chunk {
+                    tp: f.tp.clone(),
+                    epoch: f.epoch,
+                    records: decoded.records,
+                    bytes,
+                });
+                outcome.got_data = true;
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+#[derive(Default)]
+struct FetchOutcome {
+    got_data: bool,
+    out_of_range: Vec<(TopicPartition, u64)>,
+    stale_leaders: HashSet<Arc<str>>,
+    errors: Vec<Error>,
+}
+
+fn backoff(failures: u32) -> Duration {
+    (BACKOFF_MIN * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(BACKOFF_MAX)
+}
+
+/// Refreshes metadata for `topics` and starts workers for brokers seen for the first time.
+async fn refresh(fetcher: &Fetcher, topics: HashSet<Arc<str>>) {
+    let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+    if let Err(e) = fetcher.start(&names).await {
+        tracing::warn!(error = %e, "metadata refresh for fetching failed");
+    }
+}
+
+/// The loop of the worker for broker `node`.
+async fn worker(fetcher: Arc<Fetcher>, node: i32) {
+    let mut failures = 0u32;
+    let mut conn = None;
+    loop {
+        let wakeup = fetcher.shared.fetch_wakeup.notified();
+        tokio::pin!(wakeup);
+        wakeup.as_mut().enable();
+        let (planned, leaderless) = fetcher.plan(node);
+        if !leaderless.is_empty() {
+            refresh(&fetcher, leaderless).await;
+        }
+        if planned.is_empty() {
+            let _ = tokio::time::timeout(IDLE_RECHECK, wakeup).await;
+            continue;
+        }
+        tracing::trace!(broker = node, partitions = planned.len(), "fetching");
+        match fetcher.fetch(node, &planned, &mut conn).await {
+            Ok(outcome) => {
+                tracing::trace!(broker = node, got_data = outcome.got_data, "fetched");
+                failures = 0;
+                fetcher.release(&planned, 0);
+                if outcome.got_data {
+                    fetcher.shared.data_ready.notify_waiters();
+                }
+                if !outcome.stale_leaders.is_empty() {
+                    let stale: Vec<&Planned> = planned
+                        .iter()
+                        .filter(|f| outcome.stale_leaders.contains(&f.tp.0))
+                        .collect();
+                    {
+                        let mut state = fetcher.shared.lock();
+                        for f in stale {
+                            if let Some(p) = state.partitions.get_mut(&f.tp) {
+                                p.backoff_until = Some(Instant::now() + BACKOFF_MIN);
+                            }
+                        }
+                    }
+                    refresh(&fetcher, outcome.stale_leaders).await;
+                }
+                if !outcome.out_of_range.is_empty() {
+                    tracing::warn!(partitions = ?outcome.out_of_range.iter().map(|(tp, _)| tp).collect::<Vec<_>>(), "fetch offset out of range; applying auto.offset.reset");
+                    if let Err(e) = offsets::reset_positions(
+                        &fetcher.client,
+                        &fetcher.shared,
+                        &outcome.out_of_range,
+                    )
+                    .await
+                    {
+                        fetcher.shared.fail(e);
+                    }
+                }
+                for e in outcome.errors {
+                    fetcher.shared.fail(e);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = backoff(failures);
+                tracing::warn!(
+                    operation = "fetch",
+                    broker = node,
+                    attempt = failures,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %e,
+                    "fetch failed, retrying"
+                );
+                fetcher.release(&planned, failures);
+                // A broker that is down drops out of metadata (BROKER_NOT_AVAILABLE): also
+                // transient, fetching resumes when it is back.
+                let transient = e.is_connection_error()
+                    || e.is_retriable()
+                    || e.kafka_code().map(|c| c.code()) == Some(8);
+                if transient {
+                    let topics = planned.iter().map(|f| Arc::clone(&f.tp.0)).collect();
+                    refresh(&fetcher, topics).await;
+                } else {
+                    fetcher.shared.fail(e);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Group membership on a background task: JoinGroup → SyncGroup (the leader assigns) →
+//! heartbeats, until the group rebalances, the member is fenced, the application stops
+//! polling for longer than `max.poll.interval.ms`, or the consumer closes.
+//!
+//! The protocol is eager: before rejoining, the member gives up all its partitions (commits
+//! what was processed, calls `on_revoked`). Join metadata and assignments use the standard
+//! ConsumerProtocol encodings, so Java and librdkafka members share groups with purekafka.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::time::Instant;
+
+use super::assignor::{self, MemberSubscription, TopicPartition};
+use super::state::PartitionState;
+use super::Inner;
+use crate::coordinator::{codes, Joined, MemberIdentityInfo};
+use crate::error::{Error, Result};
+
+/// Subscription metadata version sent in JoinGroup (v1: topics, user data, owned partitions).
+const SUBSCRIPTION_VERSION: i16 = 1;
+/// Assignment version sent by a purekafka leader (v0 is read by every client).
+const ASSIGNMENT_VERSION: i16 = 0;
+/// Newest ConsumerProtocol version kafka-protocol decodes; newer ones are read as this one
+/// (the format only appends fields).
+const PROTOCOL_VERSION_MAX: i16 = 3;
+
+/// Why a stable member stops heartbeating.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    /// The group is rebalancing: rejoin with the same member id.
+    Rejoin,
+    /// The coordinator no longer knows this member (or its generation): rejoin as new.
+    Reset,
+    /// No poll for longer than `max.poll.interval.ms`: leave, rejoin on the next poll.
+    PollTimeout,
+    /// The consumer is closing.
+    Shutdown,
+}
+
+/// Encodes the subscription sent in JoinGroup.
+pub(crate) fn encode_subscription(topics: &[String]) -> Bytes {
+    let sub = ConsumerProtocolSubscription::default().with_topics(
+        topics
+            .iter()
+            .map(|t| StrBytes::from_string(t.clone()))
+            .collect(),
+    );
+    let mut buf = BytesMut::new();
+    buf.put_i16(SUBSCRIPTION_VERSION);
+    sub.encode(&mut buf, SUBSCRIPTION_VERSION)
+        .expect("a subscription always encodes");
+    buf.freeze()
+}
+
+/// Decodes a member's subscription (any version).
+pub(crate) fn decode_subscription(mut data: Bytes) -> Result<ConsumerProtocolSubscription> {
+    if data.remaining() < 2 {
+        return Err(Error::Protocol("subscription metadata too short".into()));
+    }
+    let version = data.get_i16().clamp(0, PROTOCOL_VERSION_MAX);
+    ConsumerProtocolSubscription::decode(&mut data, version)
+        .map_err(|e| Error::Protocol(format!("decoding a member's subscription: {e}")))
+}
+
+/// Encodes one member's assignment for SyncGroup.
+pub(crate) fn encode_assignment(partitions: &[TopicPartition]) -> Bytes {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in partitions {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    let a = ConsumerProtocolAssignment::default().with_assigned_partitions(
+        by_topic
+            .into_iter()
+            .map(|(t, ps)| {
+                AssignedTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                    .with_partitions(ps)
+            })
+            .collect(),
+    );
+    let mut buf = BytesMut::new();
+    buf.put_i16(ASSIGNMENT_VERSION);
+    a.encode(&mut buf, ASSIGNMENT_VERSION)
+        .expect("an assignment always encodes");
+    buf.freeze()
+}
+
+/// Decodes this member's assignment from SyncGroup (empty bytes: nothing assigned).
+pub(crate) fn decode_assignment(mut data: Bytes) -> Result<Vec<TopicPartition>> {
+    if data.remaining() < 2 {
+        return Ok(Vec::new());
+    }
+    let version = data.get_i16().clamp(0, PROTOCOL_VERSION_MAX);
+    let a = ConsumerProtocolAssignment::decode(&mut data, version)
+        .map_err(|e| Error::Protocol(format!("decoding the group assignment: {e}")))?;
+    let mut out = Vec::new();
+    for t in a.assigned_partitions {
+        let topic: Arc<str> = Arc::from(t.topic.0.as_str());
+        out.extend(t.partitions.into_iter().map(|p| (Arc::clone(&topic), p)));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn code_of(e: &Error) -> Option<i16> {
+    e.kafka_code().map(|c| c.code())
+}
+
+/// The membership task: runs until the consumer closes.
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let config = inner.client.config().consumer().clone();
+    let mut me = MemberIdentityInfo {
+        member_id: String::new(),
+        generation: -1,
+        instance_id: config.group_instance_id.clone(),
+    };
+    let mut failures = 0u32;
+    loop {
+        if inner.shared.lock().closed {
+            return;
+        }
+        let joined = tokio::select! {
+            r = join_and_sync(&inner, &mut me) => r,
+            _ = inner.shared.membership_wakeup.notified() => continue,
+        };
+        let assignment = match joined {
+            Ok(a) => {
+                failures = 0;
+                a
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = Duration::from_millis(200 * u64::from(failures.min(10)));
+                tracing::warn!(group = %inner.coordinator.group(), attempt = failures, delay_ms = delay.as_millis() as u64, error = %e, "joining the group failed, retrying");
+                if !e.is_retriable() {
+                    inner.shared.fail(e);
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        assign(&inner, &me, assignment).await;
+        let exit = heartbeat(&inner, &me).await;
+        revoke(&inner).await;
+        match exit {
+            Exit::Rejoin => {}
+            Exit::Reset => {
+                me.member_id.clear();
+                me.generation = -1;
+            }
+            Exit::Shutdown => {
+                leave(&inner, &me).await;
+                return;
+            }
+            Exit::PollTimeout => {
+                tracing::warn!(group = %inner.coordinator.group(), max_poll_interval_ms = config.max_poll_interval.as_millis() as u64, "no poll within max.poll.interval.ms: leaving the group until the next poll");
+                leave(&inner, &me).await;
+                me.member_id.clear();
+                me.generation = -1;
+                // Rejoin when the application polls again (or stop when it closes).
+                loop {
+                    let woke = inner.shared.membership_wakeup.notified();
+                    {
+                        let s = inner.shared.lock();
+                        if s.closed {
+                            return;
+                        }
+                        if s.last_poll.elapsed() < config.max_poll_interval {
+                            break;
+                        }
+                    }
+                    woke.await;
+                }
+            }
+        }
+    }
+}
+
+/// JoinGroup then SyncGroup until one generation completes; returns this member's partitions.
+async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec<TopicPartition>> {
+    let config = inner.client.config().consumer();
+    let metadata = encode_subscription(&inner.topics);
+    let protocols: Vec<(String, Bytes)> = config
+        .assignment_strategies
+        .iter()
+        .map(|name| (name.clone(), metadata.clone()))
+        .collect();
+    let group = inner.coordinator.group().to_string();
+    loop {
+        let joined: Result<Joined> = inner
+            .client
+            .retry_with_timeout(
+                &format!("join group {group}"),
+                config.max_poll_interval + Duration::from_secs(10),
+                || {
+                    inner.coordinator.join(
+                        me,
+                        config.session_timeout,
+                        config.max_poll_interval,
+                        &protocols,
+                    )
+                },
+            )
+            .await;
+        let joined = match joined {
+            Ok(j) => j,
+            Err(e) => match code_of(&e) {
+                Some(codes::MEMBER_ID_REQUIRED) => {
+                    if let Error::Broker {
+                        message: Some(id), ..
+                    } = &e
+                    {
+                        me.member_id = id.clone();
+                    }
+                    continue;
+                }
+                Some(codes::UNKNOWN_MEMBER_ID) | Some(codes::ILLEGAL_GENERATION) => {
+                    me.member_id.clear();
+                    me.generation = -1;
+                    continue;
+                }
+                Some(codes::REBALANCE_IN_PROGRESS) => continue,
+                _ => return Err(e),
+            },
+        };
+        me.generation = joined.generation;
+        me.member_id = joined.member_id.clone();
+        tracing::info!(group = %group, member = %me.member_id, generation = me.generation, leader = joined.leader == me.member_id, protocol = %joined.protocol, "joined group");
+        let assignments = if joined.leader == me.member_id {
+            leader_assign(inner, &joined).await?
+        } else {
+            Vec::new()
+        };
+        let synced = inner
+            .client
+            .retry(&format!("sync group {group}"), || {
+                inner
+                    .coordinator
+                    .sync(me, &joined.protocol, assignments.clone())
+            })
+            .await;
+        match synced {
+            Ok(bytes) => return decode_assignment(bytes),
+            Err(e) => match code_of(&e) {
+                Some(codes::REBALANCE_IN_PROGRESS) => continue,
+                Some(codes::UNKNOWN_MEMBER_ID) | Some(codes::ILLEGAL_GENERATION) => {
+                    me.member_id.clear();
+                    me.generation = -1;
+                    continue;
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
+/// The leader's job: decode everyone's subscription, look up partition counts, assign.
+async fn leader_assign(inner: &Inner, joined: &Joined) -> Result<Vec<(String, Bytes)>> {
+    let assignor = assignor::by_name(&joined.protocol).ok_or_else(|| {
+        Error::Protocol(format!(
+            "the group chose assignor {:?}, which purekafka does not have",
+            joined.protocol
+        ))
+    })?;
+    let mut members = Vec::new();
+    for (member_id, instance_id, metadata) in &joined.members {
+        let sub = decode_subscription(metadata.clone())?;
+        members.push(MemberSubscription {
+            member_id: member_id.clone(),
+            group_instance_id: instance_id.clone(),
+            topics: sub.topics.iter().map(|t| t.to_string()).collect(),
+            owned: Vec::new(),
+        });
+    }
+    let mut topics: Vec<&str> = members
+        .iter()
+        .flat_map(|m| m.topics.iter().map(String::as_str))
+        .collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let cluster = inner.client.wire()?;
+    let md = inner
+        .client
+        .retry("metadata for assignment", || cluster.refresh(Some(&topics)))
+        .await?;
+    let partitions: BTreeMap<String, i32> = topics
+        .iter()
+        .filter_map(|t| {
+            let tm = md.topics.get(*t)?;
+            (tm.error == 0 && !tm.partitions.is_empty())
+                .then(|| (t.to_string(), tm.partitions.len() as i32))
+        })
+        .collect();
+    let plan = assignor.assign(&members, &partitions);
+    tracing::info!(group = %inner.coordinator.group(), assignor = assignor.name(), plan = ?plan.iter().map(|(m, ps)| (m.as_str(), ps.len())).collect::<Vec<_>>(), "assigned partitions as leader");
+    Ok(plan
+        .into_iter()
+        .map(|(member, ps)| (member, encode_assignment(&ps)))
+        .collect())
+}
+
+/// Takes on a new assignment: start positions, fetchers, the `on_assigned` callback.
+async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPartition>) {
+    tracing::info!(group = %inner.coordinator.group(), generation = me.generation, partitions = ?assignment, "partitions assigned");
+    {
+        let mut state = inner.shared.lock();
+        state.group.me = me.clone();
+        state.group.stable = true;
+        state.partitions = assignment
+            .iter()
+            .map(|tp| (tp.clone(), PartitionState::new()))
+            .collect();
+    }
+    let mut topics: Vec<&str> = assignment.iter().map(|(t, _)| &**t).collect();
+    topics.dedup();
+    if !assignment.is_empty() {
+        if let Err(e) = inner.fetcher.start(&topics).await {
+            inner.shared.fail(e);
+        }
+        if let Err(e) = super::offsets::initial_positions(
+            &inner.client,
+            &inner.coordinator,
+            &inner.shared,
+            &assignment,
+        )
+        .await
+        {
+            inner.shared.fail(e);
+        }
+    }
+    inner.callbacks.assigned(&assignment);
+    inner.shared.data_ready.notify_waiters();
+}
+
+/// Gives up every partition: commits what was processed (unless disabled), calls
+/// `on_revoked`, drops buffered records.
+async fn revoke(inner: &Inner) {
+    let (partitions, processed) = {
+        let state = inner.shared.lock();
+        let processed = state.uncommitted_processed();
+        let mut partitions: Vec<TopicPartition> = state.partitions.keys().cloned().collect();
+        partitions.sort();
+        (partitions, processed)
+    };
+    if inner.callbacks.commit_on_revoke() && !processed.is_empty() {
+        if let Err(e) =
+            super::offsets::commit(&inner.client, &inner.coordinator, &inner.shared, processed)
+                .await
+        {
+            tracing::warn!(group = %inner.coordinator.group(), error = %e, "committing processed offsets on revoke failed; their records will be delivered again");
+        }
+    }
+    inner.callbacks.revoked(&partitions);
+    let mut state = inner.shared.lock();
+    state.partitions.clear();
+    state.buffer.clear();
+    state.buffered_bytes = 0;
+    state.group.stable = false;
+    drop(state);
+    tracing::info!(group = %inner.coordinator.group(), partitions = ?partitions, "partitions revoked");
+}
+
+/// LeaveGroup (skipped for static members, so that a restart keeps their partitions).
+async fn leave(inner: &Inner, me: &MemberIdentityInfo) {
+    if me.member_id.is_empty() || me.instance_id.is_some() {
+        return;
+    }
+    let result = tokio::time::timeout(
+        inner.client.config().request_timeout(),
+        inner.coordinator.leave(me),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::Timeout {
+            operation: "leave group".into(),
+            after: inner.client.config().request_timeout(),
+        })
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!(group = %inner.coordinator.group(), member = %me.member_id, "left group")
+        }
+        Err(e) => {
+            tracing::warn!(group = %inner.coordinator.group(), error = %e, "leaving the group failed; the coordinator drops the member after session.timeout.ms")
+        }
+    }
+}
+
+/// Heartbeats until the member has to rejoin, leave or stop.
+async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
+    let config = inner.client.config().consumer();
+    let mut last_ok = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let woke = inner.shared.membership_wakeup.notified();
+        tokio::pin!(woke);
+        woke.as_mut().enable();
+        {
+            let s = inner.shared.lock();
+            if s.closed {
+                return Exit::Shutdown;
+            }
+            if s.last_poll.elapsed() > config.max_poll_interval {
+                return Exit::PollTimeout;
+            }
+        }
+        let wait = if failures == 0 {
+            config.heartbeat_interval
+        } else {
+            // Retry sooner while the coordinator is being looked for.
+            (config.heartbeat_interval / 4).max(Duration::from_millis(100))
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut woke => continue,
+        }
+        match inner.coordinator.heartbeat(me).await {
+            Ok(()) => {
+                failures = 0;
+                last_ok = Instant::now();
+            }
+            Err(e) => match code_of(&e) {
+                Some(codes::REBALANCE_IN_PROGRESS) => {
+                    tracing::info!(group = %inner.coordinator.group(), "group is rebalancing");
+                    return Exit::Rejoin;
+                }
+                Some(
+                    codes::UNKNOWN_MEMBER_ID
+                    | codes::ILLEGAL_GENERATION
+                    | codes::FENCED_INSTANCE_ID,
+                ) => {
+                    tracing::warn!(group = %inner.coordinator.group(), error = %e, "member fenced; rejoining as a new member");
+                    if code_of(&e) == Some(codes::FENCED_INSTANCE_ID) {
+                        inner.shared.fail(e);
+                    }
+                    return Exit::Reset;
+                }
+                _ => {
+                    failures += 1;
+                    tracing::warn!(operation = "heartbeat", group = %inner.coordinator.group(), attempt = failures, delay_ms = (config.heartbeat_interval / 4).max(Duration::from_millis(100)).as_millis() as u64, error = %e, "heartbeat failed, retrying");
+                    if last_ok.elapsed() > config.session_timeout {
+                        // The coordinator has dropped us by now; stop working on partitions
+                        // someone else may own, and rejoin.
+                        tracing::warn!(group = %inner.coordinator.group(), "no heartbeat for session.timeout.ms; rejoining");
+                        return Exit::Reset;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Offsets to commit for the partitions still assigned out of `offsets`.
+pub(crate) fn still_assigned(
+    inner: &Inner,
+    offsets: HashMap<TopicPartition, i64>,
+) -> HashMap<TopicPartition, i64> {
+    let state = inner.shared.lock();
+    offsets
+        .into_iter()
+        .filter(|(tp, _)| state.partitions.contains_key(tp))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_and_assignment_round_trip() {
+        let sub = decode_subscription(encode_subscription(&["a".into(), "b".into()])).unwrap();
+        assert_eq!(
+            sub.topics.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let tps: Vec<TopicPartition> = vec![
+            (Arc::from("a"), 0),
+            (Arc::from("a"), 2),
+            (Arc::from("b"), 1),
+        ];
+        assert_eq!(decode_assignment(encode_assignment(&tps)).unwrap(), tps);
+        assert!(decode_assignment(Bytes::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn subscription_bytes_match_the_java_client() {
+        // Java's ConsumerProtocol.serializeSubscription(new Subscription(["t"])) at v1:
+        // version, topics (array of string), user data (null), owned partitions (empty).
+        let bytes = encode_subscription(&["t".into()]);
+        assert_eq!(
+            &bytes[..],
+            &[0, 1, 0, 0, 0, 1, 0, 1, b't', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0][..]
+        );
+    }
+}

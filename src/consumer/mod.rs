@@ -1,0 +1,669 @@
+//! The group consumer: [`Client::consumer`] → [`Consumer`].
+//!
+//! ```no_run
+//! # async fn demo() -> purekafka::Result<()> {
+//! use std::time::Duration;
+//! use purekafka::{Client, Config};
+//!
+//! let config = Config::builder()
+//!     .brokers(["127.0.0.1:9092"])
+//!     .group_id("billing")
+//!     .set("auto.offset.reset", "earliest")
+//!     .build()?;
+//! let client = Client::connect(config).await?;
+//! let consumer = client.consumer(&["orders"])?;
+//! consumer.close_on_shutdown_signal();
+//! loop {
+//!     let batch = match consumer.poll(Duration::from_secs(1)).await {
+//!         Ok(batch) => batch,
+//!         Err(purekafka::Error::Closed(_)) => break,
+//!         Err(e) => return Err(e),
+//!     };
+//!     for record in &batch {
+//!         println!("{} {} {}", record.partition, record.offset, record.value_str().unwrap_or(""));
+//!     }
+//!     consumer.commit_batch(&batch).await?; // commit after processing
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! How it works: a membership task joins the group on the first poll and keeps the member alive
+//! with heartbeats ([`membership`]); fetch workers, one per broker, prefetch the assigned
+//! partitions into a buffer bounded in bytes ([`fetcher`]); `poll` takes what is buffered.
+//! Rebalances are eager: on revoke, offsets of processed records are committed, then every
+//! partition is given up; a record counts as processed once it was committed, or once the poll
+//! that returned it is followed by another poll.
+
+pub mod assignor;
+mod decode;
+mod fetcher;
+mod membership;
+mod offsets;
+mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use assignor::TopicPartition;
+
+use crate::client::Client;
+use crate::coordinator::Coordinator;
+use crate::error::{Error, Result};
+use crate::record::ConsumedRecord;
+use fetcher::Fetcher;
+use state::Shared;
+
+/// Most records one `poll` returns (whole fetched chunks are split at this size).
+const MAX_POLL_RECORDS: usize = 10_000;
+
+type Callback = Arc<dyn Fn(&[TopicPartition]) + Send + Sync>;
+
+/// Rebalance callbacks and options.
+#[derive(Default)]
+struct Callbacks {
+    on_assigned: Mutex<Option<Callback>>,
+    on_revoked: Mutex<Option<Callback>>,
+    no_commit_on_revoke: std::sync::atomic::AtomicBool,
+}
+
+impl Callbacks {
+    fn assigned(&self, partitions: &[TopicPartition]) {
+        let cb = self
+            .on_assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(cb) = cb {
+            cb(partitions);
+        }
+    }
+    fn revoked(&self, partitions: &[TopicPartition]) {
+        let cb = self
+            .on_revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(cb) = cb {
+            cb(partitions);
+        }
+    }
+    fn commit_on_revoke(&self) -> bool {
+        !self
+            .no_commit_on_revoke
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// What the consumer's tasks share.
+pub(crate) struct Inner {
+    client: Client,
+    topics: Vec<String>,
+    coordinator: Coordinator,
+    shared: Arc<Shared>,
+    fetcher: Arc<Fetcher>,
+    callbacks: Callbacks,
+}
+
+/// A member of a consumer group: polls records of the partitions the group assigns to it and
+/// commits their offsets.
+///
+/// Made by [`Client::consumer`]. The group is joined on the first [`poll`](Self::poll) (so
+/// that callbacks set before it see the first assignment). Methods take `&self`: share the
+/// consumer behind an `Arc` to close it from another task. Dropping it without
+/// [`close`](Self::close) stops its tasks without committing or leaving (the coordinator then
+/// drops the member after `session.timeout.ms`).
+pub struct Consumer {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.inner.coordinator.group())
+            .field("topics", &self.inner.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        self.inner.fetcher.stop();
+    }
+}
+
+impl Client {
+    /// A group consumer of `topics`, in the group named by `group.id`.
+    ///
+    /// Fails with a configuration error naming `group.id` when none is set. Nothing is sent
+    /// until the first [`Consumer::poll`].
+    pub fn consumer<S: AsRef<str>>(&self, topics: &[S]) -> Result<Consumer> {
+        let group = self.config().consumer().group_id.clone().ok_or_else(|| {
+            Error::config(
+                "group.id",
+                "",
+                "a consumer needs a group: set group.id (KAFKA_GROUP_ID)",
+            )
+        })?;
+        if topics.is_empty() {
+            return Err(Error::config(
+                "topics",
+                "",
+                "a consumer needs at least one topic",
+            ));
+        }
+        let mut names: Vec<String> = topics.iter().map(|t| t.as_ref().to_string()).collect();
+        names.sort();
+        names.dedup();
+        let shared = Shared::new();
+        let inner = Arc::new(Inner {
+            client: self.clone(),
+            topics: names,
+            coordinator: Coordinator::new(Arc::clone(self.wire()?), &group),
+            fetcher: Fetcher::new(self.clone(), Arc::clone(&shared)),
+            shared,
+            callbacks: Callbacks::default(),
+        });
+        Ok(Consumer {
+            inner,
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Consumer {
+    /// The group id.
+    pub fn group_id(&self) -> &str {
+        self.inner.coordinator.group()
+    }
+
+    /// Starts the membership (and auto-commit) tasks once.
+    fn ensure_started(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if !tasks.is_empty() {
+            return;
+        }
+        tasks.push(tokio::spawn(membership::run(Arc::clone(&self.inner))));
+        let config = self.inner.client.config().consumer();
+        if config.enable_auto_commit {
+            let inner = Arc::clone(&self.inner);
+            let every = config.auto_commit_interval;
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let offsets = inner.shared.lock().uncommitted_processed();
+                    if let Err(e) =
+                        offsets::commit(&inner.client, &inner.coordinator, &inner.shared, offsets)
+                            .await
+                    {
+                        tracing::warn!(error = %e, "auto-commit failed");
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Waits up to `timeout` for records and returns those available (at once when some are
+    /// buffered; an empty batch when none came in time).
+    ///
+    /// The first call joins the group. Errors the background tasks met (a fetch the broker
+    /// refused, `auto.offset.reset = error`, ...) are returned here, once. After
+    /// [`close`](Self::close), returns [`Error::Closed`].
+    pub async fn poll(&self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
+        self.ensure_started();
+        let deadline = Instant::now() + timeout;
+        let max_poll = self.inner.client.config().consumer().max_poll_interval;
+        {
+            let mut state = self.inner.shared.lock();
+            if state.last_poll.elapsed() > max_poll {
+                self.inner.shared.membership_wakeup.notify_waiters();
+            }
+            state.last_poll = Instant::now();
+            // Records handed out by the previous poll count as processed now.
+            for p in state.partitions.values_mut() {
+                if p.position > p.processed {
+                    p.processed = p.position;
+                }
+            }
+        }
+        loop {
+            let ready = self.inner.shared.data_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if let Some(out) = self.take_buffered()? {
+                return Ok(out);
+            }
+            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Takes buffered records of assigned, unpaused partitions, dropping stale chunks.
+    fn take_buffered(&self) -> Result<Option<Vec<ConsumedRecord>>> {
+        let mut state = self.inner.shared.lock();
+        if state.closed {
+            return Err(Error::Closed("consumer"));
+        }
+        if let Some(e) = state.error.take() {
+            return Err(e);
+        }
+        let mut out: Vec<ConsumedRecord> = Vec::new();
+        let mut freed = 0;
+        while out.len() < MAX_POLL_RECORDS {
+            let Some(mut chunk) = state.buffer.pop_front() else {
+                break;
+            };
+            let Some(p) = state.partitions.get_mut(&chunk.tp) else {
+                freed += chunk.bytes;
+                continue;
+            };
+            let expected = p.position;
+            if p.epoch != chunk.epoch || p.paused {
+                freed += chunk.bytes;
+                continue;
+            }
+            // Skip anything before the position (a seek within buffered data).
+            if let Some(pos) = expected {
+                if chunk.records.first().is_some_and(|r| r.offset < pos) {
+                    chunk.records.retain(|r| r.offset >= pos);
+                }
+            }
+            let room = MAX_POLL_RECORDS - out.len();
+            if chunk.records.len() > room {
+                let rest = chunk.records.split_off(room);
+                let bytes_taken = chunk.bytes * room / (room + rest.len());
+                let last = chunk.records.last().map(|r| r.offset);
+                if let Some(last) = last {
+                    p.position = Some(last + 1);
+                }
+                freed += bytes_taken;
+                let taken = std::mem::take(&mut chunk.records);
+                state.buffer.push_front(state::Chunk {
+                    tp: chunk.tp,
+                    epoch: chunk.epoch,
+                    records: rest,
+                    bytes: chunk.bytes - bytes_taken,
+                });
+                append(&mut out, taken);
+                break;
+            }
+            if let Some(last) = chunk.records.last() {
+                p.position = Some(last.offset + 1);
+            }
+            freed += chunk.bytes;
+            append(&mut out, chunk.records);
+        }
+        state.buffered_bytes -= freed;
+        drop(state);
+        if freed > 0 {
+            self.inner.shared.fetch_wakeup.notify_waiters();
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// The records as a stream (polling with a 1 s wait); ends after [`close`](Self::close).
+    /// A record counts as processed once the next one is asked for.
+    pub fn stream(&self) -> impl Stream<Item = Result<ConsumedRecord>> + '_ {
+        futures::stream::unfold(
+            (self, std::collections::VecDeque::new()),
+            |(consumer, mut pending)| async move {
+                loop {
+                    if let Some(r) = pending.pop_front() {
+                        return Some((Ok(r), (consumer, pending)));
+                    }
+                    match consumer.poll(Duration::from_secs(1)).await {
+                        Ok(batch) => pending.extend(batch),
+                        Err(Error::Closed(_)) => return None,
+                        Err(e) => return Some((Err(e), (consumer, pending))),
+                    }
+                }
+            },
+        )
+    }
+
+    /// Commits `record`'s offset + 1 for its partition, and waits for the coordinator.
+    pub async fn commit(&self, record: &ConsumedRecord) -> Result<()> {
+        self.commit_batch(std::slice::from_ref(record)).await
+    }
+
+    /// Commits, per partition, the highest offset + 1 among `records`, and waits.
+    ///
+    /// Offsets of partitions no longer assigned (revoked by a rebalance meanwhile) are not
+    /// committed: the partition's new owner starts from the last commit, so those records are
+    /// delivered again (at least once). A commit refused because the group is rebalancing is
+    /// an [`Error::Broker`] with `RebalanceInProgress` / `IllegalGeneration`.
+    pub async fn commit_batch(&self, records: &[ConsumedRecord]) -> Result<()> {
+        let offsets = next_offsets(records);
+        self.commit_offsets(offsets).await
+    }
+
+    /// Commits `offsets` (next offset to read, per partition) and waits.
+    pub async fn commit_offsets(&self, offsets: HashMap<TopicPartition, i64>) -> Result<()> {
+        if self.inner.shared.lock().closed {
+            return Err(Error::Closed("consumer"));
+        }
+        let before = offsets.len();
+        let offsets = membership::still_assigned(&self.inner, offsets);
+        if offsets.len() < before {
+            tracing::info!(
+                skipped = before - offsets.len(),
+                "commit skipped for partitions no longer assigned"
+            );
+        }
+        offsets::commit(
+            &self.inner.client,
+            &self.inner.coordinator,
+            &self.inner.shared,
+            offsets,
+        )
+        .await
+    }
+
+    /// Commits `records` in the background; a failure is logged (the next commit covers it).
+    pub fn commit_async(&self, records: &[ConsumedRecord]) {
+        let offsets = next_offsets(records);
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let offsets = membership::still_assigned(&inner, offsets);
+            if let Err(e) =
+                offsets::commit(&inner.client, &inner.coordinator, &inner.shared, offsets).await
+            {
+                tracing::warn!(error = %e, "asynchronous commit failed");
+            }
+        });
+    }
+
+    /// Moves the position of an assigned partition: the next poll returns records from
+    /// `offset`. Buffered records of the partition are dropped.
+    pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        let mut state = self.inner.shared.lock();
+        let tp: TopicPartition = (Arc::from(topic), partition);
+        let p = state
+            .partitions
+            .get_mut(&tp)
+            .ok_or_else(|| not_assigned(topic, partition))?;
+        p.reposition(offset);
+        p.backoff_until = None;
+        state.drop_buffered(&tp);
+        drop(state);
+        self.inner.shared.fetch_wakeup.notify_waiters();
+        Ok(())
+    }
+
+    /// Stops returning (and fetching) records of these assigned partitions until
+    /// [`resume`](Self::resume); their positions stay where they are. A rebalance forgets
+    /// pauses, as in the Java client.
+    pub fn pause(&self, partitions: &[(&str, i32)]) -> Result<()> {
+        let mut state = self.inner.shared.lock();
+        for &(topic, partition) in partitions {
+            let tp: TopicPartition = (Arc::from(topic), partition);
+            let p = state
+                .partitions
+                .get_mut(&tp)
+                .ok_or_else(|| not_assigned(topic, partition))?;
+            p.paused = true;
+            if let Some(pos) = p.position {
+                p.reposition(pos);
+            }
+            state.drop_buffered(&tp);
+        }
+        Ok(())
+    }
+
+    /// Resumes paused partitions.
+    pub fn resume(&self, partitions: &[(&str, i32)]) -> Result<()> {
+        let mut state = self.inner.shared.lock();
+        for &(topic, partition) in partitions {
+            let tp: TopicPartition = (Arc::from(topic), partition);
+            let p = state
+                .partitions
+                .get_mut(&tp)
+                .ok_or_else(|| not_assigned(topic, partition))?;
+            p.paused = false;
+        }
+        drop(state);
+        self.inner.shared.fetch_wakeup.notify_waiters();
+        Ok(())
+    }
+
+    /// The partitions paused now.
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        let state = self.inner.shared.lock();
+        let mut out: Vec<TopicPartition> = state
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.paused)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The next offset `poll` returns for an assigned partition (`None`: not assigned, or
+    /// its start position is not known yet).
+    pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        let state = self.inner.shared.lock();
+        state
+            .partitions
+            .get(&(Arc::from(topic), partition))
+            .and_then(|p| p.position)
+    }
+
+    /// The partitions assigned to this member now, sorted.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        let state = self.inner.shared.lock();
+        let mut out: Vec<TopicPartition> = state.partitions.keys().cloned().collect();
+        out.sort();
+        out
+    }
+
+    /// The group's committed offsets (next offset to read) of `partitions`, from the
+    /// coordinator; partitions without a commit are absent.
+    pub async fn committed(
+        &self,
+        partitions: &[(&str, i32)],
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        let tps: Vec<TopicPartition> = partitions.iter().map(|&(t, p)| (Arc::from(t), p)).collect();
+        let coordinator = &self.inner.coordinator;
+        let found = self
+            .inner
+            .client
+            .retry(
+                &format!("fetch offsets of group {}", coordinator.group()),
+                || coordinator.committed(&tps),
+            )
+            .await?;
+        Ok(found.into_iter().collect())
+    }
+
+    /// Lag per assigned partition: the high watermark (asked from each leader now) minus
+    /// the position (records not yet returned by `poll`). Partitions without a known
+    /// position are left out.
+    pub async fn lag(&self) -> Result<BTreeMap<TopicPartition, i64>> {
+        let tps = self.assignment();
+        let ends = offsets::list_offsets(&self.inner.client, &tps, offsets::LATEST).await?;
+        let state = self.inner.shared.lock();
+        Ok(ends
+            .into_iter()
+            .filter_map(|(tp, end)| {
+                let pos = state.partitions.get(&tp)?.position?;
+                Some((tp, (end - pos).max(0)))
+            })
+            .collect())
+    }
+
+    /// Calls `f` with the partitions of each new assignment (after their start positions are
+    /// known). Runs on the membership task: keep it short.
+    pub fn on_assigned(&self, f: impl Fn(&[TopicPartition]) + Send + Sync + 'static) {
+        *self
+            .inner
+            .callbacks
+            .on_assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
+    /// Calls `f` with the partitions given up before each rebalance, after the offsets of
+    /// processed records were committed (unless [`commit_on_revoke(false)`](Self::commit_on_revoke)).
+    pub fn on_revoked(&self, f: impl Fn(&[TopicPartition]) + Send + Sync + 'static) {
+        *self
+            .inner
+            .callbacks
+            .on_revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
+    /// Whether processed offsets are committed when partitions are revoked (default true).
+    pub fn commit_on_revoke(&self, enabled: bool) {
+        self.inner
+            .callbacks
+            .no_commit_on_revoke
+            .store(!enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Commits what was processed, leaves the group (static members stay, so a restart keeps
+    /// their partitions) and stops the background tasks. Later polls return
+    /// [`Error::Closed`]. Calling it again does nothing.
+    pub async fn close(&self) -> Result<()> {
+        let started = !self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        let processed = {
+            let mut state = self.inner.shared.lock();
+            if state.closed {
+                return Ok(());
+            }
+            let processed = state.uncommitted_processed();
+            state.closed = true;
+            processed
+        };
+        self.inner.fetcher.stop();
+        let commit = offsets::commit(
+            &self.inner.client,
+            &self.inner.coordinator,
+            &self.inner.shared,
+            processed,
+        )
+        .await;
+        // Clear what revoke would commit again, then let the membership task leave.
+        for p in self.inner.shared.lock().partitions.values_mut() {
+            p.processed = p.committed;
+        }
+        self.inner.shared.membership_wakeup.notify_waiters();
+        self.inner.shared.data_ready.notify_waiters();
+        if started {
+            let membership = self
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+                .collect::<Vec<_>>();
+            let mut iter = membership.into_iter();
+            if let Some(m) = iter.next() {
+                let limit = self.inner.client.config().request_timeout() * 2;
+                let _ = tokio::time::timeout(limit, m).await;
+            }
+            for t in iter {
+                t.abort();
+            }
+        }
+        commit
+    }
+
+    /// Closes the consumer (commit, leave) when the process gets SIGTERM or SIGINT (Ctrl-C);
+    /// polls then return [`Error::Closed`], so a poll loop ends cleanly.
+    pub fn close_on_shutdown_signal(&self) -> JoinHandle<()> {
+        let inner = Arc::clone(&self.inner);
+        let shared = Arc::clone(&inner.shared);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!(group = %inner.coordinator.group(), "shutdown signal: closing consumer");
+            let processed = {
+                let mut state = shared.lock();
+                if state.closed {
+                    return;
+                }
+                state.closed = true;
+                state.uncommitted_processed()
+            };
+            inner.fetcher.stop();
+            if let Err(e) =
+                offsets::commit(&inner.client, &inner.coordinator, &shared, processed).await
+            {
+                tracing::warn!(error = %e, "commit on shutdown failed");
+            }
+            for p in shared.lock().partitions.values_mut() {
+                p.processed = p.committed;
+            }
+            shared.membership_wakeup.notify_waiters();
+            shared.data_ready.notify_waiters();
+        })
+    }
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C elsewhere than Unix).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn append(out: &mut Vec<ConsumedRecord>, records: Vec<ConsumedRecord>) {
+    if out.is_empty() {
+        *out = records;
+    } else {
+        out.extend(records);
+    }
+}
+
+fn next_offsets(records: &[ConsumedRecord]) -> HashMap<TopicPartition, i64> {
+    let mut offsets: HashMap<TopicPartition, i64> = HashMap::new();
+    for r in records {
+        let e = offsets
+            .entry((Arc::clone(&r.topic), r.partition))
+            .or_insert(r.offset + 1);
+        *e = (*e).max(r.offset + 1);
+    }
+    offsets
+}
+
+fn not_assigned(topic: &str, partition: i32) -> Error {
+    Error::config(
+        "partition",
+        format!("{topic}/{partition}"),
+        "not assigned to this consumer",
+    )
+}

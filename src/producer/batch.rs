@@ -1,0 +1,549 @@
+//! Record batch v2 (magic 2) encoding, done once.
+//!
+//! Each record is varint-encoded at enqueue time straight into its partition's open batch
+//! buffer, after 61 reserved header bytes. Closing the batch fills the header in place
+//! (lengths, counts, timestamps) and computes the CRC32C once; with compression the record
+//! section is compressed into a new buffer behind a copy of the header. The result is the
+//! `Bytes` a produce request carries: no further copy, no per-record allocation.
+//!
+//! Layout (<https://kafka.apache.org/documentation/#recordbatch>):
+//!
+//! ```text
+//! baseOffset i64 | batchLength i32 | partitionLeaderEpoch i32 | magic i8 | crc u32 |
+//! attributes i16 | lastOffsetDelta i32 | firstTimestamp i64 | maxTimestamp i64 |
+//! producerId i64 | producerEpoch i16 | baseSequence i32 | recordCount i32 | records...
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::config::Compression;
+use crate::error::{Error, Result};
+use crate::record::Headers;
+
+/// Size of the record batch header.
+pub(crate) const BATCH_HEADER_SIZE: usize = 61;
+/// Offset of the CRC field; the CRC covers everything after it.
+const CRC_OFFSET: usize = 17;
+const ATTRIBUTES_OFFSET: usize = 21;
+
+/// Bytes a zigzag varint of `v` takes.
+#[inline]
+pub(crate) fn varint_len(v: i32) -> usize {
+    varlong_len(i64::from(v))
+}
+
+/// Bytes a zigzag varlong of `v` takes.
+#[inline]
+pub(crate) fn varlong_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    // 1 byte per started 7 bits; 0 still takes one byte.
+    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+#[inline]
+fn put_varlong(buf: &mut BytesMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        buf.put_u8((z as u8) | 0x80);
+        z >>= 7;
+    }
+    buf.put_u8(z as u8);
+}
+
+#[inline]
+fn put_varint(buf: &mut BytesMut, v: i32) {
+    put_varlong(buf, i64::from(v));
+}
+
+#[inline]
+fn bytes_field_len(b: Option<&[u8]>) -> usize {
+    match b {
+        Some(b) => varint_len(b.len() as i32) + b.len(),
+        None => 1,
+    }
+}
+
+/// The size of a record's body without its timestamp and offset deltas (which depend on the
+/// batch it lands in): attributes, key, value, headers.
+#[inline]
+pub(crate) fn record_body_size(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &Headers,
+) -> usize {
+    let mut size = 1 + bytes_field_len(key) + bytes_field_len(value);
+    size += varint_len(headers.len() as i32);
+    for (name, v) in headers.iter() {
+        size += varint_len(name.len() as i32) + name.len();
+        size += varint_len(v.len() as i32) + v.len();
+    }
+    size
+}
+
+/// An upper bound of a record's encoded size (length prefix and deltas at their widest):
+/// what the byte budget reserves and what `message.max.bytes` is checked against (plus the
+/// batch header).
+#[inline]
+pub(crate) fn record_size_upper_bound(body: usize) -> usize {
+    // length varint (≤ 5) + timestamp delta (≤ 10) + offset delta (≤ 5)
+    body + 5 + 10 + 5
+}
+
+/// A batch being filled: its buffer (61 reserved bytes, then encoded records) and the header
+/// fields known so far.
+#[derive(Debug)]
+pub(crate) struct BatchBuilder {
+    buf: BytesMut,
+    records: i32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl BatchBuilder {
+    /// An empty batch with room for `capacity` bytes of records.
+    pub(crate) fn new(capacity: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(BATCH_HEADER_SIZE + capacity);
+        buf.put_bytes(0, BATCH_HEADER_SIZE);
+        BatchBuilder {
+            buf,
+            records: 0,
+            first_timestamp: 0,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    /// Records appended so far.
+    #[inline]
+    pub(crate) fn len(&self) -> i32 {
+        self.records
+    }
+
+    /// Encoded size so far, header included.
+    #[inline]
+    pub(crate) fn size(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends one record (its body size from [`record_body_size`]); returns its offset delta.
+    #[inline]
+    pub(crate) fn append(
+        &mut self,
+        body_size: usize,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &Headers,
+    ) -> i32 {
+        let offset_delta = self.records;
+        if offset_delta == 0 {
+            self.first_timestamp = timestamp;
+        }
+        let timestamp_delta = timestamp.wrapping_sub(self.first_timestamp);
+        let len = body_size + varlong_len(timestamp_delta) + varint_len(offset_delta);
+        let buf = &mut self.buf;
+        buf.reserve(len + 5);
+        put_varint(buf, len as i32);
+        buf.put_u8(0); // attributes: unused
+        put_varlong(buf, timestamp_delta);
+        put_varint(buf, offset_delta);
+        put_bytes_field(buf, key);
+        put_bytes_field(buf, value);
+        put_varint(buf, headers.len() as i32);
+        for (name, v) in headers.iter() {
+            put_varint(buf, name.len() as i32);
+            buf.put_slice(name.as_bytes());
+            put_varint(buf, v.len() as i32);
+            buf.put_slice(v);
+        }
+        self.records += 1;
+        if timestamp > self.max_timestamp {
+            self.max_timestamp = timestamp;
+        }
+        offset_delta
+    }
+
+    /// Closes the batch: compresses the records if asked, fills the header, computes the CRC.
+    pub(crate) fn finish(self, compression: Compression) -> Result<Bytes> {
+        let BatchBuilder {
+            mut buf,
+            records,
+            first_timestamp,
+            max_timestamp,
+        } = self;
+        let codec: i16 = match compression {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            #[cfg(feature = "lz4")]
+            Compression::Lz4 => 3,
+            #[cfg(feature = "zstd")]
+            Compression::Zstd => 4,
+        };
+        if codec != 0 {
+            let compressed = compress(compression, &buf[BATCH_HEADER_SIZE..])?;
+            let mut out = BytesMut::with_capacity(BATCH_HEADER_SIZE + compressed.len());
+            out.put_bytes(0, BATCH_HEADER_SIZE);
+            out.put_slice(&compressed);
+            buf = out;
+        }
+        let max_timestamp = if records == 0 {
+            first_timestamp
+        } else {
+            max_timestamp
+        };
+        let batch_length = (buf.len() - 12) as i32;
+        let h = &mut buf[..BATCH_HEADER_SIZE];
+        h[0..8].copy_from_slice(&0i64.to_be_bytes()); // baseOffset: the broker assigns
+        h[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        h[12..16].copy_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
+        h[16] = 2; // magic
+        h[21..23].copy_from_slice(&codec.to_be_bytes()); // attributes: create time
+        h[23..27].copy_from_slice(&(records - 1).max(0).to_be_bytes());
+        h[27..35].copy_from_slice(&first_timestamp.to_be_bytes());
+        h[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+        h[43..51].copy_from_slice(&(-1i64).to_be_bytes()); // producerId: none
+        h[51..53].copy_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
+        h[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // baseSequence
+        h[57..61].copy_from_slice(&records.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
+        buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        Ok(buf.freeze())
+    }
+}
+
+/// Splits an encoded batch (ours: magic 2, possibly compressed) into two halves, re-encoded
+/// as open batches; returns them and the offset delta where the second half starts. Used
+/// when the broker rejects a batch as too large (MESSAGE_TOO_LARGE), as the Java client does.
+pub(crate) fn split(data: &[u8]) -> Result<(BatchBuilder, BatchBuilder, i32)> {
+    let malformed = |why: &str| Error::Protocol(format!("cannot split a record batch: {why}"));
+    if data.len() < BATCH_HEADER_SIZE || data[16] != 2 {
+        return Err(malformed("not a v2 record batch"));
+    }
+    let be_i64 = |at: usize| i64::from_be_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+    let codec = i16::from_be_bytes([data[21], data[22]]) & 0x7;
+    let first_timestamp = be_i64(27);
+    let count = i32::from_be_bytes(data[57..61].try_into().expect("4 bytes"));
+    if count < 2 {
+        return Err(malformed("fewer than two records"));
+    }
+    let records = decompress(codec, &data[BATCH_HEADER_SIZE..])?;
+    let mut input = &records[..];
+    let half = count / 2;
+    let capacity = records.len() / 2 + 64;
+    let (mut a, mut b) = (BatchBuilder::new(capacity), BatchBuilder::new(capacity));
+    for i in 0..count {
+        let _length = get_varlong(&mut input).ok_or_else(|| malformed("truncated"))?;
+        input = input.get(1..).ok_or_else(|| malformed("truncated"))?; // attributes
+        let timestamp_delta = get_varlong(&mut input).ok_or_else(|| malformed("truncated"))?;
+        let _offset_delta = get_varlong(&mut input).ok_or_else(|| malformed("truncated"))?;
+        let key = get_bytes_field(&mut input).ok_or_else(|| malformed("bad key"))?;
+        let value = get_bytes_field(&mut input).ok_or_else(|| malformed("bad value"))?;
+        let header_count = get_varlong(&mut input).ok_or_else(|| malformed("truncated"))?;
+        let mut headers = Headers::new();
+        for _ in 0..header_count.max(0) {
+            let name = get_bytes_field(&mut input)
+                .flatten()
+                .ok_or_else(|| malformed("bad header"))?;
+            let value = get_bytes_field(&mut input).ok_or_else(|| malformed("bad header"))?;
+            headers.insert(
+                String::from_utf8_lossy(name).into_owned(),
+                bytes::Bytes::copy_from_slice(value.unwrap_or_default()),
+            );
+        }
+        let body = record_body_size(key, value, &headers);
+        let target = if i < half { &mut a } else { &mut b };
+        target.append(
+            body,
+            first_timestamp + timestamp_delta,
+            key,
+            value,
+            &headers,
+        );
+    }
+    Ok((a, b, half))
+}
+
+fn get_varlong(input: &mut &[u8]) -> Option<i64> {
+    let mut z: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = input.split_first()?;
+        *input = rest;
+        z |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+/// A varint-length-prefixed byte field; `Some(None)` for null (length -1).
+fn get_bytes_field<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let len = get_varlong(input)?;
+    if len < 0 {
+        return Some(None);
+    }
+    let len = usize::try_from(len).ok()?;
+    if input.len() < len {
+        return None;
+    }
+    let (field, rest) = input.split_at(len);
+    *input = rest;
+    Some(Some(field))
+}
+
+/// Undoes [`compress`] for a batch's record section, by codec id.
+fn decompress(codec: i16, input: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    use std::io::Read;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Protocol(format!(
+            "{what} decompression of a record batch failed: {e}"
+        ))
+    };
+    match codec {
+        0 => Ok(Cow::Borrowed(input)),
+        1 => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(input)
+                .read_to_end(&mut out)
+                .map_err(|e| failed("gzip", &e))?;
+            Ok(Cow::Owned(out))
+        }
+        2 => {
+            let mut decoder = snap::raw::Decoder::new();
+            let Some(mut framed) = input.strip_prefix(&XERIAL_SNAPPY_HEADER[..]) else {
+                return decoder
+                    .decompress_vec(input)
+                    .map(Cow::Owned)
+                    .map_err(|e| failed("snappy", &e));
+            };
+            let mut out = Vec::new();
+            while !framed.is_empty() {
+                if framed.len() < 4 {
+                    return Err(failed("snappy", &"truncated block length"));
+                }
+                let len = u32::from_be_bytes(framed[..4].try_into().expect("4 bytes")) as usize;
+                let block = framed
+                    .get(4..4 + len)
+                    .ok_or_else(|| failed("snappy", &"truncated block"))?;
+                out.extend(
+                    decoder
+                        .decompress_vec(block)
+                        .map_err(|e| failed("snappy", &e))?,
+                );
+                framed = &framed[4 + len..];
+            }
+            Ok(Cow::Owned(out))
+        }
+        #[cfg(feature = "lz4")]
+        3 => {
+            let mut out = Vec::new();
+            lz4::Decoder::new(input)
+                .and_then(|mut d| d.read_to_end(&mut out))
+                .map_err(|e| failed("lz4", &e))?;
+            Ok(Cow::Owned(out))
+        }
+        #[cfg(feature = "zstd")]
+        4 => zstd::stream::decode_all(input)
+            .map(Cow::Owned)
+            .map_err(|e| failed("zstd", &e)),
+        other => Err(failed("unknown codec", &other)),
+    }
+}
+
+#[inline]
+fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
+    match b {
+        Some(b) => {
+            put_varint(buf, b.len() as i32);
+            buf.put_slice(b);
+        }
+        None => put_varint(buf, -1),
+    }
+}
+
+/// The xerial snappy-java stream header (magic, version 1, compatible version 1) that the
+/// Java client writes before snappy blocks.
+const XERIAL_SNAPPY_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+/// snappy-java's block size.
+const XERIAL_BLOCK_SIZE: usize = 32 * 1024;
+
+/// Compresses a batch's record section as Kafka expects for `compression`: a gzip stream;
+/// snappy in xerial framing (header, then length-prefixed 32 KiB blocks) as the Java client
+/// writes it, which Java brokers, librdkafka, rskafka and kafka-protocol all read; an LZ4
+/// frame; a zstd frame.
+fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Protocol(format!("{what} compression of a record batch failed: {e}"))
+    };
+    match compression {
+        Compression::None => Ok(input.to_vec()),
+        Compression::Gzip => {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(input.len() / 2 + 64),
+                flate2::Compression::default(),
+            );
+            enc.write_all(input).map_err(|e| failed("gzip", &e))?;
+            enc.finish().map_err(|e| failed("gzip", &e))
+        }
+        Compression::Snappy => {
+            let mut out = Vec::with_capacity(snap::raw::max_compress_len(input.len()) + 64);
+            out.extend_from_slice(XERIAL_SNAPPY_HEADER);
+            let mut encoder = snap::raw::Encoder::new();
+            for block in input.chunks(XERIAL_BLOCK_SIZE) {
+                let at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                out.resize(at + 4 + snap::raw::max_compress_len(block.len()), 0);
+                let n = encoder
+                    .compress(block, &mut out[at + 4..])
+                    .map_err(|e| failed("snappy", &e))?;
+                out.truncate(at + 4 + n);
+                out[at..at + 4].copy_from_slice(&(n as u32).to_be_bytes());
+            }
+            Ok(out)
+        }
+        #[cfg(feature = "lz4")]
+        Compression::Lz4 => {
+            use std::io::Write;
+            let mut enc = lz4::EncoderBuilder::new()
+                .build(Vec::with_capacity(input.len() / 2 + 64))
+                .map_err(|e| failed("lz4", &e))?;
+            enc.write_all(input).map_err(|e| failed("lz4", &e))?;
+            let (out, result) = enc.finish();
+            result.map_err(|e| failed("lz4", &e))?;
+            Ok(out)
+        }
+        #[cfg(feature = "zstd")]
+        Compression::Zstd => zstd::stream::encode_all(input, 0).map_err(|e| failed("zstd", &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_lengths() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            -65,
+            8191,
+            8192,
+            i64::MAX,
+            i64::MIN,
+            i32::MAX as i64,
+        ] {
+            let mut b = BytesMut::new();
+            put_varlong(&mut b, v);
+            assert_eq!(b.len(), varlong_len(v), "{v}");
+        }
+    }
+
+    fn decode(batch: Bytes) -> rskafka_records::Decoded {
+        rskafka_records::decode(batch)
+    }
+
+    /// Decodes with kafka-protocol's record batch reader: an independent implementation.
+    mod rskafka_records {
+        use bytes::Bytes;
+        use kafka_protocol::records::{Compression, RecordBatchDecoder};
+
+        pub(super) struct Decoded {
+            pub(super) records: Vec<kafka_protocol::records::Record>,
+        }
+
+        pub(super) fn decode(mut batch: Bytes) -> Decoded {
+            let set = RecordBatchDecoder::decode_with_custom_compression(
+                &mut batch,
+                None::<fn(&mut Bytes, Compression) -> anyhow::Result<Bytes>>,
+            )
+            .expect("decodes");
+            Decoded {
+                records: set.records,
+            }
+        }
+    }
+
+    fn encode_three(compression: Compression) -> Bytes {
+        let mut b = BatchBuilder::new(1024);
+        let mut headers = Headers::new();
+        headers.insert("h", "v");
+        let none = Headers::new();
+        for (i, (k, v, h)) in [
+            (Some(&b"k1"[..]), Some(&b"v1"[..]), &headers),
+            (None, Some(&b"v2"[..]), &none),
+            (Some(&b"k3"[..]), None, &none),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let body = record_body_size(k, v, h);
+            assert_eq!(b.append(body, 1_000 + i as i64, k, v, h), i as i32);
+        }
+        b.finish(compression).unwrap()
+    }
+
+    #[test]
+    fn batches_decode_with_an_independent_reader() {
+        for compression in [Compression::None, Compression::Gzip, Compression::Snappy] {
+            let decoded = decode(encode_three(compression));
+            let r = &decoded.records;
+            assert_eq!(r.len(), 3, "{compression:?}");
+            assert_eq!(r[0].key.as_deref(), Some(&b"k1"[..]));
+            assert_eq!(r[0].value.as_deref(), Some(&b"v1"[..]));
+            assert_eq!(r[0].headers.len(), 1);
+            assert_eq!(r[1].key, None);
+            assert_eq!(r[2].value, None);
+            assert_eq!(r[2].timestamp, 1_002);
+            assert_eq!(r[2].offset, 2);
+        }
+    }
+
+    #[test]
+    fn crc_is_checked_by_the_reader() {
+        let batch = encode_three(Compression::None);
+        let mut broken = BytesMut::from(&batch[..]);
+        let last = broken.len() - 1;
+        broken[last] ^= 0xff;
+        let mut bytes = broken.freeze();
+        let r = kafka_protocol::records::RecordBatchDecoder::decode_with_custom_compression(
+            &mut bytes,
+            None::<fn(&mut Bytes, kafka_protocol::records::Compression) -> anyhow::Result<Bytes>>,
+        );
+        assert!(r.is_err(), "a corrupted batch must fail its CRC check");
+    }
+
+    #[test]
+    fn a_batch_splits_into_two_halves_with_everything_kept() {
+        for compression in [Compression::None, Compression::Gzip, Compression::Snappy] {
+            let data = encode_three(compression);
+            let (a, b, at) = split(&data).unwrap();
+            assert_eq!((a.len(), b.len(), at), (1, 2, 1));
+            let first = decode(a.finish(compression).unwrap()).records;
+            let second = decode(b.finish(compression).unwrap()).records;
+            assert_eq!(first[0].key.as_deref(), Some(&b"k1"[..]));
+            assert_eq!(first[0].headers.len(), 1);
+            assert_eq!(first[0].timestamp, 1_000);
+            assert_eq!(second[0].key, None);
+            assert_eq!(second[0].value.as_deref(), Some(&b"v2"[..]));
+            assert_eq!(second[1].value, None);
+            assert_eq!(second[1].timestamp, 1_002);
+            assert_eq!(second[1].offset, 1);
+        }
+    }
+
+    #[test]
+    fn upper_bound_covers_the_encoding() {
+        let headers = Headers::new();
+        let body = record_body_size(Some(b"key"), Some(&[7u8; 100]), &headers);
+        let mut b = BatchBuilder::new(0);
+        b.append(body, 5, Some(b"key"), Some(&[7u8; 100]), &headers);
+        assert!(b.size() - BATCH_HEADER_SIZE <= record_size_upper_bound(body));
+    }
+}

@@ -1,0 +1,618 @@
+//! The producer: batching per partition, Java-compatible partitioning, delivery futures.
+//!
+//! ```no_run
+//! # async fn demo() -> purekafka::Result<()> {
+//! use purekafka::{Client, Config, Record};
+//!
+//! let client = Client::connect(Config::from_env()?).await?;
+//! let producer = client.producer();
+//!
+//! // One record, waiting for the broker's acknowledgement.
+//! let d = producer.send(Record::new("orders", "{\"id\":1}").with_key("customer-7")).await?;
+//! println!("written to {}/{} at offset {}", d.topic, d.partition, d.offset);
+//!
+//! // Many records: enqueue (waits only for buffer space), then collect the deliveries.
+//! let mut pending = Vec::new();
+//! for i in 0..10_000 {
+//!     pending.push(producer.enqueue(Record::new("events", format!("event {i}"))).await?);
+//! }
+//! for p in pending {
+//!     p.await?;
+//! }
+//! producer.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! How it works: [`Producer::enqueue`] picks the partition ([`partitioner`]), reserves the
+//! record's bytes in the buffer budget, and encodes the record once into the partition's open
+//! batch (`batch`); a background task (`sender`) sends batches that are full or have lingered,
+//! one produce request per leader broker, and resolves each batch's shared completion
+//! (`delivery`), which every record's [`DeliveryFuture`] reads.
+
+mod accumulator;
+mod batch;
+mod delivery;
+pub mod partitioner;
+mod sender;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::wire::Cluster;
+use accumulator::{Accumulator, Prepared, Settings};
+use batch::{record_body_size, record_size_upper_bound, BATCH_HEADER_SIZE};
+pub use delivery::{Delivery, DeliveryFuture};
+pub use partitioner::{murmur2, partition_for_key, to_positive, DefaultPartitioner, Partitioner};
+
+/// A Kafka producer. Cheap to clone: clones share the buffer, the background sender and the
+/// connections.
+///
+/// Records are batched per partition (`linger.ms`, `batch.size`), bounded in memory across
+/// partitions (`queue.buffering.max.kbytes`: [`send`](Self::send) and
+/// [`enqueue`](Self::enqueue) wait for room, [`try_send`](Self::try_send) refuses with
+/// [`Error::QueueFull`]), and retried on retriable errors within `delivery.timeout.ms` without
+/// reordering a partition's records.
+///
+/// When the last clone is dropped, the records already enqueued are still sent by the
+/// background task (as long as the tokio runtime runs); a record that cannot be sent resolves
+/// its future with an error. [`close`](Self::close) waits for all of it.
+///
+/// With Kafka disabled (`KAFKA_ENABLED=false`) nothing is sent: every record is logged at
+/// debug level and resolves as [`Error::Disabled`] ("not sent"), so an application runs
+/// without a broker.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("enabled", &self.inner.core.is_some())
+            .field("metrics", &self.metrics())
+            .finish()
+    }
+}
+
+struct Handle {
+    client: Client,
+    /// `None` when Kafka is disabled.
+    core: Option<Arc<Core>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(core) = &self.core {
+            // The last producer is gone: send what is queued without lingering, then stop.
+            core.acc.start_closing();
+        }
+    }
+}
+
+struct Core {
+    acc: Arc<Accumulator>,
+    cluster: Arc<Cluster>,
+    /// `None`: the default (murmur2 of the key, sticky without key), inlined.
+    partitioner: Option<Box<dyn Partitioner>>,
+    message_max_bytes: usize,
+    default_headers: Option<DefaultHeaders>,
+    sender: Arc<sender::Sender>,
+    started: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The values of the default headers (`default.headers`).
+struct DefaultHeaders {
+    service: Bytes,
+    version: Bytes,
+}
+
+/// Counters of a producer, from [`Producer::metrics`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ProducerMetrics {
+    /// Records acknowledged by the broker (or written, with `acks=0`).
+    pub records_sent: u64,
+    /// Bytes of record batches acknowledged (after compression).
+    pub bytes_sent: u64,
+    /// Batches acknowledged.
+    pub batches_sent: u64,
+    /// Average acknowledged batch size in bytes.
+    pub avg_batch_bytes: u64,
+    /// Average number of records per acknowledged batch.
+    pub avg_batch_records: f64,
+    /// Batch resends after retriable errors.
+    pub retries: u64,
+    /// Records that failed for good.
+    pub errors: u64,
+    /// Records enqueued and not yet resolved.
+    pub queue_depth: u64,
+    /// Bytes reserved by records not yet resolved (bounded by `buffer_max_bytes`).
+    pub buffered_bytes: usize,
+    /// The highest `buffered_bytes` seen.
+    pub buffered_bytes_peak: usize,
+    /// The buffer bound (`queue.buffering.max.kbytes`).
+    pub buffer_max_bytes: usize,
+}
+
+impl Client {
+    /// A producer using this client's connections and its producer configuration.
+    pub fn producer(&self) -> Producer {
+        Producer::new(self.clone(), None)
+    }
+
+    /// A producer with a custom [`Partitioner`].
+    pub fn producer_with_partitioner(&self, partitioner: impl Partitioner) -> Producer {
+        Producer::new(self.clone(), Some(Box::new(partitioner)))
+    }
+}
+
+impl Producer {
+    fn new(client: Client, partitioner: Option<Box<dyn Partitioner>>) -> Producer {
+        let core = client.wire().ok().map(|cluster| {
+            let config = client.config();
+            let p = config.producer();
+            let acc = Accumulator::new(Settings {
+                linger: p.linger,
+                batch_max_bytes: p.batch_max_bytes.min(config.message_max_bytes()),
+                buffer_max_bytes: p.buffer_max_bytes,
+                compression: p.compression,
+            });
+            let sender = Arc::new(sender::Sender {
+                acc: Arc::clone(&acc),
+                cluster: Arc::clone(cluster),
+                acks: p.acks,
+                request_timeout: config.request_timeout(),
+                delivery_timeout: p.delivery_timeout,
+                message_max_bytes: config.message_max_bytes(),
+                backoff: config.reconnect().clone(),
+                hook: config.retry_hook().cloned(),
+            });
+            Arc::new(Core {
+                acc,
+                cluster: Arc::clone(cluster),
+                partitioner,
+                message_max_bytes: config.message_max_bytes(),
+                default_headers: p.default_headers.then(|| DefaultHeaders {
+                    service: Bytes::from(config.client_id().to_string()),
+                    version: Bytes::from(p.service_version.clone()),
+                }),
+                sender,
+                started: AtomicBool::new(false),
+                task: Mutex::new(None),
+            })
+        });
+        Producer {
+            inner: Arc::new(Handle { client, core }),
+        }
+    }
+
+    /// Sends one record and waits until the broker acknowledged it (or it failed for good).
+    ///
+    /// Waits for buffer space first when the buffer is full. Errors name the topic and
+    /// partition and say why: [`Error::RecordTooLarge`] (before sending, or when the broker
+    /// says MESSAGE_TOO_LARGE), [`Error::UnknownTopic`], [`Error::Broker`] for permanent broker
+    /// errors, [`Error::RetriesExhausted`] when retriable errors outlasted
+    /// `delivery.timeout.ms`, [`Error::Disabled`] when Kafka is disabled (not sent).
+    pub async fn send(&self, record: Record) -> Result<Delivery> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Serializes `value` as JSON and sends it with `key` to `topic`.
+    pub async fn send_json<T: Serialize + ?Sized>(
+        &self,
+        topic: impl Into<std::borrow::Cow<'static, str>>,
+        key: impl AsRef<[u8]>,
+        value: &T,
+    ) -> Result<Delivery> {
+        let record = Record::json(topic, value)?.with_key(Bytes::copy_from_slice(key.as_ref()));
+        self.send(record).await
+    }
+
+    /// Sends many records: enqueues them all, then waits for every delivery. Results are in
+    /// the order of `records`.
+    pub async fn send_all(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Vec<Result<Delivery>> {
+        let mut pending = Vec::new();
+        for r in records {
+            pending.push(self.enqueue(r).await);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            out.push(match p {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// Queues a record and returns its [`DeliveryFuture`], waiting only while the buffer is
+    /// full. The throughput API: enqueue many, then await the futures.
+    ///
+    /// Fails at once (nothing queued) for a record larger than `message.max.bytes`
+    /// ([`Error::RecordTooLarge`]), an unknown topic or partition, or a closed producer.
+    pub async fn enqueue(&self, mut record: Record) -> Result<DeliveryFuture> {
+        let Some(core) = self.core_for(&record)? else {
+            return Ok(DeliveryFuture::ready(Err(Error::Disabled)));
+        };
+        let (body, reserved) = core.prepare(&mut record)?;
+        core.acc.reserve(reserved).await?;
+        if let Some(appended) = try_append_record(
+            &core.acc,
+            core.partitioner.as_deref(),
+            &record,
+            body,
+            reserved,
+        ) {
+            return appended;
+        }
+        // First record for this topic: learn its partitions, then append.
+        if let Err(e) = core.load_topic(&self.inner.client, &record.topic).await {
+            core.acc.release(reserved);
+            return Err(e);
+        }
+        core.append(&record, body, reserved)
+    }
+
+    /// Queues a record without waiting: [`Error::QueueFull`] when the buffer is full (nothing
+    /// is dropped: the record is handed back to nobody, so keep a clone if you want to retry
+    /// it). Otherwise like [`enqueue`](Self::enqueue).
+    pub fn try_send(&self, mut record: Record) -> Result<DeliveryFuture> {
+        let Some(core) = self.core_for(&record)? else {
+            return Ok(DeliveryFuture::ready(Err(Error::Disabled)));
+        };
+        let (body, reserved) = core.prepare(&mut record)?;
+        core.acc.try_reserve(reserved)?;
+        if let Some(appended) = try_append_record(
+            &core.acc,
+            core.partitioner.as_deref(),
+            &record,
+            body,
+            reserved,
+        ) {
+            return appended;
+        }
+        // First record for this topic: its metadata needs a round trip; do it in the
+        // background (the bytes are reserved already).
+        // The sender does not stop while such an append is pending (see `Accumulator::deferred`).
+        let core = Arc::clone(core);
+        let client = self.inner.client.clone();
+        let pending_append = accumulator::DeferredAppend::new(Arc::clone(&core.acc));
+        let task = tokio::spawn(async move {
+            let appended = match core.load_topic(&client, &record.topic).await {
+                Ok(()) => core.append(&record, body, reserved),
+                Err(e) => {
+                    core.acc.release(reserved);
+                    Err(e)
+                }
+            };
+            drop(pending_append);
+            appended?.await
+        });
+        Ok(DeliveryFuture::deferred(async move {
+            task.await
+                .unwrap_or(Err(Error::Closed("producer (task cancelled)")))
+        }))
+    }
+
+    /// Waits until every record enqueued before this call is resolved (sent or failed).
+    /// Batches still lingering are sent at once.
+    pub async fn flush(&self) {
+        let Some(core) = &self.inner.core else { return };
+        let pending = core.acc.flush_all();
+        if !pending.is_empty() {
+            core.start_sender();
+        }
+        for c in pending {
+            c.wait().await;
+        }
+    }
+
+    /// Flushes and stops: afterwards sends fail with [`Error::Closed`]. Nothing that was
+    /// enqueued is dropped; when `close` returns, every record's future is resolved.
+    pub async fn close(&self) {
+        let Some(core) = &self.inner.core else { return };
+        core.acc.closed.store(true, Ordering::Release);
+        self.flush().await;
+        core.acc.start_closing();
+        let task = core.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// The producer's counters.
+    pub fn metrics(&self) -> ProducerMetrics {
+        let Some(core) = &self.inner.core else {
+            return ProducerMetrics::default();
+        };
+        let acc = &core.acc;
+        let c = &acc.counters;
+        let records_sent = c.records_sent.load(Ordering::Relaxed);
+        let bytes_sent = c.bytes_sent.load(Ordering::Relaxed);
+        let batches_sent = c.batches_sent.load(Ordering::Relaxed);
+        ProducerMetrics {
+            records_sent,
+            bytes_sent,
+            batches_sent,
+            avg_batch_bytes: bytes_sent.checked_div(batches_sent).unwrap_or(0),
+            avg_batch_records: if batches_sent == 0 {
+                0.0
+            } else {
+                records_sent as f64 / batches_sent as f64
+            },
+            retries: c.retries.load(Ordering::Relaxed),
+            errors: c.records_failed.load(Ordering::Relaxed),
+            queue_depth: acc.queue_depth(),
+            buffered_bytes: acc.buffered(),
+            buffered_bytes_peak: c.buffered_peak.load(Ordering::Relaxed),
+            buffer_max_bytes: acc.settings.buffer_max_bytes,
+        }
+    }
+
+    /// The core, `None` when Kafka is disabled (the record is logged), or `Closed`.
+    #[inline]
+    fn core_for(&self, record: &Record) -> Result<Option<&Arc<Core>>> {
+        match &self.inner.core {
+            None => {
+                tracing::debug!(
+                    topic = %record.topic,
+                    key = ?record.key,
+                    bytes = record.value.as_ref().map_or(0, |v| v.len()),
+                    "kafka disabled: record not sent"
+                );
+                Ok(None)
+            }
+            Some(core) if core.acc.closed.load(Ordering::Acquire) => Err(Error::Closed("producer")),
+            Some(core) => Ok(Some(core)),
+        }
+    }
+}
+
+impl Core {
+    /// Stamps default headers and the timestamp; returns the body size and the bytes to
+    /// reserve, or [`Error::RecordTooLarge`].
+    #[inline]
+    fn prepare(&self, record: &mut Record) -> Result<(usize, usize)> {
+        if let Some(d) = &self.default_headers {
+            self.stamp(record, d);
+        }
+        let sizes = measure(record, self.message_max_bytes, &self.acc)?;
+        self.start_sender();
+        Ok(sizes)
+    }
+
+    fn stamp(&self, record: &mut Record, d: &DefaultHeaders) {
+        let ts = *record.timestamp.get_or_insert_with(now_millis);
+        let h = &mut record.headers;
+        if h.get("event_id").is_none() {
+            h.insert("event_id", uuid::Uuid::new_v4().to_string());
+        }
+        if h.get("timestamp").is_none() {
+            let at = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
+            h.insert(
+                "timestamp",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            );
+        }
+        if h.get("service").is_none() {
+            h.insert("service", d.service.clone());
+        }
+        if h.get("version").is_none() {
+            h.insert("version", d.version.clone());
+        }
+    }
+
+    /// Fetches the topic's partition count (under the client's retry policy).
+    async fn load_topic(&self, client: &Client, topic: &str) -> Result<()> {
+        let cluster = &self.cluster;
+        let meta = client
+            .retry(&format!("metadata of topic {topic}"), || {
+                cluster.topic(topic)
+            })
+            .await?;
+        self.acc.add_topic(topic, meta.partitions.len());
+        self.acc.with_topic(topic, |t| {
+            for p in &meta.partitions {
+                t.set_has_leader(p.id, p.leader >= 0 && p.error == 0);
+            }
+        });
+        Ok(())
+    }
+
+    /// Chooses the partition and appends; releases the reservation on failure.
+    #[inline]
+    fn append(&self, record: &Record, body: usize, reserved: usize) -> Result<DeliveryFuture> {
+        append_record(
+            &self.acc,
+            self.partitioner.as_deref(),
+            record,
+            body,
+            reserved,
+        )
+    }
+
+    /// Starts the background sender on first use (inside the caller's tokio runtime).
+    #[inline]
+    fn start_sender(&self) {
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                *task = Some(rt.spawn(Arc::clone(&self.sender).run()));
+                self.started.store(true, Ordering::Release);
+            }
+            Err(_) => tracing::error!("the producer needs a tokio runtime; none is running"),
+        }
+    }
+}
+
+/// The record's encoded body size and the bytes to reserve for it, or
+/// [`Error::RecordTooLarge`] when it cannot fit in a batch under `message.max.bytes` (or in
+/// the buffer).
+#[inline]
+fn measure(record: &Record, message_max_bytes: usize, acc: &Accumulator) -> Result<(usize, usize)> {
+    let body = record_body_size(
+        record.key.as_deref(),
+        record.value.as_deref(),
+        &record.headers,
+    );
+    let reserved = record_size_upper_bound(body);
+    let max = message_max_bytes.min(acc.settings.buffer_max_bytes);
+    if reserved + BATCH_HEADER_SIZE > max {
+        return Err(Error::RecordTooLarge {
+            topic: record.topic.to_string(),
+            size: reserved + BATCH_HEADER_SIZE,
+            max,
+        });
+    }
+    Ok((body, reserved))
+}
+
+/// Chooses the record's partition (explicit, custom partitioner, murmur2 of the key, or
+/// sticky) and appends it to that partition's open batch. The caller reserved `reserved`
+/// bytes; they are released when this fails.
+#[inline]
+fn append_record(
+    acc: &Accumulator,
+    partitioner: Option<&dyn Partitioner>,
+    record: &Record,
+    body: usize,
+    reserved: usize,
+) -> Result<DeliveryFuture> {
+    try_append_record(acc, partitioner, record, body, reserved).unwrap_or_else(|| {
+        acc.release(reserved);
+        Err(Error::UnknownTopic(record.topic.to_string()))
+    })
+}
+
+/// [`append_record`], but `None` (reservation kept) when the topic is not known yet.
+#[inline]
+fn try_append_record(
+    acc: &Accumulator,
+    partitioner: Option<&dyn Partitioner>,
+    record: &Record,
+    body: usize,
+    reserved: usize,
+) -> Option<Result<DeliveryFuture>> {
+    let prepared = Prepared {
+        record,
+        body,
+        reserved,
+        timestamp: record.timestamp.unwrap_or_else(now_millis),
+    };
+    let result = acc.with_topic(&record.topic, |t| {
+        let n = t.partition_count();
+        let partition = match record.partition {
+            Some(p) => Some(p),
+            None => match partitioner {
+                None => record.key.as_deref().map(|k| partition_for_key(k, n)),
+                Some(custom) => custom.partition(record, n),
+            },
+        };
+        if let Some(p) = partition {
+            if !(0..n).contains(&p) {
+                return Err(Error::broker(
+                    3,
+                    format!("{}/{p}", record.topic),
+                    Some(format!("the topic has partitions 0..{n}")),
+                ));
+            }
+        }
+        Ok(acc.append(t, partition, &prepared))
+    })?;
+    if result.is_err() {
+        acc.release(reserved);
+    }
+    Some(result)
+}
+
+/// Access to the per-record path without a broker, for the criterion benchmarks in
+/// `benches/producer.rs`. Not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+    use crate::config::Compression;
+
+    /// An accumulator for one topic whose batches are "acknowledged" locally.
+    pub struct Harness {
+        acc: Arc<Accumulator>,
+        message_max_bytes: usize,
+    }
+
+    impl Harness {
+        pub fn new(
+            topic: &str,
+            partitions: usize,
+            batch_max_bytes: usize,
+            compression: Compression,
+        ) -> Self {
+            let acc = Accumulator::new(Settings {
+                linger: std::time::Duration::from_millis(5),
+                batch_max_bytes,
+                buffer_max_bytes: 1 << 30,
+                compression,
+            });
+            acc.add_topic(topic, partitions);
+            Harness {
+                acc,
+                message_max_bytes: 1 << 20,
+            }
+        }
+
+        /// The producer's per-record path: measure, reserve, partition, encode into the batch.
+        #[inline]
+        pub fn enqueue(&self, record: Record) -> Result<DeliveryFuture> {
+            let (body, reserved) = measure(&record, self.message_max_bytes, &self.acc)?;
+            self.acc.try_reserve(reserved)?;
+            append_record(&self.acc, None, &record, body, reserved)
+        }
+
+        /// Closes, encodes (header, CRC, compression) and acknowledges every batch; returns
+        /// the encoded bytes.
+        pub fn complete_all(&self) -> usize {
+            self.acc.start_closing();
+            let mut bytes = 0;
+            loop {
+                let drained = self.acc.drain(tokio::time::Instant::now());
+                if drained.ready.is_empty() {
+                    return bytes;
+                }
+                for (topic, partition, mut batch) in drained.ready {
+                    let data = batch
+                        .encode(self.acc.settings.compression)
+                        .expect("encodes");
+                    bytes += data.len();
+                    batch.completion.0.complete(Ok(delivery::BatchAck {
+                        base_offset: 0,
+                        log_append_time: None,
+                    }));
+                    self.acc.finished(&topic, partition, batch.reserved);
+                }
+            }
+        }
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+#[inline]
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,436 @@
+//! The background task that sends batches: it takes ready batches from the accumulator,
+//! groups them per leader broker into one produce request, and resolves them from the
+//! response.
+//!
+//! Retriable failures (not leader, leader not available, timeouts, a dropped connection)
+//! refresh metadata, back off and resend the same encoded batch; the batch goes back to the
+//! front of its partition's queue and its partition sends nothing else meanwhile, so records of
+//! one partition are never reordered. A batch still failing after `delivery.timeout.ms` is
+//! given up with [`Error::RetriesExhausted`]; permanent errors fail at once, naming topic,
+//! partition and cause.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::ProduceRequest;
+use tokio::time::Instant;
+
+use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues};
+use super::batch;
+use super::delivery::{BatchAck, BatchCompletion, CompletionGuard};
+use crate::config::Acks;
+use crate::error::Error;
+use crate::reconnect::{ReconnectPolicy, RetryEvent, RetryHook};
+use crate::wire::Cluster;
+
+/// Largest produce request we build (several batches of different partitions); a single
+/// batch may exceed it.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Highest produce version used: v9 (flexible) is spoken by every broker we meet; later
+/// versions add nothing the producer uses (v13 replaces topic names by ids).
+const MAX_PRODUCE_VERSION: i16 = 9;
+/// Kafka error code MESSAGE_TOO_LARGE.
+const MESSAGE_TOO_LARGE: i16 = 10;
+
+/// What the sender needs besides the accumulator.
+pub(crate) struct Sender {
+    pub(crate) acc: Arc<Accumulator>,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) acks: Acks,
+    pub(crate) request_timeout: Duration,
+    pub(crate) delivery_timeout: Duration,
+    pub(crate) message_max_bytes: usize,
+    pub(crate) backoff: ReconnectPolicy,
+    pub(crate) hook: Option<RetryHook>,
+}
+
+/// A batch on its way to the broker.
+struct InFlight {
+    topic: Arc<TopicQueues>,
+    partition: i32,
+    batch: ReadyBatch,
+    data: Bytes,
+}
+
+impl Sender {
+    /// Runs until the accumulator is closing and everything was resolved.
+    pub(crate) async fn run(self: Arc<Self>) {
+        loop {
+            let may_stop = self.acc.may_stop();
+            let drained = self.acc.drain(Instant::now());
+            if drained.empty && may_stop {
+                tracing::debug!("producer sender: everything sent, stopping");
+                return;
+            }
+            if !drained.ready.is_empty() {
+                self.dispatch(drained.ready);
+            }
+            let wake = self.acc.wake_sender.notified();
+            match drained.next_due {
+                Some(at) => {
+                    tokio::select! {
+                        _ = wake => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => wake.await,
+            }
+        }
+    }
+
+    /// Groups ready batches per leader and starts one request per group.
+    fn dispatch(self: &Arc<Self>, ready: Vec<(Arc<TopicQueues>, i32, ReadyBatch)>) {
+        let metadata = self.cluster.metadata();
+        let mut groups: Vec<(i32, Vec<InFlight>, usize)> = Vec::new();
+        let mut leaderless = Vec::new();
+        for (topic, partition, batch) in ready {
+            let b = InFlight {
+                topic,
+                partition,
+                batch,
+                data: Bytes::new(),
+            };
+            let leader = metadata.leader(&b.topic.name, partition);
+            b.topic.set_has_leader(partition, leader.is_some());
+            let Some(leader) = leader else {
+                leaderless.push(b);
+                continue;
+            };
+            let size = b.batch.size();
+            match groups
+                .iter_mut()
+                .find(|(l, _, bytes)| *l == leader && *bytes + size <= MAX_REQUEST_BYTES)
+            {
+                Some((_, batches, bytes)) => {
+                    batches.push(b);
+                    *bytes += size;
+                }
+                None => groups.push((leader, vec![b], size)),
+            }
+        }
+        for (leader, batches, _) in groups {
+            tokio::spawn(Arc::clone(self).send(leader, batches));
+        }
+        if !leaderless.is_empty() {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let failed = leaderless
+                    .into_iter()
+                    .map(|b| {
+                        let e = Error::broker(
+                            5,
+                            format!("produce to {}/{}", b.topic.name, b.partition),
+                            Some("no leader in metadata".into()),
+                        );
+                        (b, e)
+                    })
+                    .collect();
+                this.retry_all(failed).await;
+            });
+        }
+    }
+
+    /// Sends one produce request to `leader` and resolves its batches.
+    async fn send(self: Arc<Self>, leader: i32, batches: Vec<InFlight>) {
+        let mut encoded = Vec::with_capacity(batches.len());
+        for mut b in batches {
+            match b.batch.encode(self.acc.settings.compression) {
+                Ok(data) => {
+                    b.data = data;
+                    encoded.push(b);
+                }
+                Err(e) => self.give_up(b, e),
+            }
+        }
+        if encoded.is_empty() {
+            return;
+        }
+        let conn = match self.cluster.broker(leader).await {
+            Ok(c) => c,
+            Err(e) => {
+                let failed = encoded.into_iter().map(|b| (b, duplicate(&e))).collect();
+                return self.retry_all(failed).await;
+            }
+        };
+        let request = build_request(&encoded, self.acks, self.request_timeout);
+        let version = match conn.version_for::<ProduceRequest>(Some(MAX_PRODUCE_VERSION)) {
+            Ok(v) => v,
+            Err(e) => {
+                for b in encoded {
+                    self.give_up(b, duplicate(&e));
+                }
+                return;
+            }
+        };
+        if self.acks == Acks::None {
+            match conn.send_without_response(&request, version).await {
+                Ok(()) => {
+                    for b in encoded {
+                        self.succeed(
+                            b,
+                            BatchAck {
+                                base_offset: -1,
+                                log_append_time: None,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    let failed = encoded.into_iter().map(|b| (b, duplicate(&e))).collect();
+                    self.retry_all(failed).await;
+                }
+            }
+            return;
+        }
+        let response = match conn.send_version(&request, version).await {
+            Ok(r) => r,
+            Err(e) => {
+                let failed = encoded.into_iter().map(|b| (b, duplicate(&e))).collect();
+                return self.retry_all(failed).await;
+            }
+        };
+        let mut failed = Vec::new();
+        for b in encoded {
+            let found = response
+                .responses
+                .iter()
+                .filter(|t| t.name.0.as_str() == &*b.topic.name)
+                .flat_map(|t| t.partition_responses.iter())
+                .find(|p| p.index == b.partition);
+            let context = || format!("produce to {}/{}", b.topic.name, b.partition);
+            match found {
+                None => {
+                    let e = Error::Protocol(format!(
+                        "{}: the broker's response has no entry for this partition",
+                        context()
+                    ));
+                    self.give_up(b, e);
+                }
+                Some(p) if p.error_code == 0 => {
+                    let ack = BatchAck {
+                        base_offset: p.base_offset,
+                        log_append_time: (p.log_append_time_ms >= 0)
+                            .then_some(p.log_append_time_ms),
+                    };
+                    self.succeed(b, ack);
+                }
+                Some(p) if p.error_code == MESSAGE_TOO_LARGE && b.batch.records > 1 => {
+                    self.split(b);
+                }
+                Some(p) if p.error_code == MESSAGE_TOO_LARGE => {
+                    tracing::warn!(
+                        topic = %b.topic.name,
+                        partition = b.partition,
+                        records = b.batch.records,
+                        bytes = b.data.len(),
+                        "broker rejected a batch as too large (MESSAGE_TOO_LARGE)"
+                    );
+                    let e = Error::RecordTooLarge {
+                        topic: b.topic.name.to_string(),
+                        size: b.data.len(),
+                        max: self.message_max_bytes,
+                    };
+                    self.give_up(b, e);
+                }
+                Some(p) => {
+                    let e = Error::broker(
+                        p.error_code,
+                        context(),
+                        p.error_message.as_ref().map(|m| m.to_string()),
+                    );
+                    if e.is_retriable() {
+                        failed.push((b, e));
+                    } else {
+                        self.give_up(b, e);
+                    }
+                }
+            }
+        }
+        if !failed.is_empty() {
+            self.retry_all(failed).await;
+        }
+    }
+
+    /// Refreshes metadata of the topics involved, then retries each batch after its backoff
+    /// or gives it up.
+    async fn retry_all(&self, failed: Vec<(InFlight, Error)>) {
+        let mut topics: Vec<&str> = failed.iter().map(|(b, _)| &*b.topic.name).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let retriable = failed.iter().any(|(_, e)| e.is_retriable());
+        if retriable {
+            match self.cluster.refresh(Some(&topics)).await {
+                Ok(metadata) => {
+                    // Keyless records avoid partitions without a leader until they have one.
+                    for (b, _) in &failed {
+                        for p in 0..b.topic.partition_count() {
+                            b.topic
+                                .set_has_leader(p, metadata.leader(&b.topic.name, p).is_some());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "metadata refresh after a failed produce failed")
+                }
+            }
+        }
+        for (b, e) in failed {
+            self.retry_or_give_up(b, e);
+        }
+    }
+
+    fn retry_or_give_up(&self, mut b: InFlight, error: Error) {
+        b.batch.attempts += 1;
+        let attempt = b.batch.attempts;
+        let elapsed = b.batch.created.elapsed();
+        let operation = || format!("produce to {}/{}", b.topic.name, b.partition);
+        if !error.is_retriable() {
+            return self.give_up(b, error);
+        }
+        if elapsed >= self.delivery_timeout {
+            let e = Error::RetriesExhausted {
+                operation: format!(
+                    "{} ({} records, delivery.timeout.ms = {})",
+                    operation(),
+                    b.batch.records,
+                    self.delivery_timeout.as_millis()
+                ),
+                attempts: attempt,
+                elapsed,
+                last_error: Box::new(error),
+            };
+            return self.give_up(b, e);
+        }
+        // The last attempt happens at the deadline at the latest.
+        let delay = backoff_delay(&self.backoff, attempt).min(self.delivery_timeout - elapsed);
+        let op = operation();
+        tracing::warn!(
+            operation = %op,
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            error = %error,
+            "produce failed, retrying the batch"
+        );
+        if let Some(hook) = &self.hook {
+            hook(&RetryEvent {
+                operation: &op,
+                attempt,
+                delay,
+                error: &error,
+            });
+        }
+        self.acc.counters.retries.fetch_add(1, Ordering::Relaxed);
+        b.batch.retry_at = Some(Instant::now() + delay);
+        self.acc.requeue(&b.topic, b.partition, b.batch);
+    }
+
+    /// The broker rejected a batch of several records as too large: send its records again
+    /// in two halves (each may split again), in order, ahead of the partition's queue.
+    fn split(&self, b: InFlight) {
+        let (first, second, at) = match batch::split(&b.data) {
+            Ok(halves) => halves,
+            Err(e) => return self.give_up(b, e),
+        };
+        tracing::warn!(
+            topic = %b.topic.name,
+            partition = b.partition,
+            records = b.batch.records,
+            bytes = b.data.len(),
+            "broker rejected a batch as too large (MESSAGE_TOO_LARGE); splitting it in two"
+        );
+        self.acc.counters.retries.fetch_add(1, Ordering::Relaxed);
+        let part = |builder: batch::BatchBuilder, reserved: usize| ReadyBatch {
+            records: builder.len(),
+            payload: Payload::Open(builder),
+            reserved,
+            created: b.batch.created,
+            attempts: 0,
+            retry_at: None,
+            completion: CompletionGuard(BatchCompletion::new(
+                Arc::clone(&b.topic.name),
+                b.partition,
+            )),
+        };
+        let half_reserved = b.batch.reserved / 2;
+        let first = part(first, half_reserved);
+        let second = part(second, b.batch.reserved - half_reserved);
+        b.batch.completion.0.split(vec![
+            (0, Arc::clone(&first.completion.0)),
+            (at, Arc::clone(&second.completion.0)),
+        ]);
+        self.acc.requeue_split(&b.topic, b.partition, first, second);
+    }
+
+    fn succeed(&self, b: InFlight, ack: BatchAck) {
+        let c = &self.acc.counters;
+        c.records_sent
+            .fetch_add(b.batch.records as u64, Ordering::Relaxed);
+        c.bytes_sent
+            .fetch_add(b.data.len() as u64, Ordering::Relaxed);
+        c.batches_sent.fetch_add(1, Ordering::Relaxed);
+        b.batch.completion.0.complete(Ok(ack));
+        self.acc.finished(&b.topic, b.partition, b.batch.reserved);
+    }
+
+    fn give_up(&self, b: InFlight, error: Error) {
+        tracing::error!(
+            topic = %b.topic.name,
+            partition = b.partition,
+            records = b.batch.records,
+            error = %error,
+            "produce failed for good; the batch's records fail"
+        );
+        self.acc
+            .counters
+            .records_failed
+            .fetch_add(b.batch.records as u64, Ordering::Relaxed);
+        b.batch.completion.0.complete(Err(error));
+        self.acc.finished(&b.topic, b.partition, b.batch.reserved);
+    }
+}
+
+fn duplicate(e: &Error) -> Error {
+    super::delivery::duplicate(e)
+}
+
+/// The delay before retry number `attempt` (from 1): the client's reconnect policy,
+/// exponential with jitter.
+fn backoff_delay(policy: &ReconnectPolicy, attempt: u32) -> Duration {
+    let base = policy.initial_delay.as_secs_f64()
+        * policy
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(30) as i32);
+    let base = base.min(policy.max_delay.as_secs_f64());
+    // Cheap jitter from the clock's nanoseconds: spreading retries is all it must do.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let unit = f64::from(nanos % 1000) / 1000.0 * 2.0 - 1.0;
+    Duration::from_secs_f64((base * (1.0 + policy.jitter * unit)).max(0.001))
+}
+
+/// One produce request for batches that all go to the same broker.
+fn build_request(batches: &[InFlight], acks: Acks, timeout: Duration) -> ProduceRequest {
+    let mut topic_data: Vec<TopicProduceData> = Vec::new();
+    for b in batches {
+        let partition = PartitionProduceData::default()
+            .with_index(b.partition)
+            .with_records(Some(b.data.clone()));
+        match topic_data.iter_mut().find(|t| t.name == b.topic.wire_name) {
+            Some(t) => t.partition_data.push(partition),
+            None => topic_data.push(
+                TopicProduceData::default()
+                    .with_name(b.topic.wire_name.clone())
+                    .with_partition_data(vec![partition]),
+            ),
+        }
+    }
+    ProduceRequest::default()
+        .with_acks(acks.as_i16())
+        .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32)
+        .with_topic_data(topic_data)
+}
