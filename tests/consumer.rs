@@ -527,6 +527,26 @@ async fn mock_mixed_group_with_kcat() {
             kcat = Some(spawn_kcat());
         }
         let mut kcat = kcat.unwrap();
+        // kcat's output is read as it comes, so a slow librdkafka member gets its time.
+        let theirs_live: Arc<std::sync::Mutex<HashSet<(i32, i64)>>> = Arc::default();
+        let reader = {
+            let theirs = Arc::clone(&theirs_live);
+            let stdout = kcat.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let mut it = line.split_whitespace();
+                    if let (Some(Ok(p)), Some(Ok(o))) =
+                        (it.next().map(str::parse), it.next().map(str::parse))
+                    {
+                        theirs.lock().unwrap().insert((p, o));
+                    }
+                }
+            })
+        };
         // range over two members: three partitions each.
         let early = wait_for_assignment(&consumer, 3, Duration::from_secs(60)).await;
         assert!(early.is_empty(), "records before anything was produced");
@@ -545,16 +565,14 @@ async fn mock_mixed_group_with_kcat() {
                 seen.len()
             );
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while theirs_live.lock().unwrap().len() < 300 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let _ = kcat.kill();
-        let out = kcat.wait_with_output().unwrap();
-        let theirs: HashSet<(i32, i64)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-            })
-            .collect();
+        let _ = kcat.wait();
+        reader.join().unwrap();
+        let theirs = theirs_live.lock().unwrap().clone();
         let their_partitions: HashSet<i32> = theirs.iter().map(|(p, _)| *p).collect();
         assert!(
             their_partitions.is_disjoint(&mine),
