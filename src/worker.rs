@@ -469,10 +469,12 @@ impl<P: Process> Dispatcher<'_, P> {
         }
     }
 
-    /// Hands each partition's run of records to its task.
+    /// Hands each partition's run of records to its task, in the order polled.
     fn dispatch(&mut self, mut batch: Vec<ConsumedRecord>) {
-        // Split into runs of one partition (poll returns whole chunks, one partition each),
-        // from the end, so every record moves at most once.
+        // Split into runs of one partition (poll returns whole chunks, one partition each;
+        // a partition may have several chunks in one batch). Split from the end so that
+        // every record moves at most once, then send the runs in poll order.
+        let mut runs = Vec::new();
         while !batch.is_empty() {
             let last = batch.len() - 1;
             let (t, p) = (&batch[last].topic, batch[last].partition);
@@ -480,11 +482,13 @@ impl<P: Process> Dispatcher<'_, P> {
             while start > 0 && batch[start - 1].partition == p && batch[start - 1].topic == *t {
                 start -= 1;
             }
-            let run = if start == 0 {
+            runs.push(if start == 0 {
                 std::mem::take(&mut batch)
             } else {
                 batch.split_off(start)
-            };
+            });
+        }
+        for run in runs.into_iter().rev() {
             self.send_run(run);
         }
     }
