@@ -172,6 +172,9 @@ impl Drop for Claim {
     }
 }
 
+/// A function computing a record's dedup key.
+pub type KeyFn = Arc<dyn Fn(&ConsumedRecord) -> Option<Bytes> + Send + Sync>;
+
 /// Where the dedup key of a record comes from.
 #[derive(Clone, Default)]
 pub enum DedupKey {
@@ -181,7 +184,7 @@ pub enum DedupKey {
     /// The value of this header, e.g. `event_id` (records without it are not deduplicated).
     Header(String),
     /// A function of the record (`None`: not deduplicated).
-    Fn(Arc<dyn Fn(&ConsumedRecord) -> Option<Bytes> + Send + Sync>),
+    Fn(KeyFn),
 }
 
 impl std::fmt::Debug for DedupKey {

@@ -41,6 +41,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Processing records
+//!
+//! [`Consumer::run`] / [`Consumer::run_json`] (or [`Consumer::runner`] for options) run a
+//! handler per record in partition order: dedup ([`Deduplicator`]) → handler → retries with
+//! backoff ([`HandlerError::retriable`]) → dead-letter topic ([`DeadLetterRouter`]) → commit,
+//! with a [`CircuitBreaker`], graceful shutdown ([`RunHandle`]) and [`RunMetrics`]. See
+//! [`worker`].
+//!
 //! ## Features
 //!
 //! The default build is pure Rust: plaintext and SASL (PLAIN, SCRAM), gzip and snappy.

@@ -322,8 +322,8 @@ impl Runner {
 
     /// Runs `handler(record)` for every record until shutdown; returns the final counters.
     ///
-    /// Returns an error only when the consumer cannot go on (e.g. it was closed elsewhere
-    /// is not an error: the run just ends).
+    /// A consumer closed elsewhere ends the run normally; the error returned is that of the
+    /// final commit / leave (`Consumer::close`).
     pub async fn run<F, Fut>(self, handler: F) -> Result<RunMetrics>
     where
         F: Fn(ConsumedRecord) -> Fut + Send + Sync + 'static,
