@@ -41,6 +41,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Processing records
+//!
+//! [`Consumer::run`] / [`Consumer::run_json`] (or [`Consumer::runner`] for options) run a
+//! handler per record in partition order: dedup ([`Deduplicator`]) → handler → retries with
+//! backoff ([`HandlerError::retriable`]) → dead-letter topic ([`DeadLetterRouter`]) → commit,
+//! with a [`CircuitBreaker`], graceful shutdown ([`RunHandle`]) and [`RunMetrics`]. See
+//! [`worker`].
+//!
 //! ## Features
 //!
 //! The default build is pure Rust: plaintext and SASL (PLAIN, SCRAM), gzip and snappy.
@@ -49,11 +57,15 @@
 #![deny(rust_2018_idioms, unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod breaker;
 pub mod client;
 pub mod config;
 pub mod consumer;
 pub(crate) mod coordinator;
+pub mod dedup;
+pub mod dlq;
 pub mod error;
+pub mod handler;
 pub mod health;
 pub mod producer;
 pub mod reconnect;
@@ -61,14 +73,20 @@ pub mod record;
 #[cfg(feature = "tls")]
 mod tls;
 pub(crate) mod wire;
+pub mod worker;
 
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};
 pub use config::{Config, ConfigBuilder};
 pub use consumer::{Consumer, TopicPartition};
+pub use dedup::{DedupKey, Deduplicator};
+pub use dlq::DeadLetterRouter;
 pub use error::{Error, Result};
+pub use handler::HandlerError;
 pub use health::Health;
 pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics};
 pub use reconnect::{ReconnectPolicy, RetryEvent};
 pub use record::{ConsumedRecord, Headers, Record};
 pub use rskafka;
+pub use worker::{DecodeErrorPolicy, RetryPolicy, RunHandle, RunMetrics, Runner, RunnerConfig};

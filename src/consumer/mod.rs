@@ -69,6 +69,10 @@ struct Callbacks {
     on_assigned: Mutex<Option<Callback>>,
     on_revoked: Mutex<Option<Callback>>,
     no_commit_on_revoke: std::sync::atomic::AtomicBool,
+    /// Set by the runtime (`worker`): a poll does not count the previous poll's records as
+    /// processed; only [`Consumer::mark_processed`] does, so that revoke and close commit
+    /// exactly what the handlers finished.
+    manual_processed: std::sync::atomic::AtomicBool,
 }
 
 impl Callbacks {
@@ -232,10 +236,18 @@ impl Consumer {
                 self.inner.shared.membership_wakeup.notify_waiters();
             }
             state.last_poll = Instant::now();
-            // Records handed out by the previous poll count as processed now.
-            for p in state.partitions.values_mut() {
-                if p.position > p.processed {
-                    p.processed = p.position;
+            // Records handed out by the previous poll count as processed now (unless the
+            // runtime says what was processed).
+            if !self
+                .inner
+                .callbacks
+                .manual_processed
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                for p in state.partitions.values_mut() {
+                    if p.position > p.processed {
+                        p.processed = p.position;
+                    }
                 }
             }
         }
@@ -585,6 +597,46 @@ impl Consumer {
             }
         }
         commit
+    }
+
+    /// The client this consumer was made from.
+    pub(crate) fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// From now on, only [`mark_processed`](Self::mark_processed) moves what revoke, close
+    /// and [`commit_processed`](Self::commit_processed) commit (used by the runtime, whose
+    /// handlers finish records long after they were polled).
+    pub(crate) fn track_processed_manually(&self) {
+        self.inner
+            .callbacks
+            .manual_processed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records `offsets` (next offset, per partition) as processed; partitions no longer
+    /// assigned are ignored. One lock for the whole map.
+    pub(crate) fn mark_processed(&self, offsets: impl IntoIterator<Item = (TopicPartition, i64)>) {
+        let mut state = self.inner.shared.lock();
+        for (tp, next) in offsets {
+            if let Some(p) = state.partitions.get_mut(&tp) {
+                if p.processed.is_none_or(|done| done < next) {
+                    p.processed = Some(next);
+                }
+            }
+        }
+    }
+
+    /// Commits what was processed and not yet committed, and waits.
+    pub(crate) async fn commit_processed(&self) -> Result<()> {
+        let offsets = self.inner.shared.lock().uncommitted_processed();
+        offsets::commit(
+            &self.inner.client,
+            &self.inner.coordinator,
+            &self.inner.shared,
+            offsets,
+        )
+        .await
     }
 
     /// Closes the consumer (commit, leave) when the process gets SIGTERM or SIGINT (Ctrl-C);

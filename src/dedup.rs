@@ -1,0 +1,270 @@
+//! A bounded, time-limited "seen before?" cache (moka) for the processing runtime.
+//!
+//! A key goes through three steps: **claimed** (in progress) → **done** (the handler
+//! succeeded) or **released** (it failed; a redelivery is processed again). The claim is one
+//! atomic step on the cache's entry ([`Deduplicator::check_and_mark`]), so two tasks cannot
+//! both claim the same key. A claim that is dropped without [`Claim::complete`] is released,
+//! so a cancelled handler (shutdown, crash of the run task) never leaves a key stuck "in
+//! progress".
+//!
+//! ```
+//! use std::time::Duration;
+//! use purekafka::dedup::{Check, Deduplicator};
+//!
+//! let dedup = Deduplicator::new(1_000, Duration::from_secs(60));
+//! let Check::Claimed(claim) = dedup.check_and_mark("event-1") else { unreachable!() };
+//! assert!(matches!(dedup.check_and_mark("event-1"), Check::InProgress));
+//! claim.complete();
+//! assert!(matches!(dedup.check_and_mark("event-1"), Check::Duplicate));
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::ops::compute::Op;
+
+use crate::record::ConsumedRecord;
+
+/// What the cache holds for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Claimed by the claim with this token; its handler is running.
+    InProgress(u64),
+    /// Processed successfully.
+    Done,
+}
+
+/// The answer of [`Deduplicator::check_and_mark`].
+#[derive(Debug)]
+#[must_use = "a claim is released when dropped"]
+pub enum Check {
+    /// Not seen before: the caller owns the key now. Call [`Claim::complete`] after the
+    /// handler succeeded; dropping the claim releases the key.
+    Claimed(Claim),
+    /// Processed before (within the TTL): skip it.
+    Duplicate,
+    /// Another task holds the claim and its handler is still running: ask again later.
+    InProgress,
+}
+
+/// A bounded, time-limited cache of processed keys. Cheap to clone (clones share the cache):
+/// share one between runners of the same process so that a successor skips what its
+/// predecessor processed.
+#[derive(Clone)]
+pub struct Deduplicator {
+    cache: moka::sync::Cache<Bytes, Mark>,
+    next_token: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Deduplicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deduplicator")
+            .field("entries", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deduplicator {
+    /// A cache of at most `capacity` keys (least recently used ones are evicted first, moka's
+    /// TinyLFU admission), each forgotten `ttl` after it was marked.
+    ///
+    /// Size the capacity to the number of distinct keys expected within `ttl` (the window in
+    /// which a producer retry or a redelivery can repeat a record).
+    pub fn new(capacity: u64, ttl: Duration) -> Self {
+        Deduplicator {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            next_token: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Claims `key` if it was neither processed nor claimed: one atomic step on the key's
+    /// cache entry.
+    pub fn check_and_mark(&self, key: impl Into<Bytes>) -> Check {
+        let key = key.into();
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let entry = self
+            .cache
+            .entry(key.clone())
+            .or_insert_with(|| Mark::InProgress(token));
+        if entry.is_fresh() {
+            return Check::Claimed(Claim {
+                dedup: self.clone(),
+                key: Some(key),
+                token,
+            });
+        }
+        match entry.into_value() {
+            Mark::Done => Check::Duplicate,
+            Mark::InProgress(_) => Check::InProgress,
+        }
+    }
+
+    /// Whether `key` is marked done.
+    pub fn is_done(&self, key: &[u8]) -> bool {
+        self.cache.get(key) == Some(Mark::Done)
+    }
+
+    /// Forgets every key.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Approximate number of keys held (moka updates it lazily).
+    pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Whether no key is held (see [`len`](Self::len)).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sets `key` to `to` (or removes it) only while it still holds this claim's token.
+    fn settle(&self, key: Bytes, token: u64, to: Option<Mark>) {
+        self.cache
+            .entry(key)
+            .and_compute_with(|current| match current {
+                Some(e) if *e.value() == Mark::InProgress(token) => match to {
+                    Some(m) => Op::Put(m),
+                    None => Op::Remove,
+                },
+                _ => Op::Nop,
+            });
+    }
+}
+
+/// A key claimed by [`Deduplicator::check_and_mark`]; released when dropped unless completed.
+#[derive(Debug)]
+pub struct Claim {
+    dedup: Deduplicator,
+    key: Option<Bytes>,
+    token: u64,
+}
+
+impl Claim {
+    /// Marks the key processed (the handler succeeded): redeliveries within the TTL are
+    /// duplicates.
+    pub fn complete(mut self) {
+        if let Some(key) = self.key.take() {
+            self.dedup.settle(key, self.token, Some(Mark::Done));
+        }
+    }
+
+    /// Releases the key (the handler failed): a redelivery is processed again.
+    pub fn release(mut self) {
+        if let Some(key) = self.key.take() {
+            self.dedup.settle(key, self.token, None);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.dedup.settle(key, self.token, None);
+        }
+    }
+}
+
+/// A function computing a record's dedup key.
+pub type KeyFn = Arc<dyn Fn(&ConsumedRecord) -> Option<Bytes> + Send + Sync>;
+
+/// Where the dedup key of a record comes from.
+#[derive(Clone, Default)]
+pub enum DedupKey {
+    /// The record key (records without a key are not deduplicated).
+    #[default]
+    RecordKey,
+    /// The value of this header, e.g. `event_id` (records without it are not deduplicated).
+    Header(String),
+    /// A function of the record (`None`: not deduplicated).
+    Fn(KeyFn),
+}
+
+impl std::fmt::Debug for DedupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DedupKey::RecordKey => f.write_str("RecordKey"),
+            DedupKey::Header(h) => f.debug_tuple("Header").field(h).finish(),
+            DedupKey::Fn(_) => f.write_str("Fn(..)"),
+        }
+    }
+}
+
+impl DedupKey {
+    /// A key computed by `f`.
+    pub fn from_fn(f: impl Fn(&ConsumedRecord) -> Option<Bytes> + Send + Sync + 'static) -> Self {
+        DedupKey::Fn(Arc::new(f))
+    }
+
+    /// The dedup key of `record` (a cheap `Bytes` clone for keys and headers).
+    pub fn of(&self, record: &ConsumedRecord) -> Option<Bytes> {
+        match self {
+            DedupKey::RecordKey => record.key.clone(),
+            DedupKey::Header(name) => record.headers.get(name).cloned(),
+            DedupKey::Fn(f) => f(record),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_complete_release_and_drop() {
+        let d = Deduplicator::new(100, Duration::from_secs(60));
+        let Check::Claimed(c) = d.check_and_mark("a") else {
+            panic!()
+        };
+        assert!(matches!(d.check_and_mark("a"), Check::InProgress));
+        c.release();
+        let Check::Claimed(c) = d.check_and_mark("a") else {
+            panic!("released key is claimable")
+        };
+        drop(c);
+        let Check::Claimed(c) = d.check_and_mark("a") else {
+            panic!("dropped claim released the key")
+        };
+        c.complete();
+        assert!(matches!(d.check_and_mark("a"), Check::Duplicate));
+        assert!(d.is_done(b"a"));
+    }
+
+    #[test]
+    fn concurrent_claims_have_one_winner() {
+        for round in 0..50 {
+            let d = Deduplicator::new(1000, Duration::from_secs(60));
+            let key = format!("k{round}");
+            let winners = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        if let Check::Claimed(c) = d.check_and_mark(key.clone()) {
+                            winners.fetch_add(1, Ordering::SeqCst);
+                            std::mem::forget(c);
+                        }
+                    });
+                }
+            });
+            assert_eq!(winners.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
+    fn ttl_expiry_forgets() {
+        let d = Deduplicator::new(100, Duration::from_millis(50));
+        let Check::Claimed(c) = d.check_and_mark("x") else {
+            panic!()
+        };
+        c.complete();
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(matches!(d.check_and_mark("x"), Check::Claimed(_)));
+    }
+}

@@ -1,0 +1,774 @@
+//! The processing runtime: [`Consumer::run`] / [`Consumer::run_json`] and [`Runner`].
+//!
+//! For each record, in partition order: dedup → handler → (retries with backoff) → dead-letter
+//! topic → commit. One task per assigned partition runs its records in order; up to
+//! [`RunnerConfig::concurrency`] handlers (of different partitions) run at once. The run loop
+//! polls, hands each partition's records to its task, and every
+//! [`RunnerConfig::commit_interval`] commits, per partition, the offset after the last record
+//! that was handled or whose dead letter was acknowledged — never beyond. Partitions are paused
+//! while their task is far behind, and all of them while the circuit breaker is open (the group
+//! membership stays alive: heartbeats run on their own task and the loop keeps polling).
+//!
+//! Shutdown ([`RunHandle::shutdown`], SIGTERM/SIGINT unless turned off): no new record starts,
+//! handlers in flight finish (a record waiting between retries is abandoned, uncommitted, and
+//! delivered again later), the processed offsets are committed and the consumer leaves the
+//! group.
+//!
+//! ```no_run
+//! # async fn demo(client: purekafka::Client) -> purekafka::Result<()> {
+//! use purekafka::{HandlerError, worker::RunnerConfig};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Order { id: u64 }
+//!
+//! let consumer = client.consumer(&["orders"])?;
+//! let metrics = consumer
+//!     .runner()
+//!     .config(RunnerConfig::default())
+//!     .run_json(|order: Order, _record| async move {
+//!         if order.id == 0 {
+//!             return Err(HandlerError::permanent("order without id"));
+//!         }
+//!         Ok(())
+//!     })
+//!     .await?;
+//! println!("processed {}", metrics.processed);
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::consumer::{Consumer, TopicPartition};
+use crate::dedup::{Check, DedupKey, Deduplicator};
+use crate::dlq::{DeadLetterRouter, DEFAULT_TEMPLATE};
+use crate::error::{Error, Result};
+use crate::handler::{HandlerError, Json, Plain, Process};
+use crate::producer::Producer;
+use crate::reconnect::ReconnectPolicy;
+use crate::record::ConsumedRecord;
+
+/// What to do with a record whose payload does not decode (`run_json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodeErrorPolicy {
+    /// Write it to the dead-letter topic (default: nothing is lost silently).
+    #[default]
+    DeadLetter,
+    /// Skip it and count it in [`RunMetrics::dropped`] (what some services do with junk).
+    Drop,
+}
+
+/// How a retriable handler failure is retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Delays between attempts (`backoff` crate schedule) and the time budget
+    /// (`max_elapsed`, counted from the first failure). Default: 100 ms doubling up to 5 s,
+    /// ±20 % jitter, at most 30 s: a dependency's brief hiccup is ridden out, a long outage
+    /// reaches the dead-letter topic (or opens the breaker) instead of stalling a partition.
+    pub backoff: ReconnectPolicy,
+    /// Most handler calls per record, the first included. Default 5.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            backoff: ReconnectPolicy {
+                initial_delay: Duration::from_millis(100),
+                multiplier: 2.0,
+                max_delay: Duration::from_secs(5),
+                jitter: 0.2,
+                max_elapsed: Some(Duration::from_secs(30)),
+            },
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Options of [`Runner`]; every field documents its default.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Retries of retriable handler failures (see [`RetryPolicy`]).
+    pub retry: RetryPolicy,
+    /// Most handlers running at once (each partition runs one record at a time, so this
+    /// bounds how many partitions progress together). Default 16: enough to overlap
+    /// I/O-bound handlers, few enough not to flood a downstream service; 1 processes one
+    /// record at a time overall.
+    pub concurrency: usize,
+    /// Dead-letter topic name; `{topic}` is the original topic. Default `{topic}.dlq`.
+    pub dlq_topic_template: String,
+    /// Delays between attempts to write a dead letter. Default: 100 ms doubling up to 10 s;
+    /// never given up (the original record stays uncommitted until its dead letter lands).
+    pub dlq_retry: ReconnectPolicy,
+    /// Undecodable payloads: dead-letter (default) or drop.
+    pub decode_errors: DecodeErrorPolicy,
+    /// The circuit breaker (default: opens after 10 consecutive failures, 30 s cool-down).
+    pub breaker: BreakerConfig,
+    /// How often processed offsets are committed. Default 1 s: a crash repeats at most about
+    /// a second of work, at one commit request per second.
+    pub commit_interval: Duration,
+    /// A partition is paused while this many of its records wait for its handler. Default
+    /// 20 000 (two polls' worth): bounds memory without starving a fast handler.
+    pub max_pending_per_partition: usize,
+    /// Shut down gracefully on SIGTERM / SIGINT. Default true (what a service wants).
+    pub shutdown_on_signal: bool,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            retry: RetryPolicy::default(),
+            concurrency: 16,
+            dlq_topic_template: DEFAULT_TEMPLATE.to_string(),
+            dlq_retry: ReconnectPolicy {
+                initial_delay: Duration::from_millis(100),
+                multiplier: 2.0,
+                max_delay: Duration::from_secs(10),
+                jitter: 0.2,
+                max_elapsed: None,
+            },
+            decode_errors: DecodeErrorPolicy::DeadLetter,
+            breaker: BreakerConfig::default(),
+            commit_interval: Duration::from_secs(1),
+            max_pending_per_partition: 20_000,
+            shutdown_on_signal: true,
+        }
+    }
+}
+
+/// Counters of a run (a snapshot: [`RunHandle::metrics`], or the result of `run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunMetrics {
+    /// Records whose handler succeeded.
+    pub processed: u64,
+    /// Records skipped because their dedup key was processed before.
+    pub duplicates_skipped: u64,
+    /// Handler retries (attempts after the first).
+    pub retries: u64,
+    /// Records written to the dead-letter topic (acknowledged).
+    pub dead_lettered: u64,
+    /// Undecodable records dropped ([`DecodeErrorPolicy::Drop`]).
+    pub dropped: u64,
+    /// Failed dead-letter writes (each was retried).
+    pub dlq_write_failures: u64,
+    /// The circuit breaker's state.
+    pub breaker_state: BreakerState,
+    /// How many times the breaker opened.
+    pub breaker_opened: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    processed: AtomicU64,
+    duplicates: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
+    dlq_failures: AtomicU64,
+}
+
+struct RunShared {
+    counters: Counters,
+    breaker: OnceLock<Arc<CircuitBreaker>>,
+    stop: watch::Sender<bool>,
+}
+
+/// Stops a run and reads its counters; cheap to clone.
+#[derive(Clone)]
+pub struct RunHandle {
+    shared: Arc<RunShared>,
+}
+
+impl std::fmt::Debug for RunHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle")
+            .field("metrics", &self.metrics())
+            .finish()
+    }
+}
+
+impl RunHandle {
+    /// Asks the run to stop gracefully (finish in-flight handlers, commit, leave the group);
+    /// `run` returns when that is done.
+    pub fn shutdown(&self) {
+        self.shared.stop.send_replace(true);
+    }
+
+    /// Whether shutdown was asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shared.stop.borrow()
+    }
+
+    /// The counters now.
+    pub fn metrics(&self) -> RunMetrics {
+        let c = &self.shared.counters;
+        let (breaker_state, breaker_opened) = match self.shared.breaker.get() {
+            Some(b) => (b.state(), b.times_opened()),
+            None => (BreakerState::Closed, 0),
+        };
+        RunMetrics {
+            processed: c.processed.load(Ordering::Relaxed),
+            duplicates_skipped: c.duplicates.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            dlq_write_failures: c.dlq_failures.load(Ordering::Relaxed),
+            breaker_state,
+            breaker_opened,
+        }
+    }
+}
+
+/// Runs a handler over a consumer's records: made by [`Consumer::runner`], configured with
+/// its builder methods, started with [`run`](Self::run) or [`run_json`](Self::run_json).
+pub struct Runner {
+    consumer: Arc<Consumer>,
+    config: RunnerConfig,
+    dedup: Option<(Deduplicator, DedupKey)>,
+    producer: Option<Producer>,
+    handle: RunHandle,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("consumer", &self.consumer)
+            .field("config", &self.config)
+            .field("dedup", &self.dedup)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A [`Runner`] over this consumer, with default options.
+    pub fn runner(self) -> Runner {
+        let (stop, _) = watch::channel(false);
+        Runner {
+            consumer: Arc::new(self),
+            config: RunnerConfig::default(),
+            dedup: None,
+            producer: None,
+            handle: RunHandle {
+                shared: Arc::new(RunShared {
+                    counters: Counters::default(),
+                    breaker: OnceLock::new(),
+                    stop,
+                }),
+            },
+        }
+    }
+
+    /// Runs `handler` for every record until shutdown (SIGTERM / SIGINT), with default
+    /// options: see [`Runner::run`].
+    pub async fn run<F, Fut>(self, handler: F) -> Result<RunMetrics>
+    where
+        F: Fn(ConsumedRecord) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.runner().run(handler).await
+    }
+
+    /// Runs `handler` for every record's value decoded from JSON as `T`, with default
+    /// options: see [`Runner::run_json`].
+    pub async fn run_json<T, F, Fut>(self, handler: F) -> Result<RunMetrics>
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(T, ConsumedRecord) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.runner().run_json(handler).await
+    }
+}
+
+impl Runner {
+    /// Sets the options.
+    pub fn config(mut self, config: RunnerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Skips records whose `key` was processed before, using `dedup` (share one
+    /// [`Deduplicator`] between runners of a process so a successor skips its predecessor's
+    /// work). Default: no deduplication.
+    pub fn dedup(mut self, dedup: Deduplicator, key: DedupKey) -> Self {
+        self.dedup = Some((dedup, key));
+        self
+    }
+
+    /// The producer that writes dead letters. Default: a new producer of the consumer's
+    /// client.
+    pub fn producer(mut self, producer: Producer) -> Self {
+        self.producer = Some(producer);
+        self
+    }
+
+    /// A handle to stop the run and read its counters.
+    pub fn handle(&self) -> RunHandle {
+        self.handle.clone()
+    }
+
+    /// Runs `handler(record)` for every record until shutdown; returns the final counters.
+    ///
+    /// A consumer closed elsewhere ends the run normally; the error returned is that of the
+    /// final commit / leave (`Consumer::close`).
+    pub async fn run<F, Fut>(self, handler: F) -> Result<RunMetrics>
+    where
+        F: Fn(ConsumedRecord) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.run_process(Plain(handler)).await
+    }
+
+    /// Runs `handler(value, record)` for every record whose value decodes from JSON as `T`;
+    /// one that does not is dead-lettered (or dropped, per
+    /// [`RunnerConfig::decode_errors`]) without calling the handler.
+    pub async fn run_json<T, F, Fut>(self, handler: F) -> Result<RunMetrics>
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(T, ConsumedRecord) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.run_process(Json(handler, PhantomData)).await
+    }
+
+    async fn run_process<P: Process>(self, process: P) -> Result<RunMetrics> {
+        let Runner {
+            consumer,
+            config,
+            dedup,
+            producer,
+            handle,
+        } = self;
+        consumer.track_processed_manually();
+        let breaker = Arc::new(CircuitBreaker::new(config.breaker.clone()));
+        let _ = handle.shared.breaker.set(Arc::clone(&breaker));
+        let producer = producer.unwrap_or_else(|| consumer.client().producer());
+        let router = DeadLetterRouter::new(
+            producer,
+            config.dlq_topic_template.clone(),
+            config.dlq_retry.clone(),
+        );
+        let signal_task = config.shutdown_on_signal.then(|| {
+            let h = handle.clone();
+            tokio::spawn(async move {
+                crate::consumer::shutdown_signal().await;
+                tracing::info!("shutdown signal: stopping the runner");
+                h.shutdown();
+            })
+        });
+        let ctx = Arc::new(Ctx {
+            process,
+            dedup,
+            router,
+            breaker: Arc::clone(&breaker),
+            sem: Semaphore::new(config.concurrency.max(1)),
+            shared: Arc::clone(&handle.shared),
+            config: config.clone(),
+        });
+        let mut dispatcher = Dispatcher {
+            consumer: &consumer,
+            ctx,
+            slots: HashMap::new(),
+            tasks: JoinSet::new(),
+        };
+        let result = dispatcher.run_loop(&config).await;
+        // Graceful end: no new record starts; in-flight handlers finish.
+        handle.shutdown();
+        dispatcher.close_senders();
+        while dispatcher.tasks.join_next().await.is_some() {}
+        dispatcher.sync_handled();
+        let close = consumer.close().await;
+        if let Some(t) = signal_task {
+            t.abort();
+        }
+        let metrics = handle.metrics();
+        tracing::info!(?metrics, "runner stopped");
+        result.and(close).map(|()| metrics)
+    }
+}
+
+/// What the partition tasks share.
+struct Ctx<P> {
+    process: P,
+    dedup: Option<(Deduplicator, DedupKey)>,
+    router: DeadLetterRouter,
+    breaker: Arc<CircuitBreaker>,
+    sem: Semaphore,
+    shared: Arc<RunShared>,
+    config: RunnerConfig,
+}
+
+impl<P> Ctx<P> {
+    fn stopping(&self) -> bool {
+        *self.shared.stop.borrow()
+    }
+}
+
+/// One assigned partition's task, seen from the run loop.
+struct Slot {
+    /// `None` once shutting down.
+    tx: Option<mpsc::UnboundedSender<Vec<ConsumedRecord>>>,
+    /// Records sent to the task and not finished.
+    backlog: Arc<AtomicUsize>,
+    /// Next offset after the last record handled (-1: none yet).
+    handled: Arc<AtomicI64>,
+    /// Set when the partition was revoked: the task drops what it has not started.
+    revoked: Arc<AtomicBool>,
+    /// Next offset to hand to the task (records before it were handed already).
+    dispatched: i64,
+}
+
+struct Dispatcher<'a, P> {
+    consumer: &'a Consumer,
+    ctx: Arc<Ctx<P>>,
+    slots: HashMap<TopicPartition, Slot>,
+    tasks: JoinSet<()>,
+}
+
+impl<P: Process> Dispatcher<'_, P> {
+    async fn run_loop(&mut self, config: &RunnerConfig) -> Result<()> {
+        let mut stop = self.ctx.shared.stop.subscribe();
+        let mut last_commit = Instant::now();
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            self.sync_handled();
+            if last_commit.elapsed() >= config.commit_interval {
+                if let Err(e) = self.consumer.commit_processed().await {
+                    tracing::warn!(error = %e, "committing processed offsets failed; retried at the next interval");
+                }
+                last_commit = Instant::now();
+            }
+            self.update_pauses(config);
+            let batch = tokio::select! {
+                b = self.consumer.poll(Duration::from_millis(100)) => b,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            match batch {
+                Ok(batch) => self.dispatch(batch),
+                Err(Error::Closed(_)) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "poll failed; polling again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Hands each partition's run of records to its task, in the order polled.
+    fn dispatch(&mut self, mut batch: Vec<ConsumedRecord>) {
+        // Split into runs of one partition (poll returns whole chunks, one partition each;
+        // a partition may have several chunks in one batch). Split from the end so that
+        // every record moves at most once, then send the runs in poll order.
+        let mut runs = Vec::new();
+        while !batch.is_empty() {
+            let last = batch.len() - 1;
+            let (t, p) = (&batch[last].topic, batch[last].partition);
+            let mut start = last;
+            while start > 0 && batch[start - 1].partition == p && batch[start - 1].topic == *t {
+                start -= 1;
+            }
+            runs.push(if start == 0 {
+                std::mem::take(&mut batch)
+            } else {
+                batch.split_off(start)
+            });
+        }
+        for run in runs.into_iter().rev() {
+            self.send_run(run);
+        }
+    }
+
+    fn send_run(&mut self, mut run: Vec<ConsumedRecord>) {
+        let tp: TopicPartition = (Arc::clone(&run[0].topic), run[0].partition);
+        let slot = match self.slots.get_mut(&tp) {
+            Some(s) if s.tx.as_ref().is_some_and(|t| !t.is_closed()) => s,
+            _ => {
+                let slot = self.spawn_slot(run[0].offset);
+                self.slots.insert(tp.clone(), slot);
+                self.slots.get_mut(&tp).expect("just inserted")
+            }
+        };
+        // Records handed over before (a rebalance gave the partition back from its last
+        // commit) are not handled twice by this runner.
+        if run[0].offset < slot.dispatched {
+            let from = slot.dispatched;
+            run.retain(|r| r.offset >= from);
+            if run.is_empty() {
+                return;
+            }
+        }
+        slot.dispatched = run[run.len() - 1].offset + 1;
+        slot.backlog.fetch_add(run.len(), Ordering::Relaxed);
+        if let Some(tx) = &slot.tx {
+            let _ = tx.send(run);
+        }
+    }
+
+    fn spawn_slot(&mut self, first: i64) -> Slot {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let slot = Slot {
+            tx: Some(tx),
+            backlog: Arc::new(AtomicUsize::new(0)),
+            handled: Arc::new(AtomicI64::new(-1)),
+            revoked: Arc::new(AtomicBool::new(false)),
+            dispatched: first,
+        };
+        self.tasks.spawn(partition_task(
+            Arc::clone(&self.ctx),
+            rx,
+            Arc::clone(&slot.backlog),
+            Arc::clone(&slot.handled),
+            Arc::clone(&slot.revoked),
+        ));
+        slot
+    }
+
+    /// Tells the consumer what the tasks finished (one lock for all partitions).
+    fn sync_handled(&self) {
+        let marks: Vec<(TopicPartition, i64)> = self
+            .slots
+            .iter()
+            .filter_map(|(tp, s)| {
+                let h = s.handled.load(Ordering::Acquire);
+                (h >= 0).then(|| (tp.clone(), h))
+            })
+            .collect();
+        if !marks.is_empty() {
+            self.consumer.mark_processed(marks);
+        }
+    }
+
+    /// Shutdown: drops the senders so that idle tasks end (busy ones end after their
+    /// in-flight record); their `handled` counters stay readable.
+    fn close_senders(&mut self) {
+        for s in self.slots.values_mut() {
+            s.tx = None;
+        }
+    }
+
+    /// Pauses partitions whose task is far behind, and all while the breaker is open;
+    /// resumes the others. Drops the tasks of partitions no longer assigned.
+    fn update_pauses(&mut self, config: &RunnerConfig) {
+        let assignment = self.consumer.assignment();
+        let assigned: HashSet<&TopicPartition> = assignment.iter().collect();
+        self.slots.retain(|tp, s| {
+            let keep = assigned.contains(tp);
+            if !keep {
+                s.revoked.store(true, Ordering::Release);
+            }
+            keep
+        });
+        let open = self.ctx.breaker.state() != BreakerState::Closed;
+        let paused: HashSet<TopicPartition> = self.consumer.paused().into_iter().collect();
+        let mut to_pause = Vec::new();
+        let mut to_resume = Vec::new();
+        for tp in &assignment {
+            let behind = self.slots.get(tp).is_some_and(|s| {
+                s.backlog.load(Ordering::Relaxed) >= config.max_pending_per_partition
+            });
+            let want = open || behind;
+            match (want, paused.contains(tp)) {
+                (true, false) => to_pause.push((&*tp.0, tp.1)),
+                (false, true) => to_resume.push((&*tp.0, tp.1)),
+                _ => {}
+            }
+        }
+        if !to_pause.is_empty() {
+            tracing::debug!(partitions = to_pause.len(), breaker_open = open, "pausing");
+            let _ = self.consumer.pause(&to_pause);
+        }
+        if !to_resume.is_empty() {
+            tracing::debug!(partitions = to_resume.len(), "resuming");
+            let _ = self.consumer.resume(&to_resume);
+        }
+    }
+}
+
+/// How one record ended.
+enum Outcome {
+    /// Handled, skipped as a duplicate, dropped or dead-lettered: its offset may be committed.
+    Done,
+    /// Shutdown came first: not committed, delivered again later.
+    Abandoned,
+}
+
+async fn partition_task<P: Process>(
+    ctx: Arc<Ctx<P>>,
+    mut rx: mpsc::UnboundedReceiver<Vec<ConsumedRecord>>,
+    backlog: Arc<AtomicUsize>,
+    handled: Arc<AtomicI64>,
+    revoked: Arc<AtomicBool>,
+) {
+    let mut stop = ctx.shared.stop.subscribe();
+    while let Some(chunk) = rx.recv().await {
+        let n = chunk.len();
+        for record in &chunk {
+            if ctx.stopping() {
+                return;
+            }
+            if revoked.load(Ordering::Acquire) {
+                break;
+            }
+            match handle_one(&ctx, record, &mut stop).await {
+                Outcome::Done => handled.store(record.offset + 1, Ordering::Release),
+                Outcome::Abandoned => return,
+            }
+        }
+        backlog.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+async fn handle_one<P: Process>(
+    ctx: &Ctx<P>,
+    record: &ConsumedRecord,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let counters = &ctx.shared.counters;
+    let mut claim = None;
+    if let Some((dedup, key)) = &ctx.dedup {
+        if let Some(key) = key.of(record) {
+            loop {
+                match dedup.check_and_mark(key.clone()) {
+                    Check::Claimed(c) => {
+                        claim = Some(c);
+                        break;
+                    }
+                    Check::Duplicate => {
+                        counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(topic = %record.topic, partition = record.partition, offset = record.offset, "duplicate skipped");
+                        return Outcome::Done;
+                    }
+                    Check::InProgress => {
+                        // Another partition's task holds the key: wait for its outcome.
+                        if ctx.stopping() {
+                            return Outcome::Abandoned;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+    }
+    let mut schedule = None;
+    let mut attempt = 0u32;
+    let (error, attempts) = loop {
+        attempt += 1;
+        let permit = tokio::select! {
+            p = ctx.breaker.acquire() => p,
+            _ = stop.wait_for(|s| *s) => return Outcome::Abandoned,
+        };
+        let result = {
+            let Ok(_slot) = ctx.sem.acquire().await else {
+                return Outcome::Abandoned;
+            };
+            let fut = match ctx.process.call(record) {
+                Ok(f) => f,
+                Err(decode) => {
+                    drop(permit);
+                    if ctx.config.decode_errors == DecodeErrorPolicy::Drop {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %decode, "undecodable record dropped");
+                        return Outcome::Done;
+                    }
+                    break (decode, 0);
+                }
+            };
+            match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(r) => r,
+                Err(panic) => Err(HandlerError::permanent(format!(
+                    "handler panicked: {}",
+                    panic_message(&panic)
+                ))),
+            }
+        };
+        match result {
+            Ok(()) => {
+                permit.success();
+                if let Some(c) = claim {
+                    c.complete();
+                }
+                counters.processed.fetch_add(1, Ordering::Relaxed);
+                return Outcome::Done;
+            }
+            Err(HandlerError::Permanent(e)) => {
+                permit.failure();
+                break (format!("permanent: {e}"), attempt);
+            }
+            Err(HandlerError::Retriable(e)) => {
+                permit.failure();
+                let s = schedule.get_or_insert_with(|| ctx.config.retry.backoff.schedule());
+                let delay = if attempt >= ctx.config.retry.max_attempts {
+                    None
+                } else {
+                    s.next_backoff()
+                };
+                let Some(delay) = delay else {
+                    tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, attempts = attempt, error = %e, "handler retries exhausted; dead-lettering");
+                    break (
+                        format!("retriable, gave up after {attempt} attempts: {e}"),
+                        attempt,
+                    );
+                };
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    topic = %record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %e,
+                    "handler failed, retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|s| *s) => return Outcome::Abandoned,
+                }
+            }
+        }
+    };
+    // Failed for good: release the key (a redelivery is processed), dead-letter the record.
+    if let Some(c) = claim {
+        c.release();
+    }
+    let stop = || ctx.stopping();
+    let on_retry = |_: &Error| {
+        counters.dlq_failures.fetch_add(1, Ordering::Relaxed);
+    };
+    match ctx
+        .router
+        .send(record, &error, attempts, &stop, &on_retry)
+        .await
+    {
+        Ok(d) => {
+            counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, dlq = %d.topic, error = %error, "record dead-lettered");
+            Outcome::Done
+        }
+        Err(_) => Outcome::Abandoned,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic".to_string()
+    }
+}
