@@ -14,15 +14,9 @@ use purekafka::{Client, Config, ConsumedRecord, Consumer};
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 use tokio::time::Instant;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "purekafka=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+#[macro_use]
+mod support;
+use support::{init_tracing, start};
 
 /// A client of `cluster` in `group`, with short group timers for tests.
 async fn client(cluster: &TestCluster, group: &str, extra: &[(&str, &str)]) -> Client {
@@ -37,17 +31,6 @@ async fn client(cluster: &TestCluster, group: &str, extra: &[(&str, &str)]) -> C
         .build()
         .unwrap();
     Client::connect(config).await.unwrap()
-}
-
-/// Starts a cluster (with a short initial rebalance delay on the mock cluster).
-fn start(backend: Backend) -> TestCluster {
-    let cluster = TestCluster::start(backend).unwrap();
-    if *cluster.backend() == Backend::MockCluster {
-        cluster
-            .set_group_initial_rebalance_delay(Duration::from_millis(200))
-            .unwrap();
-    }
-    cluster
 }
 
 /// Produces `per_partition` records to each partition, values `p-i`, in batches of `batch`.

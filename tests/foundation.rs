@@ -9,33 +9,13 @@ use purekafka::rskafka::record::Record as RsRecord;
 use purekafka::{Client, Config, Error, Health, ReconnectPolicy};
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 
+#[macro_use]
+mod support;
+
 fn config_for(cluster: &TestCluster) -> purekafka::ConfigBuilder {
     Config::builder()
         .brokers(cluster.bootstrap_list())
         .client_id(unique_name("foundation"))
-}
-
-/// Runs `body` against every local backend (or only `PUREKAFKA_TEST_BROKERS` when set).
-macro_rules! on_each_backend {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mock_cluster() {
-                let backend = Backend::from_env().unwrap_or(Backend::MockCluster);
-                let cluster = TestCluster::start(backend).expect("start broker");
-                ($body)(cluster).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tansu() {
-                let backend = Backend::from_env().unwrap_or(Backend::Tansu);
-                let cluster = TestCluster::start(backend).expect("start broker");
-                ($body)(cluster).await;
-            }
-        }
-    };
 }
 
 on_each_backend!(

@@ -17,6 +17,9 @@ use purekafka::rskafka::record::RecordAndOffset;
 use purekafka::{Client, Config, ConfigBuilder, Error, Record};
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 
+#[macro_use]
+mod support;
+
 fn config_for(cluster: &TestCluster) -> ConfigBuilder {
     Config::builder()
         .brokers(cluster.bootstrap_list())
@@ -32,29 +35,6 @@ async fn connect(config: ConfigBuilder) -> Client {
     Client::connect(config.build().expect("config"))
         .await
         .expect("connect")
-}
-
-/// Runs `body` against the mock cluster and tansu (or `PUREKAFKA_TEST_BROKERS` when set).
-macro_rules! on_each_backend {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mock_cluster() {
-                let backend = Backend::from_env().unwrap_or(Backend::MockCluster);
-                let cluster = TestCluster::start(backend).expect("start broker");
-                ($body)(cluster).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tansu() {
-                let backend = Backend::from_env().unwrap_or(Backend::Tansu);
-                let cluster = TestCluster::start(backend).expect("start broker");
-                ($body)(cluster).await;
-            }
-        }
-    };
 }
 
 /// Every record of `topic`/`partition`, in offset order, fetched batch by batch.

@@ -21,47 +21,9 @@ use purekafka::{
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 use tokio::time::Instant;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "purekafka=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-macro_rules! on_each_backend {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mock_cluster() {
-                init_tracing();
-                let backend = Backend::from_env().unwrap_or(Backend::MockCluster);
-                ($body)(start(backend)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tansu() {
-                init_tracing();
-                let backend = Backend::from_env().unwrap_or(Backend::Tansu);
-                ($body)(start(backend)).await;
-            }
-        }
-    };
-}
-
-fn start(backend: Backend) -> TestCluster {
-    let cluster = TestCluster::start(backend).expect("start broker");
-    if *cluster.backend() == Backend::MockCluster {
-        cluster
-            .set_group_initial_rebalance_delay(Duration::from_millis(200))
-            .unwrap();
-    }
-    cluster
-}
+#[macro_use]
+mod support;
+use support::{init_tracing, start};
 
 async fn client(cluster: &TestCluster, group: &str) -> Client {
     let config = Config::builder()

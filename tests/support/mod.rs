@@ -1,0 +1,57 @@
+//! Shared by the integration tests: tracing set-up, starting a broker, and a macro that runs
+//! one test body on each local backend.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::time::Duration;
+
+use purekafka_testkit::{Backend, TestCluster};
+
+/// Logs to the test's output; `RUST_LOG=purekafka=debug` shows retries and give-ups.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "purekafka=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts a broker of `backend`; on the mock cluster the first group rebalance waits 200 ms
+/// instead of librdkafka's 3 s, so group tests do not idle.
+pub fn start(backend: Backend) -> TestCluster {
+    let cluster = TestCluster::start(backend).expect("start broker");
+    if *cluster.backend() == Backend::MockCluster {
+        cluster
+            .set_group_initial_rebalance_delay(Duration::from_millis(200))
+            .expect("set the initial rebalance delay");
+    }
+    cluster
+}
+
+/// Runs `$body` (a closure taking the started `TestCluster`) as two tests, `mock_cluster`
+/// and `tansu`, in a module named `$name`; with `PUREKAFKA_TEST_BROKERS` set, both run
+/// against that cluster instead.
+#[allow(unused_macros)] // the consumer tests name their backends one by one
+macro_rules! on_each_backend {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mock_cluster() {
+                crate::support::init_tracing();
+                let backend = Backend::from_env().unwrap_or(Backend::MockCluster);
+                ($body)(crate::support::start(backend)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tansu() {
+                crate::support::init_tracing();
+                let backend = Backend::from_env().unwrap_or(Backend::Tansu);
+                ($body)(crate::support::start(backend)).await;
+            }
+        }
+    };
+}
