@@ -5,7 +5,7 @@
 //! - typed builder methods ([`ConfigBuilder::brokers`], [`ConfigBuilder::client_id`], ...);
 //! - librdkafka / Java style keys through [`ConfigBuilder::set`], so a configuration copied
 //!   from an rdkafka, Karafka or Java service works (the key table is in [`keys`]);
-//! - [`Config::from_env`] for the `KAFKA_*` variables services are deployed with (see [`env`]).
+//! - [`Config::from_env`] for the `KAFKA_*` variables services are deployed with (see [`env`](mod@env)).
 //!
 //! Every mistake is reported by [`ConfigBuilder::build`] as an [`Error::Config`] that names
 //! the key and the value. Passwords are kept in [`Secret`] and never printed.
@@ -339,7 +339,7 @@ impl Config {
         ConfigBuilder::default()
     }
 
-    /// Reads the `KAFKA_*` environment variables (see [`env`]) and validates them.
+    /// Reads the `KAFKA_*` environment variables (see [`env`](mod@env)) and validates them.
     ///
     /// ```no_run
     /// let config = purekafka::Config::from_env()?;

@@ -28,8 +28,8 @@
 //! ```
 //!
 //! How it works: a membership task joins the group on the first poll and keeps the member alive
-//! with heartbeats ([`membership`]); fetch workers, one per broker, prefetch the assigned
-//! partitions into a buffer bounded in bytes ([`fetcher`]); `poll` takes what is buffered.
+//! with heartbeats (`membership`); fetch workers, one per broker, prefetch the assigned
+//! partitions into a buffer bounded in bytes (`fetcher`); `poll` takes what is buffered.
 //! Rebalances are eager: on revoke, offsets of processed records are committed, then every
 //! partition is given up; a record counts as processed once it was committed, or once the poll
 //! that returned it is followed by another poll.
