@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! KAFKA_BROKERS=127.0.0.1:9092 cargo run --example consume -- GROUP TOPIC [TOPIC...] \
-//!     [--count N] [--idle SECS] [--from-beginning]
+//!     [--count N] [--idle SECS] [--from-beginning] [--set KEY=VALUE ...]
 //! ```
 //!
 //! Prints each record as one line `topic partition offset key value` (a missing key or value
 //! prints as `-`), commits after printing, stops after `--count N` records or after `--idle
 //! SECS` without records (or on SIGTERM / Ctrl-C), leaves the group cleanly, and exits
 //! non-zero on error. Other settings come from the environment (`KAFKA_*`, see
-//! `purekafka::config::env`); `--from-beginning` sets `auto.offset.reset=earliest`.
+//! `purekafka::config::env`); `--from-beginning` sets `auto.offset.reset=earliest`, and
+//! `--set KEY=VALUE` (repeatable) sets any librdkafka / Java key, e.g.
+//! `--set reconnect.max.elapsed.ms=2000` to give up on an unreachable broker sooner.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,10 +25,13 @@ struct Args {
     count: Option<u64>,
     idle: Option<Duration>,
     from_beginning: bool,
+    settings: Vec<(String, String)>,
 }
 
 fn usage() -> String {
-    "usage: consume GROUP TOPIC [TOPIC...] [--count N] [--idle SECS] [--from-beginning]".into()
+    "usage: consume GROUP TOPIC [TOPIC...] [--count N] [--idle SECS] [--from-beginning] \
+     [--set KEY=VALUE ...]"
+        .into()
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
     let mut count = None;
     let mut idle = None;
     let mut from_beginning = false;
+    let mut settings = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -50,6 +56,13 @@ fn parse_args() -> Result<Args, String> {
                 idle = Some(Duration::from_secs_f64(secs));
             }
             "--from-beginning" => from_beginning = true,
+            "--set" => {
+                let v = args.next().ok_or_else(usage)?;
+                let (key, value) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--set {v}: expected KEY=VALUE"))?;
+                settings.push((key.to_string(), value.to_string()));
+            }
             "-h" | "--help" => return Err(usage()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{}", usage())),
             _ => positional.push(a),
@@ -65,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         count,
         idle,
         from_beginning,
+        settings,
     })
 }
 
@@ -79,6 +93,9 @@ async fn run(args: Args) -> purekafka::Result<()> {
     let mut builder = ConfigBuilder::from_env().group_id(&args.group);
     if args.from_beginning {
         builder = builder.set("auto.offset.reset", "earliest");
+    }
+    for (key, value) in &args.settings {
+        builder = builder.set(key, value);
     }
     let client = Client::connect(builder.build()?).await?;
     let consumer = client.consumer(&args.topics)?;
