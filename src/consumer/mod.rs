@@ -111,6 +111,11 @@ pub(crate) struct Inner {
     shared: Arc<Shared>,
     fetcher: Arc<Fetcher>,
     callbacks: Callbacks,
+    /// The membership task (first) and the auto-commit task, once started.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held for the whole of a close; `true` once one finished. A second close (the
+    /// shutdown-signal task's and the application's) waits for the first to finish.
+    close_done: tokio::sync::Mutex<bool>,
 }
 
 /// A member of a consumer group: polls records of the partitions the group assigns to it and
@@ -123,7 +128,6 @@ pub(crate) struct Inner {
 /// drops the member after `session.timeout.ms`).
 pub struct Consumer {
     inner: Arc<Inner>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -138,8 +142,9 @@ impl std::fmt::Debug for Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         for t in self
+            .inner
             .tasks
-            .get_mut()
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
         {
@@ -180,11 +185,10 @@ impl Client {
             fetcher: Fetcher::new(self.clone(), Arc::clone(&shared)),
             shared,
             callbacks: Callbacks::default(),
-        });
-        Ok(Consumer {
-            inner,
             tasks: Mutex::new(Vec::new()),
-        })
+            close_done: tokio::sync::Mutex::new(false),
+        });
+        Ok(Consumer { inner })
     }
 }
 
@@ -196,7 +200,7 @@ impl Consumer {
 
     /// Starts the membership (and auto-commit) tasks once.
     fn ensure_started(&self) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if !tasks.is_empty() {
             return;
         }
@@ -551,52 +555,12 @@ impl Consumer {
     /// Commits what was processed, leaves the group (static members stay, so a restart keeps
     /// their partitions) and stops the background tasks. Later polls return
     /// [`Error::Closed`]. Calling it again does nothing.
+    ///
+    /// When [`close_on_shutdown_signal`](Self::close_on_shutdown_signal) is closing the
+    /// consumer already, waits until that close has committed and left, so a process that
+    /// returns from `main` after `close` does not cut the LeaveGroup off.
     pub async fn close(&self) -> Result<()> {
-        let started = !self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty();
-        let processed = {
-            let mut state = self.inner.shared.lock();
-            if state.closed {
-                return Ok(());
-            }
-            let processed = state.uncommitted_processed();
-            state.closed = true;
-            processed
-        };
-        self.inner.fetcher.stop();
-        let commit = offsets::commit(
-            &self.inner.client,
-            &self.inner.coordinator,
-            &self.inner.shared,
-            processed,
-        )
-        .await;
-        // Clear what revoke would commit again, then let the membership task leave.
-        for p in self.inner.shared.lock().partitions.values_mut() {
-            p.processed = p.committed;
-        }
-        self.inner.shared.membership_wakeup.notify_waiters();
-        self.inner.shared.data_ready.notify_waiters();
-        if started {
-            let membership = self
-                .tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .collect::<Vec<_>>();
-            let mut iter = membership.into_iter();
-            if let Some(m) = iter.next() {
-                let limit = self.inner.client.config().request_timeout() * 2;
-                let _ = tokio::time::timeout(limit, m).await;
-            }
-            for t in iter {
-                t.abort();
-            }
-        }
-        commit
+        close_inner(&self.inner).await
     }
 
     /// The client this consumer was made from.
@@ -643,31 +607,53 @@ impl Consumer {
     /// polls then return [`Error::Closed`], so a poll loop ends cleanly.
     pub fn close_on_shutdown_signal(&self) -> JoinHandle<()> {
         let inner = Arc::clone(&self.inner);
-        let shared = Arc::clone(&inner.shared);
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!(group = %inner.coordinator.group(), "shutdown signal: closing consumer");
-            let processed = {
-                let mut state = shared.lock();
-                if state.closed {
-                    return;
-                }
-                state.closed = true;
-                state.uncommitted_processed()
-            };
-            inner.fetcher.stop();
-            if let Err(e) =
-                offsets::commit(&inner.client, &inner.coordinator, &shared, processed).await
-            {
+            if let Err(e) = close_inner(&inner).await {
                 tracing::warn!(error = %e, "commit on shutdown failed");
             }
-            for p in shared.lock().partitions.values_mut() {
-                p.processed = p.committed;
-            }
-            shared.membership_wakeup.notify_waiters();
-            shared.data_ready.notify_waiters();
         })
     }
+}
+
+/// Commits what was processed, lets the membership task revoke and leave (waiting for it up
+/// to twice the request timeout), and stops the other tasks. Runs once; a concurrent second
+/// call waits for the first to finish and returns `Ok`.
+async fn close_inner(inner: &Inner) -> Result<()> {
+    let mut done = inner.close_done.lock().await;
+    if *done {
+        return Ok(());
+    }
+    let processed = {
+        let mut state = inner.shared.lock();
+        state.closed = true;
+        state.uncommitted_processed()
+    };
+    inner.fetcher.stop();
+    let commit = offsets::commit(&inner.client, &inner.coordinator, &inner.shared, processed).await;
+    // Clear what revoke would commit again, then let the membership task leave.
+    for p in inner.shared.lock().partitions.values_mut() {
+        p.processed = p.committed;
+    }
+    inner.shared.membership_wakeup.notify_waiters();
+    inner.shared.data_ready.notify_waiters();
+    let tasks = inner
+        .tasks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+        .collect::<Vec<_>>();
+    let mut iter = tasks.into_iter();
+    if let Some(membership) = iter.next() {
+        let limit = inner.client.config().request_timeout() * 2;
+        let _ = tokio::time::timeout(limit, membership).await;
+    }
+    for t in iter {
+        t.abort();
+    }
+    *done = true;
+    commit
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C elsewhere than Unix).
