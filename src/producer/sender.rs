@@ -18,7 +18,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::ProduceRequest;
 use tokio::time::Instant;
 
-use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues};
+use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues, CLOCK_TICK, TIMER_SLACK};
 use super::batch;
 use super::delivery::{BatchAck, BatchCompletion, CompletionGuard};
 use crate::config::Acks;
@@ -60,7 +60,9 @@ impl Sender {
     pub(crate) async fn run(self: Arc<Self>) {
         loop {
             let may_stop = self.acc.may_stop();
-            let drained = self.acc.drain(Instant::now());
+            let now = Instant::now();
+            self.acc.tick_clock();
+            let drained = self.acc.drain(now);
             if drained.empty && may_stop {
                 tracing::debug!("producer sender: everything sent, stopping");
                 return;
@@ -69,11 +71,19 @@ impl Sender {
                 self.dispatch(drained.ready);
             }
             let wake = self.acc.wake_sender.notified();
-            match drained.next_due {
+            // While records wait, tick at least every CLOCK_TICK (the coarse clock records
+            // without a timestamp get); a linger deadline is slept to within the timer's
+            // granularity (see TIMER_SLACK).
+            let due = match drained.next_due {
+                Some(at) => Some(at.checked_sub(TIMER_SLACK).unwrap_or(at)),
+                None if !drained.empty => Some(now + CLOCK_TICK),
+                None => None,
+            };
+            match due {
                 Some(at) => {
                     tokio::select! {
                         _ = wake => {}
-                        _ = tokio::time::sleep_until(at) => {}
+                        _ = tokio::time::sleep_until(at.min(now + CLOCK_TICK)) => {}
                     }
                 }
                 None => wake.await,
