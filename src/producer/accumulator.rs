@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Notify;
@@ -182,6 +182,9 @@ pub(crate) struct Prepared<'a> {
 /// a batch lingers between `linger - 1 ms` and `linger`.
 pub(crate) const TIMER_SLACK: Duration = Duration::from_millis(1);
 
+/// Most batch buffers kept for reuse.
+const POOL_MAX: usize = 4;
+
 /// While anything is queued, the sender ticks (and reads the clock) at least this often.
 pub(crate) const CLOCK_TICK: Duration = Duration::from_millis(10);
 
@@ -213,6 +216,9 @@ pub(crate) struct Accumulator {
     deferred: AtomicUsize,
     /// Send everything now, linger or not (close / last producer dropped).
     closing: AtomicBool,
+    /// Buffers of acknowledged batches, reused for new batches (at most [`POOL_MAX`]): a
+    /// fresh 1 MiB buffer per batch cost page faults on every batch.
+    pool: Mutex<Vec<BytesMut>>,
     /// A coarse wall clock (ms since the epoch) for records without a timestamp: read when a
     /// batch is opened, on every sender tick (at least every [`CLOCK_TICK`] while anything is
     /// queued) and when a batch is resolved, instead of once per record (a clock read per
@@ -236,6 +242,7 @@ impl Accumulator {
             wake_sender: Notify::new(),
             closing: AtomicBool::new(false),
             clock_ms: AtomicI64::new(now_millis()),
+            pool: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
         })
@@ -247,6 +254,31 @@ impl Accumulator {
         let now = now_millis();
         self.clock_ms.fetch_max(now, Ordering::Relaxed);
         now
+    }
+
+    /// Keeps the buffer of a resolved batch for a later batch (when it is not shared any
+    /// more and the pool has room).
+    pub(crate) fn recycle(&self, data: Bytes) {
+        let Ok(buf) = data.try_into_mut() else {
+            return;
+        };
+        let largest = self.settings.batch_max_bytes.max(BATCH_HEADER_SIZE) + 64;
+        if !(4 << 10..=largest).contains(&buf.capacity()) {
+            return;
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    }
+
+    /// A buffer for a new batch: a recycled one, or a new one of `capacity` bytes.
+    fn batch_buffer(&self, capacity: usize) -> BatchBuilder {
+        let recycled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match recycled {
+            Some(buf) => BatchBuilder::with_buffer(buf),
+            None => BatchBuilder::new(capacity),
+        }
     }
 
     /// The coarse clock (see `clock_ms`).
@@ -448,7 +480,7 @@ impl Accumulator {
                     self.tick_clock();
                 }
                 q.open = Some(OpenBatch {
-                    builder: BatchBuilder::new(capacity),
+                    builder: self.batch_buffer(capacity),
                     reserved: 0,
                     created: Instant::now(),
                     completion: CompletionGuard(BatchCompletion::new(

@@ -392,6 +392,16 @@ impl Sender {
         c.batches_sent.fetch_add(1, Ordering::Relaxed);
         b.batch.completion.0.complete(Ok(ack));
         self.acc.finished(&b.topic, b.partition, b.batch.reserved);
+        // Nothing needs the bytes any more (no retry): the buffer serves a later batch.
+        let InFlight {
+            data, mut batch, ..
+        } = b;
+        drop(data);
+        if let Payload::Encoded(bytes) =
+            std::mem::replace(&mut batch.payload, Payload::Encoded(Bytes::new()))
+        {
+            self.acc.recycle(bytes);
+        }
     }
 
     fn give_up(&self, b: InFlight, error: Error) {
