@@ -9,11 +9,14 @@
 //! given up with [`Error::RetriesExhausted`]; permanent errors fail at once, naming topic,
 //! partition and cause.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::ProduceRequest;
 use tokio::time::Instant;
@@ -57,18 +60,27 @@ struct InFlight {
 
 impl Sender {
     /// Runs until the accumulator is closing and everything was resolved.
+    ///
+    /// Requests run inside this task (a `FuturesUnordered`), not as spawned tasks: a batch
+    /// that is due is written to its broker's socket in the same wake-up that found it due,
+    /// with no hop through the scheduler (on a busy machine each hop can cost a time slice).
+    /// Requests to different brokers, and several to one broker (pipelined on its
+    /// connection), still run concurrently.
     pub(crate) async fn run(self: Arc<Self>) {
+        let mut requests: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+            FuturesUnordered::new();
         loop {
             let may_stop = self.acc.may_stop();
             let now = Instant::now();
             self.acc.tick_clock();
             let drained = self.acc.drain(now);
             if drained.empty && may_stop {
+                while requests.next().await.is_some() {}
                 tracing::debug!("producer sender: everything sent, stopping");
                 return;
             }
             if !drained.ready.is_empty() {
-                self.dispatch(drained.ready);
+                self.dispatch(drained.ready, &mut requests);
             }
             let wake = self.acc.wake_sender.notified();
             // While records wait, tick at least every CLOCK_TICK (the coarse clock records
@@ -79,20 +91,28 @@ impl Sender {
                 None if !drained.empty => Some(now + CLOCK_TICK),
                 None => None,
             };
-            match due {
-                Some(at) => {
-                    tokio::select! {
-                        _ = wake => {}
-                        _ = tokio::time::sleep_until(at.min(now + CLOCK_TICK)) => {}
-                    }
+            let sleep = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at.min(now + CLOCK_TICK)).await,
+                    None => std::future::pending().await,
                 }
-                None => wake.await,
+            };
+            // New requests are polled (written) here first; a finished one loops to drain.
+            tokio::select! {
+                biased;
+                Some(()) = requests.next(), if !requests.is_empty() => {}
+                _ = wake => {}
+                _ = sleep => {}
             }
         }
     }
 
     /// Groups ready batches per leader and starts one request per group.
-    fn dispatch(self: &Arc<Self>, ready: Vec<(Arc<TopicQueues>, i32, ReadyBatch)>) {
+    fn dispatch(
+        self: &Arc<Self>,
+        ready: Vec<(Arc<TopicQueues>, i32, ReadyBatch)>,
+        requests: &mut FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ) {
         let metadata = self.cluster.metadata();
         let mut groups: Vec<(i32, Vec<InFlight>, usize)> = Vec::new();
         let mut leaderless = Vec::new();
@@ -122,11 +142,11 @@ impl Sender {
             }
         }
         for (leader, batches, _) in groups {
-            tokio::spawn(Arc::clone(self).send(leader, batches));
+            requests.push(Box::pin(Arc::clone(self).send(leader, batches)));
         }
         if !leaderless.is_empty() {
             let this = Arc::clone(self);
-            tokio::spawn(async move {
+            requests.push(Box::pin(async move {
                 let failed = leaderless
                     .into_iter()
                     .map(|b| {
@@ -139,7 +159,7 @@ impl Sender {
                     })
                     .collect();
                 this.retry_all(failed).await;
-            });
+            }));
         }
     }
 
