@@ -102,7 +102,12 @@ pub(crate) struct BatchBuilder {
 impl BatchBuilder {
     /// An empty batch with room for `capacity` bytes of records.
     pub(crate) fn new(capacity: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(BATCH_HEADER_SIZE + capacity);
+        Self::with_buffer(BytesMut::with_capacity(BATCH_HEADER_SIZE + capacity))
+    }
+
+    /// An empty batch in `buf` (cleared first): a recycled buffer of an earlier batch.
+    pub(crate) fn with_buffer(mut buf: BytesMut) -> Self {
+        buf.clear();
         buf.put_bytes(0, BATCH_HEADER_SIZE);
         BatchBuilder {
             buf,

@@ -3,8 +3,8 @@
 //!
 //! No channel and no allocation per record: a record's delivery is `base_offset + delta` of
 //! its batch. A future that is polled before its batch completes registers on the batch's
-//! `Notify` (one small box, only on that slow path); futures awaited after the batch
-//! completed return at once.
+//! `Notify` (two small boxes, only on that slow path: the future itself stays 24 bytes);
+//! futures awaited after the batch completed return at once.
 //!
 //! A batch whose completion is dropped unresolved (the producer's runtime shut down, say)
 //! resolves its records with [`Error::Closed`]: never silence.
@@ -207,15 +207,25 @@ pub struct DeliveryFuture {
 }
 
 enum State {
+    /// The common case, kept small (24 bytes: callers hold one per record in flight).
     Batch {
         completion: Arc<BatchCompletion>,
         delta: i32,
         timestamp: i64,
-        wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     },
+    /// Polled before its batch was resolved: registered on the batch's `Notify` (boxed, only
+    /// on this slow path).
+    Waiting(Box<Waiting>),
     /// Known at once (disabled, errors): boxed, so that the common variant stays small.
     Ready(Option<Box<Result<Delivery>>>),
     Deferred(Pin<Box<dyn Future<Output = Result<Delivery>> + Send>>),
+}
+
+struct Waiting {
+    completion: Arc<BatchCompletion>,
+    delta: i32,
+    timestamp: i64,
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl std::fmt::Debug for DeliveryFuture {
@@ -223,17 +233,25 @@ impl std::fmt::Debug for DeliveryFuture {
         match &self.state {
             State::Batch {
                 completion, delta, ..
-            } => f
-                .debug_struct("DeliveryFuture")
-                .field("topic", &completion.topic)
-                .field("partition", &completion.partition)
-                .field("offset_delta", delta)
-                .field("done", &completion.is_done())
-                .finish(),
+            } => debug_batch(f, completion, *delta),
+            State::Waiting(w) => debug_batch(f, &w.completion, w.delta),
             State::Ready(r) => f.debug_tuple("DeliveryFuture").field(r).finish(),
             State::Deferred(_) => f.write_str("DeliveryFuture(deferred)"),
         }
     }
+}
+
+fn debug_batch(
+    f: &mut std::fmt::Formatter<'_>,
+    completion: &BatchCompletion,
+    delta: i32,
+) -> std::fmt::Result {
+    f.debug_struct("DeliveryFuture")
+        .field("topic", &completion.topic)
+        .field("partition", &completion.partition)
+        .field("offset_delta", &delta)
+        .field("done", &completion.is_done())
+        .finish()
 }
 
 impl DeliveryFuture {
@@ -243,7 +261,6 @@ impl DeliveryFuture {
                 completion,
                 delta,
                 timestamp,
-                wait: None,
             },
         }
     }
@@ -266,6 +283,7 @@ impl DeliveryFuture {
             State::Batch {
                 completion, delta, ..
             } => completion.is_done_for(*delta),
+            State::Waiting(w) => w.completion.is_done_for(w.delta),
             State::Ready(_) => true,
             State::Deferred(_) => false,
         }
@@ -277,22 +295,29 @@ impl Future for DeliveryFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        match &mut this.state {
-            State::Batch {
-                completion,
-                delta,
-                timestamp,
-                wait,
-            } => {
-                if completion.is_done_for(*delta) {
-                    return Poll::Ready(completion.delivery(*delta, *timestamp));
-                }
-                let w = wait.get_or_insert_with(|| completion.wait_for(Some(*delta)));
-                match w.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(completion.delivery(*delta, *timestamp)),
-                    Poll::Pending => Poll::Pending,
-                }
+        if let State::Batch {
+            completion,
+            delta,
+            timestamp,
+        } = &this.state
+        {
+            if completion.is_done_for(*delta) {
+                return Poll::Ready(completion.delivery(*delta, *timestamp));
             }
+            let wait = completion.wait_for(Some(*delta));
+            this.state = State::Waiting(Box::new(Waiting {
+                completion: Arc::clone(completion),
+                delta: *delta,
+                timestamp: *timestamp,
+                wait,
+            }));
+        }
+        match &mut this.state {
+            State::Batch { .. } => unreachable!("moved to Waiting above"),
+            State::Waiting(w) => match w.wait.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(w.completion.delivery(w.delta, w.timestamp)),
+                Poll::Pending => Poll::Pending,
+            },
             State::Ready(r) => Poll::Ready(match r.take() {
                 Some(result) => *result,
                 None => Err(Error::Closed("delivery future (already awaited)")),
@@ -352,6 +377,7 @@ pub(crate) fn duplicate(e: &Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     #[tokio::test]
@@ -384,7 +410,7 @@ mod tests {
     #[test]
     fn a_delivery_future_is_small_send_and_unpin() {
         // One per record in flight: a million of them should not cost 100 MB.
-        assert!(std::mem::size_of::<DeliveryFuture>() <= 48);
+        assert!(std::mem::size_of::<DeliveryFuture>() <= 24);
         fn is_send_unpin<T: Send + Unpin>() {}
         is_send_unpin::<DeliveryFuture>();
         fn is_send_sync<T: Send + Sync>() {}

@@ -45,7 +45,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::wire::Cluster;
-use accumulator::{Accumulator, Prepared, Settings};
+use accumulator::{now_millis, Accumulator, Prepared, Settings};
 use batch::{record_body_size, record_size_upper_bound, BATCH_HEADER_SIZE};
 pub use delivery::{Delivery, DeliveryFuture};
 pub use partitioner::{murmur2, partition_for_key, to_positive, DefaultPartitioner, Partitioner};
@@ -513,7 +513,7 @@ fn try_append_record(
         record,
         body,
         reserved,
-        timestamp: record.timestamp.unwrap_or_else(now_millis),
+        timestamp: record.timestamp,
     };
     let result = acc.with_topic(&record.topic, |t| {
         let n = t.partition_count();
@@ -606,13 +606,4 @@ pub mod bench {
             }
         }
     }
-}
-
-/// Now, in milliseconds since the Unix epoch.
-#[inline]
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

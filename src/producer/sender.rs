@@ -9,16 +9,19 @@
 //! given up with [`Error::RetriesExhausted`]; permanent errors fail at once, naming topic,
 //! partition and cause.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::ProduceRequest;
 use tokio::time::Instant;
 
-use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues};
+use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues, CLOCK_TICK, TIMER_SLACK};
 use super::batch;
 use super::delivery::{BatchAck, BatchCompletion, CompletionGuard};
 use crate::config::Acks;
@@ -57,32 +60,59 @@ struct InFlight {
 
 impl Sender {
     /// Runs until the accumulator is closing and everything was resolved.
+    ///
+    /// Requests run inside this task (a `FuturesUnordered`), not as spawned tasks: a batch
+    /// that is due is written to its broker's socket in the same wake-up that found it due,
+    /// with no hop through the scheduler (on a busy machine each hop can cost a time slice).
+    /// Requests to different brokers, and several to one broker (pipelined on its
+    /// connection), still run concurrently.
     pub(crate) async fn run(self: Arc<Self>) {
+        let mut requests: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+            FuturesUnordered::new();
         loop {
             let may_stop = self.acc.may_stop();
-            let drained = self.acc.drain(Instant::now());
+            let now = Instant::now();
+            self.acc.tick_clock();
+            let drained = self.acc.drain(now);
             if drained.empty && may_stop {
+                while requests.next().await.is_some() {}
                 tracing::debug!("producer sender: everything sent, stopping");
                 return;
             }
             if !drained.ready.is_empty() {
-                self.dispatch(drained.ready);
+                self.dispatch(drained.ready, &mut requests);
             }
             let wake = self.acc.wake_sender.notified();
-            match drained.next_due {
-                Some(at) => {
-                    tokio::select! {
-                        _ = wake => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
+            // While records wait, tick at least every CLOCK_TICK (the coarse clock records
+            // without a timestamp get); a linger deadline is slept to within the timer's
+            // granularity (see TIMER_SLACK).
+            let due = match drained.next_due {
+                Some(at) => Some(at.checked_sub(TIMER_SLACK).unwrap_or(at)),
+                None if !drained.empty => Some(now + CLOCK_TICK),
+                None => None,
+            };
+            let sleep = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at.min(now + CLOCK_TICK)).await,
+                    None => std::future::pending().await,
                 }
-                None => wake.await,
+            };
+            // New requests are polled (written) here first; a finished one loops to drain.
+            tokio::select! {
+                biased;
+                Some(()) = requests.next(), if !requests.is_empty() => {}
+                _ = wake => {}
+                _ = sleep => {}
             }
         }
     }
 
     /// Groups ready batches per leader and starts one request per group.
-    fn dispatch(self: &Arc<Self>, ready: Vec<(Arc<TopicQueues>, i32, ReadyBatch)>) {
+    fn dispatch(
+        self: &Arc<Self>,
+        ready: Vec<(Arc<TopicQueues>, i32, ReadyBatch)>,
+        requests: &mut FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ) {
         let metadata = self.cluster.metadata();
         let mut groups: Vec<(i32, Vec<InFlight>, usize)> = Vec::new();
         let mut leaderless = Vec::new();
@@ -112,11 +142,11 @@ impl Sender {
             }
         }
         for (leader, batches, _) in groups {
-            tokio::spawn(Arc::clone(self).send(leader, batches));
+            requests.push(Box::pin(Arc::clone(self).send(leader, batches)));
         }
         if !leaderless.is_empty() {
             let this = Arc::clone(self);
-            tokio::spawn(async move {
+            requests.push(Box::pin(async move {
                 let failed = leaderless
                     .into_iter()
                     .map(|b| {
@@ -129,7 +159,7 @@ impl Sender {
                     })
                     .collect();
                 this.retry_all(failed).await;
-            });
+            }));
         }
     }
 
@@ -155,7 +185,6 @@ impl Sender {
                 return self.retry_all(failed).await;
             }
         };
-        let request = build_request(&encoded, self.acks, self.request_timeout);
         let version = match conn.version_for::<ProduceRequest>(Some(MAX_PRODUCE_VERSION)) {
             Ok(v) => v,
             Err(e) => {
@@ -165,28 +194,38 @@ impl Sender {
                 return;
             }
         };
-        if self.acks == Acks::None {
-            match conn.send_without_response(&request, version).await {
-                Ok(()) => {
-                    for b in encoded {
-                        self.succeed(
-                            b,
-                            BatchAck {
-                                base_offset: -1,
-                                log_append_time: None,
-                            },
-                        );
-                    }
-                }
-                Err(e) => {
-                    let failed = encoded.into_iter().map(|b| (b, duplicate(&e))).collect();
-                    self.retry_all(failed).await;
+        let expect_response = self.acks != Acks::None;
+        // The batches go out as they are (vectored write), not copied into a request frame.
+        let sent = match encode_produce(&encoded, self.acks, self.request_timeout, version) {
+            Some(body) => {
+                conn.send_parts::<ProduceRequest>(&body, version, expect_response)
+                    .await
+            }
+            None => {
+                let request = build_request(&encoded, self.acks, self.request_timeout);
+                if expect_response {
+                    conn.send_version(&request, version).await.map(Some)
+                } else {
+                    conn.send_without_response(&request, version)
+                        .await
+                        .map(|()| None)
                 }
             }
-            return;
-        }
-        let response = match conn.send_version(&request, version).await {
-            Ok(r) => r,
+        };
+        let response = match sent {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                for b in encoded {
+                    self.succeed(
+                        b,
+                        BatchAck {
+                            base_offset: -1,
+                            log_append_time: None,
+                        },
+                    );
+                }
+                return;
+            }
             Err(e) => {
                 let failed = encoded.into_iter().map(|b| (b, duplicate(&e))).collect();
                 return self.retry_all(failed).await;
@@ -373,6 +412,16 @@ impl Sender {
         c.batches_sent.fetch_add(1, Ordering::Relaxed);
         b.batch.completion.0.complete(Ok(ack));
         self.acc.finished(&b.topic, b.partition, b.batch.reserved);
+        // Nothing needs the bytes any more (no retry): the buffer serves a later batch.
+        let InFlight {
+            data, mut batch, ..
+        } = b;
+        drop(data);
+        if let Payload::Encoded(bytes) =
+            std::mem::replace(&mut batch.payload, Payload::Encoded(Bytes::new()))
+        {
+            self.acc.recycle(bytes);
+        }
     }
 
     fn give_up(&self, b: InFlight, error: Error) {
@@ -413,6 +462,84 @@ fn backoff_delay(policy: &ReconnectPolicy, attempt: u32) -> Duration {
     Duration::from_secs_f64((base * (1.0 + policy.jitter * unit)).max(0.001))
 }
 
+/// The body of a produce request (v3–v9) for batches that all go to the same broker, as
+/// chunks: the small encoded fields between the batches, and each batch's own `Bytes`. Same
+/// bytes as `build_request(..).encode(version)` (checked by a test). `None` for other
+/// versions.
+fn encode_produce(
+    batches: &[InFlight],
+    acks: Acks,
+    timeout: Duration,
+    version: i16,
+) -> Option<Vec<Bytes>> {
+    use bytes::{BufMut, BytesMut};
+    if !(3..=9).contains(&version) {
+        return None;
+    }
+    let flexible = version >= 9;
+    fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
+        while v >= 0x80 {
+            buf.put_u8((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.put_u8(v as u8);
+    }
+    let put_len = |buf: &mut BytesMut, n: usize, wide: bool| {
+        if flexible {
+            put_uvarint(buf, n as u64 + 1);
+        } else if wide {
+            buf.put_i32(n as i32);
+        } else {
+            buf.put_i16(n as i16);
+        }
+    };
+    // Topics in first-seen order, each with its partitions, as `build_request` groups them.
+    let mut topics: Vec<(&TopicQueues, Vec<&InFlight>)> = Vec::new();
+    for b in batches {
+        match topics
+            .iter_mut()
+            .find(|(t, _)| t.wire_name == b.topic.wire_name)
+        {
+            Some((_, v)) => v.push(b),
+            None => topics.push((&b.topic, vec![b])),
+        }
+    }
+    let mut parts = Vec::with_capacity(2 * batches.len() + 1);
+    let mut buf = BytesMut::with_capacity(64 + 32 * batches.len());
+    // transactional_id: null
+    if flexible {
+        put_uvarint(&mut buf, 0);
+    } else {
+        buf.put_i16(-1);
+    }
+    buf.put_i16(acks.as_i16());
+    buf.put_i32(timeout.as_millis().min(i32::MAX as u128) as i32);
+    put_len(&mut buf, topics.len(), true);
+    for (topic, partitions) in &topics {
+        let name = topic.wire_name.0.as_bytes();
+        put_len(&mut buf, name.len(), false);
+        buf.put_slice(name);
+        put_len(&mut buf, partitions.len(), true);
+        for b in partitions {
+            buf.put_i32(b.partition);
+            put_len(&mut buf, b.data.len(), true);
+            parts.push(buf.split().freeze());
+            parts.push(b.data.clone());
+            if flexible {
+                put_uvarint(&mut buf, 0); // partition's tagged fields
+            }
+        }
+        if flexible {
+            put_uvarint(&mut buf, 0); // topic's tagged fields
+        }
+    }
+    if flexible {
+        put_uvarint(&mut buf, 0); // request's tagged fields
+    }
+    parts.push(buf.freeze());
+    Some(parts)
+}
+
 /// One produce request for batches that all go to the same broker.
 fn build_request(batches: &[InFlight], acks: Acks, timeout: Duration) -> ProduceRequest {
     let mut topic_data: Vec<TopicProduceData> = Vec::new();
@@ -433,4 +560,61 @@ fn build_request(batches: &[InFlight], acks: Acks, timeout: Duration) -> Produce
         .with_acks(acks.as_i16())
         .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32)
         .with_topic_data(topic_data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Compression;
+    use crate::producer::accumulator::Settings;
+    use kafka_protocol::protocol::Encodable;
+
+    #[test]
+    fn produce_chunks_encode_like_kafka_protocol() {
+        let acc = Accumulator::new(Settings {
+            linger: Duration::from_millis(5),
+            batch_max_bytes: 1 << 20,
+            buffer_max_bytes: 1 << 30,
+            compression: Compression::None,
+        });
+        acc.add_topic("alpha", 3);
+        acc.add_topic("b", 2);
+        let alpha = acc.topic("alpha").unwrap();
+        let b = acc.topic("b").unwrap();
+        let batch = |topic: &Arc<TopicQueues>, partition: i32, data: &'static [u8]| InFlight {
+            topic: Arc::clone(topic),
+            partition,
+            batch: ReadyBatch {
+                payload: Payload::Encoded(Bytes::from_static(data)),
+                records: 1,
+                reserved: 0,
+                created: Instant::now(),
+                attempts: 0,
+                retry_at: None,
+                completion: CompletionGuard(BatchCompletion::new(
+                    Arc::clone(&topic.name),
+                    partition,
+                )),
+            },
+            data: Bytes::from_static(data),
+        };
+        let big: &'static [u8] = Box::leak(vec![7u8; 300].into_boxed_slice());
+        let batches = vec![
+            batch(&alpha, 2, b"first batch"),
+            batch(&b, 0, big),
+            batch(&alpha, 0, b"third"),
+        ];
+        for version in 3..=9 {
+            for acks in [Acks::All, Acks::Leader, Acks::None] {
+                let timeout = Duration::from_millis(30_000);
+                let request = build_request(&batches, acks, timeout);
+                let mut expected = bytes::BytesMut::new();
+                request.encode(&mut expected, version).unwrap();
+                let parts = encode_produce(&batches, acks, timeout, version).unwrap();
+                let got: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+                assert_eq!(got, &expected[..], "v{version} {acks:?}");
+            }
+        }
+        assert!(encode_produce(&batches, Acks::All, Duration::from_secs(1), 2).is_none());
+    }
 }

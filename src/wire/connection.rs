@@ -190,14 +190,47 @@ impl BrokerConnection {
             .map(|_| ())
     }
 
-    /// Encodes and writes one request; registers for its response when `expect_response`.
-    async fn write_request<R: Request>(
+    /// Sends a request whose body the caller encoded as `body`, chunks in order (a produce
+    /// request's record batches go out as they are, with no copy into a frame); `R` names the
+    /// API and decodes the response. `Ok(None)` when `expect_response` is false (acks=0).
+    pub(crate) async fn send_parts<R: Request>(
         &self,
-        request: &R,
+        body: &[Bytes],
         version: i16,
         expect_response: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
+    ) -> Result<Option<R::Response>> {
         let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let body_size: usize = body.iter().map(Bytes::len).sum();
+        let head = self
+            .encode_header::<R>(correlation_id, version, body_size)?
+            .freeze();
+        let mut chunks: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
+        chunks.push(&head);
+        chunks.extend(body.iter().map(|b| &b[..]));
+        let rx = self
+            .write_frame(correlation_id, &chunks, expect_response)
+            .await?;
+        let Some(rx) = rx else { return Ok(None) };
+        let frame = match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(frame)) => frame?,
+            Ok(Err(_)) => return Err(self.closed_error()),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: format!("{:?} request to {}", api_name(R::KEY), self.addr),
+                    after: self.request_timeout,
+                })
+            }
+        };
+        decode_response::<R>(frame, version, &self.addr).map(Some)
+    }
+
+    /// The frame's size prefix and the request header, for a body of `body_size` bytes.
+    fn encode_header<R: Request>(
+        &self,
+        correlation_id: i32,
+        version: i16,
+        body_size: usize,
+    ) -> Result<BytesMut> {
         let header = RequestHeader::default()
             .with_request_api_key(R::KEY)
             .with_request_api_version(version)
@@ -207,15 +240,42 @@ impl BrokerConnection {
         let encode_error = |e: anyhow::Error| {
             Error::Protocol(format!("encoding {:?} v{version}: {e}", api_name(R::KEY)))
         };
-        let size = header.compute_size(header_version).map_err(encode_error)?
-            + request.compute_size(version).map_err(encode_error)?;
-        let mut frame = BytesMut::with_capacity(4 + size);
-        frame.put_i32(size as i32);
+        let header_size = header.compute_size(header_version).map_err(encode_error)?;
+        let mut frame = BytesMut::with_capacity(4 + header_size + body_size.min(64 << 10));
+        frame.put_i32((header_size + body_size) as i32);
         header
             .encode(&mut frame, header_version)
             .map_err(encode_error)?;
-        request.encode(&mut frame, version).map_err(encode_error)?;
+        Ok(frame)
+    }
 
+    /// Encodes and writes one request; registers for its response when `expect_response`.
+    async fn write_request<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        expect_response: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
+        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let encode_error = |e: anyhow::Error| {
+            Error::Protocol(format!("encoding {:?} v{version}: {e}", api_name(R::KEY)))
+        };
+        let size = request.compute_size(version).map_err(encode_error)?;
+        let mut frame = self.encode_header::<R>(correlation_id, version, size)?;
+        frame.reserve(size);
+        request.encode(&mut frame, version).map_err(encode_error)?;
+        self.write_frame(correlation_id, &[&frame], expect_response)
+            .await
+    }
+
+    /// Registers for the response (when `expect_response`) and writes a frame given as
+    /// chunks, with vectored writes, under the writer lock.
+    async fn write_frame(
+        &self,
+        correlation_id: i32,
+        chunks: &[&[u8]],
+        expect_response: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
         let rx = if expect_response {
             let (tx, rx) = oneshot::channel();
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -230,7 +290,7 @@ impl BrokerConnection {
             None
         };
         let mut writer = self.writer.lock().await;
-        if let Err(source) = writer.write_all(&frame).await {
+        if let Err(source) = write_all_vectored(&mut *writer, chunks).await {
             self.closed.store(true, Ordering::Release);
             if let Some(map) = self
                 .pending
@@ -281,6 +341,27 @@ impl BrokerConnection {
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect())
     }
+}
+
+/// Writes every chunk, in order, with as few (vectored) writes as the socket allows.
+async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    chunks: &[&[u8]],
+) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = chunks
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| std::io::IoSlice::new(c))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = writer.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 fn api_name(key: i16) -> String {
