@@ -13,22 +13,11 @@
 //! topic it creates on the mock cluster), `--topic NAME`, `--keyed` (keys `k<i % 100000>`;
 //! default keyless, sticky partitioning), `--set key=value` (any producer option, repeatable).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use purekafka::{Client, Config, Record};
 use purekafka_testkit::{unique_name, TestCluster};
-
-fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 fn max_rss_kib() -> i64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -38,6 +27,9 @@ fn max_rss_kib() -> i64 {
         usage.assume_init().ru_maxrss
     }
 }
+
+#[path = "support/bench.rs"]
+mod bench;
 
 #[tokio::main]
 async fn main() -> purekafka::Result<()> {
@@ -102,7 +94,7 @@ async fn main() -> purekafka::Result<()> {
         Vec::new()
     };
 
-    let cpu0 = cpu_time();
+    let cpu0 = bench::cpu_time();
     let t0 = Instant::now();
     let mut pending = Vec::with_capacity(records);
     for i in 0..records {
@@ -120,7 +112,7 @@ async fn main() -> purekafka::Result<()> {
         }
     }
     let elapsed = t0.elapsed();
-    let cpu = cpu_time() - cpu0;
+    let cpu = bench::cpu_time() - cpu0;
     let m = producer.metrics();
     producer.close().await;
 

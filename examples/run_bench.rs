@@ -13,111 +13,29 @@
 
 use std::time::{Duration, Instant};
 
-use purekafka::rskafka::client::partition::Compression;
-use purekafka::rskafka::record::Record as RsRecord;
-use purekafka::{Client, Config, RunnerConfig};
-use purekafka_testkit::{unique_name, Backend, TestCluster};
+use purekafka::RunnerConfig;
 
-fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    #[allow(unsafe_code)]
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
+#[path = "support/bench.rs"]
+mod bench;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let records: usize = arg("--records", "1000000").parse()?;
-    let size: usize = arg("--size", "100").parse()?;
-    let partitions: i32 = arg("--partitions", "6").parse()?;
-    let backend_name = arg("--backend", "mock");
-
-    let mut _cluster = None;
-    let brokers: Vec<String> = match std::env::var("KAFKA_BROKERS") {
-        Ok(b) => b.split(',').map(str::to_string).collect(),
-        Err(_) => {
-            let backend = match backend_name.as_str() {
-                "tansu" => Backend::Tansu,
-                _ => Backend::MockCluster,
-            };
-            let cluster = TestCluster::start(backend)?;
-            let list = cluster.bootstrap_list();
-            _cluster = Some(cluster);
-            list
-        }
-    };
-    let topic = unique_name("bench");
-    let group = unique_name("bench-group");
-    let config = Config::builder()
-        .brokers(brokers.clone())
-        .group_id(&group)
-        .set("auto.offset.reset", "earliest")
-        .build()?;
-    let client = Client::connect(config).await?;
-    match &_cluster {
-        Some(c) => c.create_topic(&topic, partitions).await?,
-        None => client.create_topic(&topic, partitions, 1).await?,
-    }
-
-    // Fill the topic (not timed).
-    let fill = Instant::now();
-    let value = vec![b'x'; size];
-    let per = records.div_ceil(partitions as usize);
-    let mut tasks = Vec::new();
-    for p in 0..partitions {
-        let pc = client.partition_client(&topic, p).await?;
-        let value = value.clone();
-        let n = per.min(records - per * p as usize);
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0;
-            while i < n {
-                let k = 5_000.min(n - i);
-                let batch: Vec<RsRecord> = (0..k)
-                    .map(|_| RsRecord {
-                        key: None,
-                        value: Some(value.clone()),
-                        headers: Default::default(),
-                        timestamp: chrono::Utc::now(),
-                    })
-                    .collect();
-                pc.produce(batch, Compression::NoCompression).await?;
-                i += k;
-            }
-            Ok::<_, purekafka::rskafka::client::error::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    eprintln!("filled {records} records in {:?}", fill.elapsed());
+    bench::init_tracing();
+    let filled = bench::FilledTopic::prepare().await?;
+    let (client, topic) = (&filled.client, &filled.topic);
+    let (records, size, partitions) = (filled.records, filled.size, filled.partitions);
 
     // Run a no-op handler over every record (timed).
-    let runner = client.consumer(&[&topic])?.runner().config(RunnerConfig {
-        concurrency: partitions as usize,
-        shutdown_on_signal: false,
-        ..RunnerConfig::default()
-    });
+    let runner = client
+        .consumer(&[topic.as_str()])?
+        .runner()
+        .config(RunnerConfig {
+            concurrency: partitions as usize,
+            shutdown_on_signal: false,
+            ..RunnerConfig::default()
+        });
     let handle = runner.handle();
-    let cpu0 = cpu_time();
+    let cpu0 = bench::cpu_time();
     let t0 = Instant::now();
     let run = tokio::spawn(runner.run(|_record| async { Ok(()) }));
     let mut first = None;
@@ -149,26 +67,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         last_progress.elapsed()
     };
     let elapsed = t0.elapsed() - idle;
-    let cpu = cpu_time() - cpu0;
+    let cpu = bench::cpu_time() - cpu0;
     handle.shutdown();
     let metrics = run.await??;
     let first = first.unwrap_or_default();
     let reading = elapsed - first;
     let records = metrics.processed as usize;
 
-    let command: Vec<String> = std::env::args().collect();
-    println!(
-        "command: cargo run --release --example run_bench -- {}",
-        command[1..].join(" ")
-    );
-    println!(
-        "broker: {}",
-        if _cluster.is_some() {
-            backend_name.as_str()
-        } else {
-            "KAFKA_BROKERS"
-        }
-    );
+    bench::print_command("run_bench");
+    println!("broker: {}", filled.broker);
     println!(
         "records: {} x {size} B over {partitions} partitions, no-op handler",
         metrics.processed
