@@ -11,27 +11,12 @@ use std::time::Duration;
 use purekafka::rskafka::client::partition::Compression;
 use purekafka::rskafka::record::Record as RsRecord;
 use purekafka::{Client, Config, ConsumedRecord, Consumer};
-use purekafka_testkit::{unique_name, Backend, TestCluster};
+use purekafka_testkit::{unique_name, Backend};
 use tokio::time::Instant;
 
 #[macro_use]
 mod support;
-use support::{init_tracing, start};
-
-/// A client of `cluster` in `group`, with short group timers for tests.
-async fn client(cluster: &TestCluster, group: &str, extra: &[(&str, &str)]) -> Client {
-    let config = Config::builder()
-        .brokers(cluster.bootstrap_list())
-        .group_id(group)
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("max.poll.interval.ms", "20000")
-        .set_all(extra.iter().copied())
-        .build()
-        .unwrap();
-    Client::connect(config).await.unwrap()
-}
+use support::{client, init_tracing, start};
 
 /// Produces `per_partition` records to each partition, values `p-i`, in batches of `batch`.
 async fn produce(

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use purekafka::{Client, Config};
 use purekafka_testkit::{Backend, TestCluster};
 
 /// Logs to the test's output; `RUST_LOG=purekafka=debug` shows retries and give-ups.
@@ -28,6 +29,23 @@ pub fn start(backend: Backend) -> TestCluster {
             .expect("set the initial rebalance delay");
     }
     cluster
+}
+
+/// A client of `cluster` in consumer group `group`, reading from the earliest offset, with
+/// short group timers for tests (session 6 s, heartbeat 0.5 s, max poll interval 20 s);
+/// `extra` overrides or adds keys.
+pub async fn client(cluster: &TestCluster, group: &str, extra: &[(&str, &str)]) -> Client {
+    let config = Config::builder()
+        .brokers(cluster.bootstrap_list())
+        .group_id(group)
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("max.poll.interval.ms", "20000")
+        .set_all(extra.iter().copied())
+        .build()
+        .expect("test configuration");
+    Client::connect(config).await.expect("connect")
 }
 
 /// Runs `$body` (a closure taking the started `TestCluster`) as two tests, `mock_cluster`
