@@ -8,50 +8,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use purekafka::rskafka::client::partition::Compression;
-use purekafka::rskafka::record::Record as RsRecord;
 use purekafka::{Client, Config, ConsumedRecord, Consumer};
 use purekafka_testkit::{unique_name, Backend};
 use tokio::time::Instant;
 
 #[macro_use]
 mod support;
-use support::{client, init_tracing, start};
-
-/// Produces `per_partition` records to each partition, values `p-i`, in batches of `batch`.
-async fn produce(
-    client: &Client,
-    topic: &str,
-    partitions: i32,
-    per_partition: usize,
-    batch: usize,
-) {
-    let mut tasks = Vec::new();
-    for p in 0..partitions {
-        let pc = client.partition_client(topic, p).await.unwrap();
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0;
-            while i < per_partition {
-                let n = batch.min(per_partition - i);
-                let records: Vec<RsRecord> = (i..i + n)
-                    .map(|j| RsRecord {
-                        key: Some(format!("k{j}").into_bytes()),
-                        value: Some(format!("{p}-{j}").into_bytes()),
-                        headers: Default::default(),
-                        timestamp: chrono::Utc::now(),
-                    })
-                    .collect();
-                pc.produce(records, Compression::NoCompression)
-                    .await
-                    .unwrap();
-                i += n;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
+use support::{client, init_tracing, produce, start};
 
 /// Polls until `until` says stop or `limit` passes; commits each batch after "processing" it.
 async fn consume_until(

@@ -11,33 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use purekafka::rskafka::client::partition::Compression;
-use purekafka::rskafka::record::Record as RsRecord;
-use purekafka::{Client, ConsumedRecord, Consumer, TopicPartition};
+use purekafka::{ConsumedRecord, Consumer, TopicPartition};
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 use tokio::time::Instant;
 
 #[macro_use]
 mod support;
-use support::client;
-
-/// Produces `per_partition` records to each of `partitions`, values `p-i`, one batch each.
-async fn produce(client: &Client, topic: &str, partitions: i32, per_partition: usize) {
-    for p in 0..partitions {
-        let pc = client.partition_client(topic, p).await.unwrap();
-        let records: Vec<RsRecord> = (0..per_partition)
-            .map(|j| RsRecord {
-                key: Some(format!("k{j}").into_bytes()),
-                value: Some(format!("{p}-{j}").into_bytes()),
-                headers: Default::default(),
-                timestamp: chrono::Utc::now(),
-            })
-            .collect();
-        pc.produce(records, Compression::NoCompression)
-            .await
-            .unwrap();
-    }
-}
+use support::{client, produce};
 
 /// Polls (without committing) until `n` records came; returns them.
 async fn poll_n(consumer: &Consumer, n: usize, limit: Duration) -> Vec<ConsumedRecord> {
@@ -100,7 +80,7 @@ on_each_backend!(
             ],
         )
         .await;
-        produce(&c, &topic, 2, 50).await;
+        produce(&c, &topic, 2, 50, 50).await;
         let consumer = c.consumer(&[&topic]).unwrap();
         let got = poll_n(&consumer, 100, Duration::from_secs(30)).await;
         assert_eq!(got.len(), 100);
@@ -136,7 +116,7 @@ on_each_backend!(
         let group = unique_name("async-group");
         cluster.create_topic(&topic, 2).await.unwrap();
         let c = client(&cluster, &group, &[]).await;
-        produce(&c, &topic, 2, 30).await;
+        produce(&c, &topic, 2, 30, 30).await;
         let consumer = c.consumer(&[&topic]).unwrap();
         let got = poll_n(&consumer, 60, Duration::from_secs(30)).await;
         consumer.commit_async(&got);
@@ -404,7 +384,7 @@ async fn sigterm_commits_leaves_and_exits_zero(cluster: TestCluster) {
     let group = unique_name("sigterm-group");
     cluster.create_topic(&topic, 2).await.unwrap();
     let c = client(&cluster, &group, &[]).await;
-    produce(&c, &topic, 2, 20).await;
+    produce(&c, &topic, 2, 20, 20).await;
 
     // Long session and poll intervals: another member gets the partitions quickly only if
     // the example leaves the group. (The mock cluster holds the group in a rebalance for

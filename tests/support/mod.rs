@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use purekafka::rskafka::client::partition::Compression;
+use purekafka::rskafka::record::Record as RsRecord;
 use purekafka::{Client, Config};
 use purekafka_testkit::{Backend, TestCluster};
 
@@ -46,6 +48,42 @@ pub async fn client(cluster: &TestCluster, group: &str, extra: &[(&str, &str)]) 
         .build()
         .expect("test configuration");
     Client::connect(config).await.expect("connect")
+}
+
+/// Produces `per_partition` records to each partition, values `p-i`, in batches of `batch`
+/// (through rskafka, so consumer tests do not depend on the producer).
+pub async fn produce(
+    client: &Client,
+    topic: &str,
+    partitions: i32,
+    per_partition: usize,
+    batch: usize,
+) {
+    let mut tasks = Vec::new();
+    for p in 0..partitions {
+        let pc = client.partition_client(topic, p).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while i < per_partition {
+                let n = batch.min(per_partition - i);
+                let records: Vec<RsRecord> = (i..i + n)
+                    .map(|j| RsRecord {
+                        key: Some(format!("k{j}").into_bytes()),
+                        value: Some(format!("{p}-{j}").into_bytes()),
+                        headers: Default::default(),
+                        timestamp: chrono::Utc::now(),
+                    })
+                    .collect();
+                pc.produce(records, Compression::NoCompression)
+                    .await
+                    .unwrap();
+                i += n;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 /// Runs `$body` (a closure taking the started `TestCluster`) as two tests, `mock_cluster`
