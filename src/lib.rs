@@ -60,6 +60,7 @@
 #![deny(rust_2018_idioms, unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod breaker;
 pub mod client;
 pub mod config;
@@ -78,6 +79,7 @@ mod tls;
 pub(crate) mod wire;
 pub mod worker;
 
+pub use admin::Admin;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};

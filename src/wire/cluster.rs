@@ -147,6 +147,11 @@ impl Cluster {
                 Error::broker(41, "metadata names no controller", None)
             })?,
         };
+        if !self.metadata().brokers.contains_key(&id) {
+            // Some brokers (librdkafka's mock cluster) name a controller that is not one of
+            // the brokers; any broker then gets the request (and says if it cannot serve it).
+            return self.any_broker().await;
+        }
         self.broker(id).await
     }
 
