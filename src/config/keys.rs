@@ -20,6 +20,7 @@
 //! | `metadata.max.age.ms` (`topic.metadata.refresh.interval.ms`) | 300000 | metadata refresh |
 //! | `health.check.interval.ms` | 10000 | background connectivity probe; 0 = off |
 //! | `message.max.bytes` (`max.request.size`) | 1048576 | largest record accepted |
+//! | `receive.message.max.bytes` | 100000000 | largest response frame read from a broker |
 //! | `linger.ms` (`queue.buffering.max.ms`) | 5 | batch wait |
 //! | `batch.size` | 1048576 | largest batch per partition |
 //! | `queue.buffering.max.kbytes` | 65536 | producer buffer bound (KiB) |
@@ -121,6 +122,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             c.health_check_interval = (!d.is_zero()).then_some(d);
         }
         "message.max.bytes" | "max.request.size" => c.message_max_bytes = parse_size(key, v)?,
+        "receive.message.max.bytes" => c.receive_message_max_bytes = parse_size(key, v)?,
         "linger.ms" | "queue.buffering.max.ms" => c.producer.linger = parse_ms(key, v)?,
         "batch.size" => c.producer.batch_max_bytes = parse_size(key, v)?,
         "queue.buffering.max.kbytes" => {
