@@ -45,6 +45,7 @@
 //! | `max.partition.fetch.bytes` | 1048576 | per-partition fetch size |
 //! | `fetch.wait.max.ms` (`fetch.max.wait.ms`) | 500 | broker-side fetch wait |
 //! | `queued.max.messages.kbytes` | 65536 | prefetch bound (KiB) |
+//! | `check.crcs` | `true` | verify fetched batches' CRC32C |
 //!
 //! \* with the `lz4` / `zstd` features, which need a C compiler.
 //!
@@ -194,6 +195,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         "fetch.max.bytes" => c.consumer.fetch_max_bytes = parse_size(key, v)?,
         "max.partition.fetch.bytes" => c.consumer.max_partition_fetch_bytes = parse_size(key, v)?,
         "fetch.wait.max.ms" | "fetch.max.wait.ms" => c.consumer.fetch_max_wait = parse_ms(key, v)?,
+        "check.crcs" => c.consumer.check_crcs = parse_bool(key, v)?,
         "queued.max.messages.kbytes" => {
             c.consumer.prefetch_max_bytes = parse_size(key, v)?
                 .checked_mul(1024)

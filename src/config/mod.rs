@@ -251,6 +251,9 @@ pub struct ConsumerConfig {
     /// Bound on prefetched, not yet polled bytes (`queued.max.messages.kbytes`, default
     /// 64 MiB).
     pub prefetch_max_bytes: usize,
+    /// Verify each fetched batch's CRC32C (`check.crcs`, default true as in the Java
+    /// client); a mismatch is an error for that partition only.
+    pub check_crcs: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -270,6 +273,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1 << 20,
             fetch_max_wait: Duration::from_millis(500),
             prefetch_max_bytes: 64 << 20,
+            check_crcs: true,
         }
     }
 }
