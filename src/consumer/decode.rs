@@ -572,6 +572,57 @@ mod tests {
         }
     }
 
+    /// The cost of `check.crcs`: decode 64 MiB of 1 KiB records with and without it.
+    /// `cargo test --release --lib crc_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check; run in release"]
+    fn crc_cost() {
+        let topic: Arc<str> = Arc::from("t");
+        let value = Bytes::from(vec![7u8; 1024]);
+        let mut data = BytesMut::new();
+        for b in 0..64 {
+            let records: Vec<Record> = (0..1000)
+                .map(|i| Record {
+                    transactional: false,
+                    control: false,
+                    partition_leader_epoch: 0,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: TimestampType::Creation,
+                    offset: b * 1000 + i,
+                    sequence: -1,
+                    delete_horizon: false,
+                    timestamp: 1_000,
+                    key: None,
+                    value: Some(value.clone()),
+                    headers: Default::default(),
+                })
+                .collect();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            };
+            RecordBatchEncoder::encode(&mut data, &records, &options).unwrap();
+        }
+        let data = data.freeze();
+        for check in [false, true, false, true] {
+            let mut best = std::time::Duration::MAX;
+            for _ in 0..5 {
+                let start = std::time::Instant::now();
+                let mut out = Decoded::default();
+                decode_batches(data.clone(), &topic, 0, 0, check, &mut out).unwrap();
+                assert_eq!(out.records.len(), 64_000);
+                best = best.min(start.elapsed());
+            }
+            let mib = data.len() as f64 / (1 << 20) as f64;
+            eprintln!(
+                "check.crcs={check}: {mib:.0} MiB in {best:?} ({:.0} MiB/s, {:.0} ns/record)",
+                mib / best.as_secs_f64(),
+                best.as_nanos() as f64 / 64_000.0
+            );
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
