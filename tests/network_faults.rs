@@ -343,3 +343,97 @@ async fn flush_and_close_keep_their_deadline_under_a_black_hole() {
         .expect("close returns while the broker is black-holed");
     rig.proxy.set(Fault::None);
 }
+
+/// A broker older than 2.4 answers ApiVersions v3 with UNSUPPORTED_VERSION in the v0 layout
+/// (KIP-511). A shim in front of tansu answers so on every connection, then relays the rest:
+/// the client reads that answer, retries at v0 and produces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip_511_v0_layout_answer_then_produce() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    support::init_tracing();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shim = listener.local_addr().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&refused);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let count = std::sync::Arc::clone(&count);
+            tokio::spawn(async move {
+                let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    return;
+                };
+                loop {
+                    // Requests are read whole; ApiVersions above v2 is refused in the v0
+                    // layout (error 35, an empty int32-counted array), the rest relayed.
+                    let Ok(len) = client.read_i32().await else {
+                        return;
+                    };
+                    let mut frame = vec![0u8; len.clamp(0, 1 << 26) as usize];
+                    if client.read_exact(&mut frame).await.is_err() {
+                        return;
+                    }
+                    let key = i16::from_be_bytes([frame[0], frame[1]]);
+                    let version = i16::from_be_bytes([frame[2], frame[3]]);
+                    if key == 18 && version > 2 {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let mut answer = Vec::new();
+                        answer.extend_from_slice(&10i32.to_be_bytes());
+                        answer.extend_from_slice(&frame[4..8]); // correlation id
+                        answer.extend_from_slice(&35i16.to_be_bytes());
+                        answer.extend_from_slice(&0i32.to_be_bytes());
+                        if client.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let mut out = len.to_be_bytes().to_vec();
+                    out.extend_from_slice(&frame);
+                    if broker.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    // One response per request (no acks=0 here).
+                    let Ok(rlen) = broker.read_i32().await else {
+                        return;
+                    };
+                    let mut response = vec![0u8; rlen.clamp(0, 1 << 26) as usize];
+                    if broker.read_exact(&mut response).await.is_err() {
+                        return;
+                    }
+                    let mut out = rlen.to_be_bytes().to_vec();
+                    out.extend_from_slice(&response);
+                    if client.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let advertised = shim.port();
+    let _tansu =
+        tokio::task::spawn_blocking(move || TestCluster::start_tansu_advertising(port, advertised))
+            .await
+            .unwrap()
+            .expect("start tansu");
+    let config = Config::builder()
+        .brokers([shim.to_string()])
+        .build()
+        .unwrap();
+    let client = Client::connect(config).await.expect("connect");
+    let topic = unique_name("kip511");
+    client.create_topic(&topic, 1, 1).await.unwrap();
+    let producer = client.producer();
+    for i in 0..100 {
+        producer
+            .send(Record::new(topic.clone(), i.to_string()))
+            .await
+            .expect("produced through a pre-2.4 style ApiVersions answer");
+    }
+    producer.close().await;
+    assert!(refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
