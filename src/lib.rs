@@ -94,4 +94,6 @@ pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics};
 pub use reconnect::{ReconnectPolicy, RetryEvent};
 pub use record::{ConsumedRecord, Headers, Record};
 pub use rskafka;
-pub use worker::{DecodeErrorPolicy, RetryPolicy, RunHandle, RunMetrics, Runner, RunnerConfig};
+pub use worker::{
+    DecodeErrorPolicy, DlqFailurePolicy, RetryPolicy, RunHandle, RunMetrics, Runner, RunnerConfig,
+};

@@ -20,6 +20,7 @@
 //! | `metadata.max.age.ms` (`topic.metadata.refresh.interval.ms`) | 300000 | metadata refresh |
 //! | `health.check.interval.ms` | 10000 | background connectivity probe; 0 = off |
 //! | `message.max.bytes` (`max.request.size`) | 1048576 | largest record accepted |
+//! | `receive.message.max.bytes` | 100000000 | largest response frame read from a broker |
 //! | `linger.ms` (`queue.buffering.max.ms`) | 5 | batch wait |
 //! | `batch.size` | 1048576 | largest batch per partition |
 //! | `queue.buffering.max.kbytes` | 65536 | producer buffer bound (KiB) |
@@ -44,6 +45,7 @@
 //! | `max.partition.fetch.bytes` | 1048576 | per-partition fetch size |
 //! | `fetch.wait.max.ms` (`fetch.max.wait.ms`) | 500 | broker-side fetch wait |
 //! | `queued.max.messages.kbytes` | 65536 | prefetch bound (KiB) |
+//! | `check.crcs` | `true` | verify fetched batches' CRC32C |
 //!
 //! \* with the `lz4` / `zstd` features, which need a C compiler.
 //!
@@ -121,6 +123,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             c.health_check_interval = (!d.is_zero()).then_some(d);
         }
         "message.max.bytes" | "max.request.size" => c.message_max_bytes = parse_size(key, v)?,
+        "receive.message.max.bytes" => c.receive_message_max_bytes = parse_size(key, v)?,
         "linger.ms" | "queue.buffering.max.ms" => c.producer.linger = parse_ms(key, v)?,
         "batch.size" => c.producer.batch_max_bytes = parse_size(key, v)?,
         "queue.buffering.max.kbytes" => {
@@ -192,6 +195,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         "fetch.max.bytes" => c.consumer.fetch_max_bytes = parse_size(key, v)?,
         "max.partition.fetch.bytes" => c.consumer.max_partition_fetch_bytes = parse_size(key, v)?,
         "fetch.wait.max.ms" | "fetch.max.wait.ms" => c.consumer.fetch_max_wait = parse_ms(key, v)?,
+        "check.crcs" => c.consumer.check_crcs = parse_bool(key, v)?,
         "queued.max.messages.kbytes" => {
             c.consumer.prefetch_max_bytes = parse_size(key, v)?
                 .checked_mul(1024)

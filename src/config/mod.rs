@@ -251,6 +251,9 @@ pub struct ConsumerConfig {
     /// Bound on prefetched, not yet polled bytes (`queued.max.messages.kbytes`, default
     /// 64 MiB).
     pub prefetch_max_bytes: usize,
+    /// Verify each fetched batch's CRC32C (`check.crcs`, default true as in the Java
+    /// client); a mismatch is an error for that partition only.
+    pub check_crcs: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -270,6 +273,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1 << 20,
             fetch_max_wait: Duration::from_millis(500),
             prefetch_max_bytes: 64 << 20,
+            check_crcs: true,
         }
     }
 }
@@ -288,6 +292,8 @@ pub struct Config {
     pub(crate) metadata_max_age: Duration,
     pub(crate) health_check_interval: Option<Duration>,
     pub(crate) message_max_bytes: usize,
+    /// Largest response frame accepted from a broker (`receive.message.max.bytes`).
+    pub(crate) receive_message_max_bytes: usize,
     pub(crate) producer: ProducerConfig,
     pub(crate) consumer: ConsumerConfig,
     pub(crate) on_retry: Option<RetryHook>,
@@ -306,6 +312,7 @@ impl fmt::Debug for Config {
             .field("metadata_max_age", &self.metadata_max_age)
             .field("health_check_interval", &self.health_check_interval)
             .field("message_max_bytes", &self.message_max_bytes)
+            .field("receive_message_max_bytes", &self.receive_message_max_bytes)
             .field("producer", &self.producer)
             .field("consumer", &self.consumer)
             .field("on_retry", &self.on_retry.as_ref().map(|_| "<hook>"))
@@ -326,6 +333,7 @@ impl Default for Config {
             metadata_max_age: Duration::from_secs(300),
             health_check_interval: Some(Duration::from_secs(10)),
             message_max_bytes: 1 << 20,
+            receive_message_max_bytes: 100_000_000,
             producer: ProducerConfig::default(),
             consumer: ConsumerConfig::default(),
             on_retry: None,
