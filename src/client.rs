@@ -394,9 +394,9 @@ fn rskafka_builder(config: &Config) -> ClientBuilder {
             SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(creds),
         });
     }
-    #[cfg(feature = "tls")]
-    if config.security_protocol.uses_tls() {
-        builder = builder.tls_config(crate::tls::client_config());
+    #[cfg(feature = "rskafka-tls")]
+    if let Some(tls) = &config.tls_client {
+        builder = builder.tls_config(Arc::clone(tls));
     }
     builder
 }

@@ -69,11 +69,11 @@ pub enum SecurityProtocol {
     /// Plain TCP. The default: what a local or in-cluster broker speaks.
     #[default]
     Plaintext,
-    /// TLS (needs the `tls` feature, which needs a C compiler).
+    /// TLS on every connection (the `tls` feature, on by default).
     Ssl,
     /// SASL authentication over plain TCP.
     SaslPlaintext,
-    /// SASL authentication over TLS (needs the `tls` feature).
+    /// SASL authentication over TLS (the `tls` feature, on by default).
     SaslSsl,
 }
 
@@ -113,6 +113,42 @@ pub struct SaslCredentials {
     pub password: Secret,
 }
 
+/// TLS settings, by librdkafka's `ssl.*` keys. `Debug` never shows a private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsSettings {
+    /// PEM file of the CA certificate(s) to trust (`ssl.ca.location`, `KAFKA_SSL_CA_LOCATION`);
+    /// with neither this nor `ca_pem`, the Mozilla root store is used.
+    pub ca_location: Option<String>,
+    /// CA certificate(s) as PEM text (`ssl.ca.pem`, `KAFKA_SSL_CA_PEM`).
+    pub ca_pem: Option<String>,
+    /// PEM file of the client certificate chain for mutual TLS (`ssl.certificate.location`).
+    pub certificate_location: Option<String>,
+    /// The client certificate chain as PEM text (`ssl.certificate.pem`).
+    pub certificate_pem: Option<String>,
+    /// PEM file of the client's unencrypted private key (`ssl.key.location`).
+    pub key_location: Option<String>,
+    /// The client's unencrypted private key as PEM text (`ssl.key.pem`; never printed).
+    pub key_pem: Option<Secret>,
+    /// Verify the broker's host name or IP address against its certificate
+    /// (`ssl.endpoint.identification.algorithm`: `https`, the default, or `none`).
+    pub verify_hostname: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            ca_location: None,
+            ca_pem: None,
+            certificate_location: None,
+            certificate_pem: None,
+            key_location: None,
+            key_pem: None,
+            verify_hostname: true,
+        }
+    }
+}
+
 /// The acknowledgement a produce request waits for (`acks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Acks {
@@ -147,10 +183,11 @@ pub enum Compression {
     Gzip,
     /// snappy (pure Rust).
     Snappy,
-    /// lz4 (the `lz4` feature; needs a C compiler).
+    /// lz4, LZ4 frame format (the `lz4` feature, on by default; pure Rust, `lz4_flex`).
     #[cfg(feature = "lz4")]
     Lz4,
-    /// zstd (the `zstd` feature; needs a C compiler).
+    /// zstd (the `zstd` feature, on by default; pure Rust, `ruzstd`). Every level is written
+    /// at ruzstd's only encoder level, "fastest" (about zstd level 1).
     #[cfg(feature = "zstd")]
     Zstd,
 }
@@ -283,6 +320,10 @@ pub struct Config {
     pub(crate) enabled: bool,
     pub(crate) security_protocol: SecurityProtocol,
     pub(crate) sasl: Option<SaslCredentials>,
+    pub(crate) tls: TlsSettings,
+    /// The rustls configuration built from `tls` by `build()` when the protocol uses TLS.
+    #[cfg(feature = "tls-core")]
+    pub(crate) tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub(crate) reconnect: ReconnectPolicy,
     pub(crate) request_timeout: Duration,
     pub(crate) metadata_max_age: Duration,
@@ -301,6 +342,7 @@ impl fmt::Debug for Config {
             .field("enabled", &self.enabled)
             .field("security_protocol", &self.security_protocol)
             .field("sasl", &self.sasl)
+            .field("tls", &self.tls)
             .field("reconnect", &self.reconnect)
             .field("request_timeout", &self.request_timeout)
             .field("metadata_max_age", &self.metadata_max_age)
@@ -321,6 +363,9 @@ impl Default for Config {
             enabled: true,
             security_protocol: SecurityProtocol::Plaintext,
             sasl: None,
+            tls: TlsSettings::default(),
+            #[cfg(feature = "tls-core")]
+            tls_client: None,
             reconnect: ReconnectPolicy::default(),
             request_timeout: Duration::from_secs(30),
             metadata_max_age: Duration::from_secs(300),
@@ -370,6 +415,10 @@ impl Config {
     /// SASL credentials, when `security.protocol` uses SASL.
     pub fn sasl(&self) -> Option<&SaslCredentials> {
         self.sasl.as_ref()
+    }
+    /// TLS settings (`ssl.*`), used when `security.protocol` is `ssl` or `sasl_ssl`.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
     }
     /// The backoff policy for connecting, reconnecting and retrying.
     pub fn reconnect(&self) -> &ReconnectPolicy {
@@ -529,11 +578,18 @@ impl ConfigBuilder {
                 "must not be empty",
             ));
         }
-        if c.security_protocol.uses_tls() && !cfg!(feature = "tls") {
+        #[allow(unused_mut)]
+        let mut c = c;
+        if c.security_protocol.uses_tls() {
+            #[cfg(feature = "tls-core")]
+            {
+                c.tls_client = Some(crate::tls::client_config(&c.tls)?);
+            }
+            #[cfg(not(feature = "tls-core"))]
             return Err(Error::config(
                 "security.protocol",
                 format!("{:?}", c.security_protocol).to_lowercase(),
-                "TLS needs purekafka's `tls` feature (which needs a C compiler)",
+                "this build has no TLS: enable purekafka's `tls` feature (on by default)",
             ));
         }
         match (&c.sasl, c.security_protocol.uses_sasl()) {
@@ -678,7 +734,7 @@ mod tests {
 
     #[test]
     fn tls_without_feature_is_explained() {
-        if cfg!(feature = "tls") {
+        if cfg!(feature = "tls-core") {
             return;
         }
         let e = base().set("security.protocol", "ssl").build().unwrap_err();

@@ -1,4 +1,4 @@
-//! One TCP connection to one broker: length-prefixed frames, request headers, correlation ids
+//! One connection (TCP or TLS, see `transport`) to one broker: length-prefixed frames, request headers, correlation ids
 //! with many requests in flight, ApiVersions negotiation and SASL.
 //!
 //! Requests are written under a short async lock (one write per request, never per record);
@@ -11,12 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::transport::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
@@ -62,19 +61,7 @@ impl BrokerConnection {
     /// Opens a connection: TCP, ApiVersions, then SASL when configured. One attempt; the
     /// caller's retry loop decides about more.
     pub(crate) async fn connect(addr: &str, config: &Config) -> Result<BrokerConnection> {
-        let io = |source| Error::Io {
-            broker: addr.to_string(),
-            source,
-        };
-        let stream = tokio::time::timeout(config.request_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| Error::Timeout {
-                operation: format!("connect to {addr}"),
-                after: config.request_timeout,
-            })?
-            .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        let (read, write) = stream.into_split();
+        let (read, write) = super::transport::connect(addr, config).await?;
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let closed = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_loop(
@@ -361,7 +348,8 @@ async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
         }
         std::io::IoSlice::advance_slices(&mut rest, n);
     }
-    Ok(())
+    // TLS keeps written records in its buffer until flushed; for TCP this is a no-op.
+    writer.flush().await
 }
 
 fn api_name(key: i16) -> String {

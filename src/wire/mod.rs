@@ -9,6 +9,7 @@
 mod cluster;
 mod connection;
 mod sasl;
+mod transport;
 
 #[allow(unused_imports)]
 pub(crate) use cluster::{Cluster, Metadata, PartitionMetadata, TopicMetadata};
