@@ -388,11 +388,17 @@ fn rskafka_builder(config: &Config) -> ClientBuilder {
     if let Some(sasl) = &config.sasl {
         use rskafka::client::{Credentials, SaslConfig};
         let creds = Credentials::new(sasl.username.clone(), sasl.password.expose().to_string());
-        builder = builder.sasl_config(match sasl.mechanism {
-            SaslMechanism::Plain => SaslConfig::Plain(creds),
-            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(creds),
-            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(creds),
-        });
+        // OAUTHBEARER is not passed to the raw rskafka client: purekafka's own connections
+        // run it (src/wire/sasl.rs).
+        let rs = match sasl.mechanism {
+            SaslMechanism::Plain => Some(SaslConfig::Plain(creds)),
+            SaslMechanism::ScramSha256 => Some(SaslConfig::ScramSha256(creds)),
+            SaslMechanism::ScramSha512 => Some(SaslConfig::ScramSha512(creds)),
+            SaslMechanism::OAuthBearer => None,
+        };
+        if let Some(rs) = rs {
+            builder = builder.sasl_config(rs);
+        }
     }
     #[cfg(feature = "rskafka-tls")]
     if let Some(tls) = &config.tls_client {

@@ -9,8 +9,10 @@
 //! | `client.id` | `purekafka` | id sent to brokers, `service` header |
 //! | `enabled` | `true` | `false`: no broker, sends are logged and dropped |
 //! | `security.protocol` | `plaintext` | `plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl` |
-//! | `sasl.mechanism` (`sasl.mechanisms`) | `PLAIN` | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` |
+//! | `sasl.mechanism` (`sasl.mechanisms`) | `PLAIN` | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER` |
 //! | `sasl.username`, `sasl.password` | — | credentials (the password is never printed) |
+//! | `enable.sasl.oauthbearer.unsecure.jwt` | `false` | OAUTHBEARER without a token provider: send an unsecured JWT (development only) |
+//! | `sasl.oauthbearer.config` | — | that JWT, as librdkafka: `principal=alice scope=a,b lifeSeconds=3600 extension_K=V` |
 //! | `ssl.ca.location` / `ssl.ca.pem` | Mozilla roots | CA certificate(s) to trust: PEM file / PEM text |
 //! | `ssl.certificate.location` / `ssl.certificate.pem` | — | client certificate (mutual TLS) |
 //! | `ssl.key.location` / `ssl.key.pem` | — | client private key, unencrypted PEM (never printed) |
@@ -94,11 +96,12 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
                 "PLAIN" => SaslMechanism::Plain,
                 "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
                 "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+                "OAUTHBEARER" => SaslMechanism::OAuthBearer,
                 _ => {
                     return Err(Error::config(
                         key,
                         value,
-                        "expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                        "expected PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
                     ))
                 }
             };
@@ -106,6 +109,8 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         }
         "sasl.username" => sasl_entry(c).username = v.to_string(),
         "sasl.password" => sasl_entry(c).password = Secret::new(value),
+        "sasl.oauthbearer.config" => c.oauthbearer_config = Some(v.to_string()),
+        "enable.sasl.oauthbearer.unsecure.jwt" => c.oauthbearer_unsecure_jwt = parse_bool(key, v)?,
         "ssl.ca.location" => c.tls.ca_location = Some(non_empty(key, v)?),
         "ssl.ca.pem" => c.tls.ca_pem = Some(non_empty(key, v)?),
         "ssl.certificate.location" => c.tls.certificate_location = Some(non_empty(key, v)?),

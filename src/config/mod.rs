@@ -100,7 +100,44 @@ pub enum SaslMechanism {
     ScramSha256,
     /// `SCRAM-SHA-512`.
     ScramSha512,
+    /// `OAUTHBEARER` (KIP-255): a token from [`ConfigBuilder::oauthbearer_token_provider`], or
+    /// for development an unsecured JWT built from `sasl.oauthbearer.config`.
+    OAuthBearer,
 }
+
+impl SaslMechanism {
+    /// The mechanism's name on the wire (`PLAIN`, `SCRAM-SHA-256`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
+/// An OAUTHBEARER token, as a token provider returns it. `Debug` never shows the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthBearerToken {
+    /// The token (a JWT, usually) sent as `auth=Bearer <value>`.
+    pub value: Secret,
+    /// The principal the token names (for errors and logs only).
+    pub principal: String,
+    /// SASL extensions sent with the token (KIP-342), e.g. Confluent Cloud's
+    /// `logicalCluster` and `identityPoolId`.
+    pub extensions: Vec<(String, String)>,
+}
+
+/// The future an OAUTHBEARER token provider returns.
+pub type OAuthBearerTokenFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<OAuthBearerToken, String>> + Send>,
+>;
+
+/// Called for a token on every OAUTHBEARER login (each new connection and each
+/// re-authentication); it should cache and refresh tokens itself.
+pub type OAuthBearerTokenProvider =
+    std::sync::Arc<dyn Fn() -> OAuthBearerTokenFuture + Send + Sync>;
 
 /// SASL credentials. `Debug` never shows the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,6 +358,10 @@ pub struct Config {
     pub(crate) security_protocol: SecurityProtocol,
     pub(crate) sasl: Option<SaslCredentials>,
     pub(crate) tls: TlsSettings,
+    pub(crate) oauthbearer_provider: Option<OAuthBearerTokenProvider>,
+    /// librdkafka's `sasl.oauthbearer.config` (unsecured JWT settings).
+    pub(crate) oauthbearer_config: Option<String>,
+    pub(crate) oauthbearer_unsecure_jwt: bool,
     /// The rustls configuration built from `tls` by `build()` when the protocol uses TLS.
     #[cfg(feature = "tls-core")]
     pub(crate) tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -343,6 +384,10 @@ impl fmt::Debug for Config {
             .field("security_protocol", &self.security_protocol)
             .field("sasl", &self.sasl)
             .field("tls", &self.tls)
+            .field(
+                "oauthbearer_provider",
+                &self.oauthbearer_provider.as_ref().map(|_| "<provider>"),
+            )
             .field("reconnect", &self.reconnect)
             .field("request_timeout", &self.request_timeout)
             .field("metadata_max_age", &self.metadata_max_age)
@@ -364,6 +409,9 @@ impl Default for Config {
             security_protocol: SecurityProtocol::Plaintext,
             sasl: None,
             tls: TlsSettings::default(),
+            oauthbearer_provider: None,
+            oauthbearer_config: None,
+            oauthbearer_unsecure_jwt: false,
             #[cfg(feature = "tls-core")]
             tls_client: None,
             reconnect: ReconnectPolicy::default(),
@@ -514,6 +562,49 @@ impl ConfigBuilder {
         self
     }
 
+    /// Authenticates with SASL OAUTHBEARER, asking `provider` for a token on every login (sets
+    /// `sasl.mechanism` and, unless TLS was chosen, `security.protocol` = `sasl_plaintext`).
+    ///
+    /// ```
+    /// use purekafka::config::{OAuthBearerToken, Secret};
+    ///
+    /// let config = purekafka::Config::builder()
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .oauthbearer_token_provider(|| async {
+    ///         Ok(OAuthBearerToken {
+    ///             value: Secret::new("eyJ..."), // fetched from the identity provider
+    ///             principal: "svc-orders".into(),
+    ///             extensions: Vec::new(),
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// assert_eq!(config.sasl().unwrap().mechanism.name(), "OAUTHBEARER");
+    /// # Ok::<(), purekafka::Error>(())
+    /// ```
+    pub fn oauthbearer_token_provider<F, Fut>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<OAuthBearerToken, String>>
+            + Send
+            + 'static,
+    {
+        self.config.oauthbearer_provider = Some(std::sync::Arc::new(move || {
+            Box::pin(provider()) as OAuthBearerTokenFuture
+        }));
+        let sasl = self.config.sasl.get_or_insert_with(|| SaslCredentials {
+            mechanism: SaslMechanism::OAuthBearer,
+            username: String::new(),
+            password: Secret::new(""),
+        });
+        sasl.mechanism = SaslMechanism::OAuthBearer;
+        self.config.security_protocol = if self.config.security_protocol.uses_tls() {
+            SecurityProtocol::SaslSsl
+        } else {
+            SecurityProtocol::SaslPlaintext
+        };
+        self
+    }
+
     /// Replaces the reconnect / retry policy.
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.config.reconnect = policy;
@@ -600,7 +691,22 @@ impl ConfigBuilder {
                     "security.protocol uses SASL but no sasl.username / sasl.password is set",
                 ))
             }
-            (Some(s), _) if s.username.is_empty() => {
+            (Some(s), _)
+                if s.mechanism == SaslMechanism::OAuthBearer
+                    && c.oauthbearer_provider.is_none() =>
+            {
+                if !c.oauthbearer_unsecure_jwt {
+                    return Err(Error::config(
+                        "sasl.mechanism",
+                        "OAUTHBEARER",
+                        "needs a token provider (ConfigBuilder::oauthbearer_token_provider), or \
+                         enable.sasl.oauthbearer.unsecure.jwt=true with sasl.oauthbearer.config \
+                         for development",
+                    ));
+                }
+                crate::wire::unsecured_jwt(c.oauthbearer_config.as_deref().unwrap_or(""))?;
+            }
+            (Some(s), _) if s.username.is_empty() && s.mechanism != SaslMechanism::OAuthBearer => {
                 return Err(Error::config("sasl.username", "", "SASL needs a user name"))
             }
             _ => {}

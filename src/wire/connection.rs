@@ -82,11 +82,25 @@ impl BrokerConnection {
             reader,
         };
         conn.versions = conn.negotiate_versions().await?;
-        if let Some(sasl) = &config.sasl {
-            super::sasl::authenticate(&conn, sasl).await?;
+        if let Some(lifetime) = super::sasl::authenticate(&conn, config).await? {
+            conn.retire_after(lifetime.mul_f64(0.85));
         }
         tracing::debug!(broker = addr, "connected");
         Ok(conn)
+    }
+
+    /// KIP-368: the broker ends an authenticated session after the lifetime it returned.
+    /// After `after` (85 % of it) the connection reports itself closed, so its owner opens a
+    /// new, freshly authenticated one before the broker cuts this one; requests already in
+    /// flight on it finish.
+    fn retire_after(&self, after: Duration) {
+        let closed = Arc::clone(&self.closed);
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::debug!(broker = %addr, "SASL session lifetime nearly over: reconnecting");
+            closed.store(true, Ordering::Release);
+        });
     }
 
     /// The broker's address.

@@ -14,3 +14,4 @@ mod transport;
 #[allow(unused_imports)]
 pub(crate) use cluster::{Cluster, Metadata, PartitionMetadata, TopicMetadata};
 pub(crate) use connection::BrokerConnection;
+pub(crate) use sasl::unsecured_jwt;
