@@ -399,7 +399,7 @@ async fn read_loop(
             if !(4..=MAX_FRAME).contains(&len) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("response frame of {len} bytes"),
+                    super::transport::bad_frame_length(len as u32),
                 ));
             }
             let mut buf = BytesMut::zeroed(len);
