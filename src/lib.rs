@@ -3,9 +3,12 @@
 //! A pure-Rust Apache Kafka client: no librdkafka, no C toolchain for the default build, and a
 //! static (musl) binary that runs in a `FROM scratch` container.
 //!
-//! Built on [`rskafka`] for the data path, with configuration from the environment or
-//! librdkafka-style keys ([`Config`]), a reconnecting [`Client`] with exponential backoff
-//! ([`ReconnectPolicy`]) and a health view ([`Health`]) for service health endpoints.
+//! Every connection is purekafka's own (`kafka-protocol` codecs over tokio): bootstrap,
+//! metadata, producing, fetching, consumer groups, administration and the health probe.
+//! Configuration comes from the environment or librdkafka-style keys ([`Config`]); the
+//! [`Client`] reconnects with exponential backoff ([`ReconnectPolicy`]) and keeps a health
+//! view ([`Health`]) for service health endpoints. [`rskafka`] is only the raw escape hatch
+//! behind [`Client::rskafka`], built on its first call.
 //!
 //! ```no_run
 //! use purekafka::{Client, Config};
