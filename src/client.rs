@@ -307,7 +307,9 @@ impl Client {
     /// purekafka does not wrap.
     ///
     /// It is built on the first call, from this client's [`Config`] (brokers, client id,
-    /// SASL, request timeout; TLS with the `tls` feature), and reused after that; no rskafka
+    /// SASL, request timeout; TLS only with the opt-in `rskafka-tls` feature, since rskafka's
+    /// TLS pulls *ring*: without it a TLS configuration is an [`Error::Config`] here, never a
+    /// plaintext connection; OAUTHBEARER is not passed on), and reused after that; no rskafka
     /// connection exists before. Its requests bypass purekafka's retry loop and health
     /// tracking, and its types are rskafka's: `purekafka::rskafka` names that crate's version.
     pub async fn rskafka(&self) -> Result<&rskafka::client::Client> {
@@ -315,6 +317,14 @@ impl Client {
             return Err(Error::Disabled);
         }
         let config = &self.inner.config;
+        if config.security_protocol.uses_tls() && !cfg!(feature = "rskafka-tls") {
+            return Err(Error::config(
+                "security.protocol",
+                format!("{:?}", config.security_protocol).to_lowercase(),
+                "the raw rskafka client has TLS only with purekafka's `rskafka-tls` feature \
+                 (which needs a C compiler); purekafka's own API uses TLS without it",
+            ));
+        }
         self.inner
             .rskafka
             .get_or_try_init(|| async {

@@ -81,7 +81,10 @@ impl BrokerConnection {
             request_timeout: config.request_timeout,
             reader,
         };
-        conn.versions = conn.negotiate_versions().await?;
+        conn.versions = conn
+            .negotiate_versions()
+            .await
+            .map_err(|e| super::transport::first_request_failed(e, config))?;
         if let Some(lifetime) = super::sasl::authenticate(&conn, config).await? {
             conn.retire_after(lifetime.mul_f64(0.85));
         }

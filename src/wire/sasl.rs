@@ -47,9 +47,28 @@ pub(crate) async fn authenticate(
         reason,
     };
 
+    // A broker that lacks the mechanism should answer UNSUPPORTED_SASL_MECHANISM; some (tansu)
+    // close the connection instead. Right after a successful ApiVersions on the same
+    // connection that is a refusal, not a network fault: reported as such, not retried.
     let handshake = conn
         .send(&SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(name)))
-        .await?;
+        .await
+        .map_err(|e| match e {
+            Error::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                refused(format!(
+                    "the broker closed the connection when asked for {name} ({source}): it \
+                     does not enable this mechanism"
+                ))
+            }
+            other => other,
+        })?;
     if handshake.error_code != 0 {
         let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
         return Err(refused(if handshake.error_code == 33 {

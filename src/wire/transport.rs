@@ -66,10 +66,22 @@ async fn open(addr: &str, config: &Config) -> Result<Transport> {
             ));
         };
         let name = server_name(addr)?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, stream)
-            .await
-            .map_err(|e| tls_error(addr, e))?;
+        // A handshake takes a few round trips; one that is not done in half the request
+        // timeout is talking to something that does not answer TLS (a plaintext Kafka
+        // listener waits for the rest of a "frame" that is really a ClientHello).
+        let limit = config.request_timeout / 2;
+        let stream = tokio::time::timeout(
+            limit,
+            tokio_rustls::TlsConnector::from(tls).connect(name, stream),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            operation: format!(
+                "TLS handshake with {addr} (no TLS answer: is this a plaintext listener?)"
+            ),
+            after: limit,
+        })?
+        .map_err(|e| tls_error(addr, e))?;
         Ok(Transport::Tls(Box::new(stream)))
     }
     #[cfg(not(feature = "tls-core"))]
@@ -92,6 +104,44 @@ pub(crate) fn bad_frame_length(len: u32) -> String {
         )
     } else {
         format!("response frame of {len} bytes")
+    }
+}
+
+/// The first request on a new plaintext connection (ApiVersions) failed because the peer reset
+/// or closed it: the usual cause is a TLS listener, so the error says so. The error stays an
+/// [`Error::Io`] (retried within the reconnect budget): a restarting broker does the same.
+///
+/// Over TLS 1.3 a broker that requires a client certificate rejects a client without one only
+/// after the client's handshake is done, with an alert that a reset may swallow: the same
+/// failure then points at the client certificate.
+pub(crate) fn first_request_failed(e: Error, config: &Config) -> Error {
+    let hint = if !config.security_protocol.uses_tls() {
+        "if this listener expects TLS, set security.protocol to ssl or sasl_ssl"
+    } else if config.tls.certificate_location.is_none() && config.tls.certificate_pem.is_none() {
+        "the broker ended the TLS connection after the handshake: does it require a client \
+         certificate (ssl.certificate.location and ssl.key.location)?"
+    } else {
+        "the broker ended the TLS connection after the handshake: does it accept this client \
+         certificate?"
+    };
+    match e {
+        Error::Io { broker, source }
+            if matches!(
+                source.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            Error::Io {
+                source: io::Error::new(
+                    source.kind(),
+                    format!("{source} on the first request (ApiVersions): {hint}"),
+                ),
+                broker,
+            }
+        }
+        other => other,
     }
 }
 
