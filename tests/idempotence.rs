@@ -461,3 +461,78 @@ async fn fatal_errors_fail_every_later_send() {
     assert_eq!(producer.metrics().producer_id, -1);
     cluster.command("clear-request-errors 22").unwrap();
 }
+
+/// The `produce` example binary, built next to this test binary by `cargo test` /
+/// `cargo nextest run` (which build examples too).
+fn produce_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap(); // target/debug
+    let path = dir
+        .join("examples")
+        .join(format!("produce{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --example produce`",
+        path.display()
+    );
+    path
+}
+
+/// Runs the produce example with `args` and `stdin`; returns exit code, stdout, stderr.
+fn run_produce(cluster: &TestCluster, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(produce_example())
+        .args(args)
+        .env("KAFKA_BROKERS", cluster.bootstrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn produce");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("produce runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_example_takes_any_key_with_set() {
+    let cluster = support::start(Backend::Tansu);
+    let topic = unique_name("idem-produce-example");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let (code, out, err) = run_produce(
+        &cluster,
+        &[&topic, "--set", "enable.idempotence=false", "-X", "acks=1"],
+        "a\tone\nb\ttwo\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["0 0", "0 1"], "{err}");
+    // The keys are applied: idempotence asked for together with acks=1 is refused.
+    let (code, _, err) = run_produce(
+        &cluster,
+        &[
+            &topic,
+            "--set",
+            "enable.idempotence=true",
+            "--set",
+            "acks=1",
+        ],
+        "x\n",
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("acks") && err.contains("idempotent"), "{err}");
+    let (code, _, err) = run_produce(&cluster, &[&topic, "--set", "no.such.key=1"], "x\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("no.such.key"), "{err}");
+    let (code, _, err) = run_produce(&cluster, &[&topic, "--set", "novalue"], "x\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("--set needs KEY=VALUE"), "{err}");
+}
