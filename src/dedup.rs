@@ -176,10 +176,15 @@ impl Drop for Claim {
 pub type KeyFn = Arc<dyn Fn(&ConsumedRecord) -> Option<Bytes> + Send + Sync>;
 
 /// Where the dedup key of a record comes from.
-#[derive(Clone, Default)]
+///
+/// The default is the `event_id` header ([`DedupKey::event_id`]), which producers stamp with a
+/// unique id per event (purekafka with `default.headers`): never the record key, which names
+/// an entity (a customer, an order) shared by many distinct events — deduplicating on it
+/// would silently drop every event after the first for that entity within the TTL.
+#[derive(Clone)]
 pub enum DedupKey {
-    /// The record key (records without a key are not deduplicated).
-    #[default]
+    /// The record key (records without a key are not deduplicated). Only right when the key
+    /// is unique per event.
     RecordKey,
     /// The value of this header, e.g. `event_id` (records without it are not deduplicated).
     Header(String),
@@ -197,7 +202,18 @@ impl std::fmt::Debug for DedupKey {
     }
 }
 
+impl Default for DedupKey {
+    fn default() -> Self {
+        DedupKey::event_id()
+    }
+}
+
 impl DedupKey {
+    /// The `event_id` header (the default; records without it are not deduplicated).
+    pub fn event_id() -> Self {
+        DedupKey::Header("event_id".into())
+    }
+
     /// A key computed by `f`.
     pub fn from_fn(f: impl Fn(&ConsumedRecord) -> Option<Bytes> + Send + Sync + 'static) -> Self {
         DedupKey::Fn(Arc::new(f))
@@ -266,5 +282,39 @@ mod tests {
         c.complete();
         std::thread::sleep(Duration::from_millis(120));
         assert!(matches!(d.check_and_mark("x"), Check::Claimed(_)));
+    }
+
+    #[test]
+    fn the_default_key_is_the_event_id_header_never_the_record_key() {
+        let record = |key: &str, event: Option<&str>| {
+            let mut headers = crate::record::Headers::new();
+            if let Some(e) = event {
+                headers.insert("event_id", e.to_string());
+            }
+            ConsumedRecord {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: 0,
+                key: Some(Bytes::from(key.to_string())),
+                value: None,
+                headers,
+                timestamp: 0,
+            }
+        };
+        let k = DedupKey::default();
+        // Two events of one customer are two keys; a redelivery of one is the same key.
+        let a = k.of(&record("customer-7", Some("e1")));
+        let b = k.of(&record("customer-7", Some("e2")));
+        assert_ne!(a, b);
+        assert_eq!(a, k.of(&record("customer-7", Some("e1"))));
+        assert_eq!(a.as_deref(), Some(&b"e1"[..]));
+        // Without the header: not deduplicated (no key), not the record key.
+        assert_eq!(k.of(&record("customer-7", None)), None);
+        assert_eq!(
+            DedupKey::RecordKey
+                .of(&record("customer-7", None))
+                .as_deref(),
+            Some(&b"customer-7"[..])
+        );
     }
 }

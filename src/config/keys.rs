@@ -34,7 +34,8 @@
 //! | `delivery.timeout.ms` (`message.timeout.ms`) | 120000 | send-to-ack limit, retries included |
 //! | `acks` (`request.required.acks`) | `all` | `0`, `1`, `all` / `-1` |
 //! | `compression.type` (`compression.codec`) | `none` | `none`, `gzip`, `snappy`, `lz4`\*, `zstd`\* |
-//! | `enable.idempotence` | `false` | only `false` is accepted for now |
+//! | `enable.idempotence` | `true` | producer id + sequences: retries neither duplicate nor reorder |
+//! | `max.in.flight.requests.per.connection` (`max.in.flight`) | 5 | batches in flight per partition (≤ 5 with idempotence) |
 //! | `default.headers` | `false` | stamp `event_id`, `timestamp`, `service`, `version` |
 //! | `service.version` | empty | the `version` header |
 //! | `group.id` | — | consumer group |
@@ -174,13 +175,11 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             c.producer.compression = parse_compression(key, v)?
         }
         "enable.idempotence" => {
-            if parse_bool(key, v)? {
-                return Err(Error::config(
-                    key,
-                    value,
-                    "the idempotent producer is not supported yet; set it to false",
-                ));
-            }
+            c.producer.enable_idempotence = parse_bool(key, v)?;
+            b.idempotence_set = true;
+        }
+        "max.in.flight.requests.per.connection" | "max.in.flight" => {
+            c.producer.max_in_flight = parse_size(key, v)?
         }
         "default.headers" => c.producer.default_headers = parse_bool(key, v)?,
         "service.version" => c.producer.service_version = v.to_string(),

@@ -26,7 +26,8 @@ pub struct Delivery {
     /// The partition.
     pub partition: i32,
     /// The record's offset in the partition; `-1` with `acks=0`, where the broker says
-    /// nothing.
+    /// nothing, and for a batch the idempotent producer resent and the broker had written
+    /// already (DUPLICATE_SEQUENCE_NUMBER: written once, offset not said again).
     pub offset: i64,
     /// The record's timestamp in milliseconds since the Unix epoch: its create time, or the
     /// broker's log append time when the topic uses `LogAppendTime`.

@@ -32,6 +32,7 @@
 mod accumulator;
 mod batch;
 mod delivery;
+mod idempotence;
 pub mod partitioner;
 mod sender;
 
@@ -139,6 +140,13 @@ pub struct ProducerMetrics {
     pub buffered_bytes_peak: usize,
     /// The buffer bound (`queue.buffering.max.kbytes`).
     pub buffer_max_bytes: usize,
+    /// The idempotent producer's id (-1 while it has none or without idempotence).
+    pub producer_id: i64,
+    /// The idempotent producer's epoch (-1 while it has none or without idempotence).
+    pub producer_epoch: i16,
+    /// Producer ids or epochs taken after the first, when the broker's sequence state
+    /// differed from the producer's (KIP-360).
+    pub producer_id_resets: u64,
 }
 
 impl Client {
@@ -163,6 +171,7 @@ impl Producer {
                 batch_max_bytes: p.batch_max_bytes.min(config.message_max_bytes()),
                 buffer_max_bytes: p.buffer_max_bytes,
                 compression: p.compression,
+                max_in_flight: p.max_in_flight,
             });
             let sender = Arc::new(sender::Sender {
                 acc: Arc::clone(&acc),
@@ -173,6 +182,9 @@ impl Producer {
                 message_max_bytes: config.message_max_bytes(),
                 backoff: config.reconnect().clone(),
                 hook: config.retry_hook().cloned(),
+                idempotence: p
+                    .enable_idempotence
+                    .then(|| Arc::new(idempotence::Idempotence::default())),
             });
             Arc::new(Core {
                 acc,
@@ -340,6 +352,8 @@ impl Producer {
         let records_sent = c.records_sent.load(Ordering::Relaxed);
         let bytes_sent = c.bytes_sent.load(Ordering::Relaxed);
         let batches_sent = c.batches_sent.load(Ordering::Relaxed);
+        let idempotence = core.sender.idempotence.as_deref();
+        let current = idempotence.and_then(|i| i.current());
         ProducerMetrics {
             records_sent,
             bytes_sent,
@@ -356,6 +370,9 @@ impl Producer {
             buffered_bytes: acc.buffered(),
             buffered_bytes_peak: c.buffered_peak.load(Ordering::Relaxed),
             buffer_max_bytes: acc.settings.buffer_max_bytes,
+            producer_id: current.map_or(-1, |c| c.producer_id),
+            producer_epoch: current.map_or(-1, |c| c.epoch),
+            producer_id_resets: idempotence.map_or(0, |i| i.resets()),
         }
     }
 
@@ -373,7 +390,10 @@ impl Producer {
                 Ok(None)
             }
             Some(core) if core.acc.closed.load(Ordering::Acquire) => Err(Error::Closed("producer")),
-            Some(core) => Ok(Some(core)),
+            Some(core) => match core.sender.idempotence.as_ref().and_then(|i| i.fatal()) {
+                Some(fatal) => Err(delivery::duplicate(fatal)),
+                None => Ok(Some(core)),
+            },
         }
     }
 }
@@ -566,6 +586,7 @@ pub mod bench {
                 batch_max_bytes,
                 buffer_max_bytes: 1 << 30,
                 compression,
+                max_in_flight: 1,
             });
             acc.add_topic(topic, partitions);
             Harness {
@@ -588,7 +609,7 @@ pub mod bench {
             self.acc.start_closing();
             let mut bytes = 0;
             loop {
-                let drained = self.acc.drain(tokio::time::Instant::now());
+                let drained = self.acc.drain(tokio::time::Instant::now(), None);
                 if drained.ready.is_empty() {
                     return bytes;
                 }
@@ -601,7 +622,8 @@ pub mod bench {
                         base_offset: 0,
                         log_append_time: None,
                     }));
-                    self.acc.finished(&topic, partition, batch.reserved);
+                    self.acc
+                        .finished(&topic, partition, &batch.completion.0, None, batch.reserved);
                 }
             }
         }
