@@ -32,6 +32,7 @@
 mod accumulator;
 mod batch;
 mod delivery;
+mod detached;
 mod idempotence;
 pub mod partitioner;
 mod sender;
@@ -49,6 +50,7 @@ use crate::wire::Cluster;
 use accumulator::{now_millis, Accumulator, Prepared, Settings};
 use batch::{record_body_size, record_size_upper_bound, BATCH_HEADER_SIZE};
 pub use delivery::{Delivery, DeliveryFuture};
+pub use detached::{BatchReport, DetachedProducer};
 pub use partitioner::{murmur2, partition_for_key, to_positive, DefaultPartitioner, Partitioner};
 
 /// A Kafka producer. Cheap to clone: clones share the buffer, the background sender and the
