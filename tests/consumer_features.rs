@@ -456,11 +456,14 @@ async fn sigterm_commits_leaves_and_exits_zero(cluster: TestCluster) {
         log.join("\n")
     );
 
-    // Everything printed is committed, and (on tansu) a new member takes both partitions
-    // long before the example's 45 s session would have expired.
+    // Everything printed is committed, and (on the mock cluster) a new member takes both
+    // partitions long before the example's session would have expired. tansu 0.6.0 lets no
+    // new member in before a left member's session runs out, even after answering its
+    // LeaveGroup (confluent-kafka members see the same), so there only the commits and the
+    // LeaveGroup in the log are checked.
     let next = c.consumer(&[&topic]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(if mock { 40 } else { 20 });
-    while partitions_of(&next).len() != 2 {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while mock && partitions_of(&next).len() != 2 {
         assert!(
             Instant::now() < deadline,
             "the new member has {:?}: the example did not leave",

@@ -351,9 +351,14 @@ async fn revoke(inner: &Inner) {
         (partitions, processed)
     };
     if inner.callbacks.commit_on_revoke() && !processed.is_empty() {
-        if let Err(e) =
-            super::offsets::commit(&inner.client, &inner.coordinator, &inner.shared, processed)
-                .await
+        if let Err(e) = super::offsets::commit(
+            &inner.client,
+            &inner.coordinator,
+            &inner.shared,
+            processed,
+            super::offsets::Rewind::Forbidden,
+        )
+        .await
         {
             tracing::warn!(group = %inner.coordinator.group(), error = %e, "committing processed offsets on revoke failed; their records will be delivered again");
         }

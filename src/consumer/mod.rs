@@ -213,9 +213,14 @@ impl Consumer {
                 loop {
                     tokio::time::sleep(every).await;
                     let offsets = inner.shared.lock().uncommitted_processed();
-                    if let Err(e) =
-                        offsets::commit(&inner.client, &inner.coordinator, &inner.shared, offsets)
-                            .await
+                    if let Err(e) = offsets::commit(
+                        &inner.client,
+                        &inner.coordinator,
+                        &inner.shared,
+                        offsets,
+                        offsets::Rewind::Forbidden,
+                    )
+                    .await
                     {
                         tracing::warn!(error = %e, "auto-commit failed");
                     }
@@ -364,11 +369,26 @@ impl Consumer {
     /// an [`Error::Broker`] with `RebalanceInProgress` / `IllegalGeneration`.
     pub async fn commit_batch(&self, records: &[ConsumedRecord]) -> Result<()> {
         let offsets = next_offsets(records);
-        self.commit_offsets(offsets).await
+        self.commit_assigned(offsets, offsets::Rewind::Forbidden)
+            .await
     }
 
     /// Commits `offsets` (next offset to read, per partition) and waits.
+    ///
+    /// These offsets are committed as given, also below what was committed before (a
+    /// deliberate rewind, as Java's `commitSync(Map)`); commits of records
+    /// ([`commit`](Self::commit), [`commit_batch`](Self::commit_batch),
+    /// [`commit_async`](Self::commit_async), auto-commit) never move an offset backwards.
     pub async fn commit_offsets(&self, offsets: HashMap<TopicPartition, i64>) -> Result<()> {
+        self.commit_assigned(offsets, offsets::Rewind::Allowed)
+            .await
+    }
+
+    async fn commit_assigned(
+        &self,
+        offsets: HashMap<TopicPartition, i64>,
+        rewind: offsets::Rewind,
+    ) -> Result<()> {
         if self.inner.shared.lock().closed {
             return Err(Error::Closed("consumer"));
         }
@@ -385,6 +405,7 @@ impl Consumer {
             &self.inner.coordinator,
             &self.inner.shared,
             offsets,
+            rewind,
         )
         .await
     }
@@ -395,8 +416,14 @@ impl Consumer {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let offsets = membership::still_assigned(&inner, offsets);
-            if let Err(e) =
-                offsets::commit(&inner.client, &inner.coordinator, &inner.shared, offsets).await
+            if let Err(e) = offsets::commit(
+                &inner.client,
+                &inner.coordinator,
+                &inner.shared,
+                offsets,
+                offsets::Rewind::Forbidden,
+            )
+            .await
             {
                 tracing::warn!(error = %e, "asynchronous commit failed");
             }
@@ -599,6 +626,7 @@ impl Consumer {
             &self.inner.coordinator,
             &self.inner.shared,
             offsets,
+            offsets::Rewind::Forbidden,
         )
         .await
     }
@@ -645,7 +673,14 @@ async fn close_inner(inner: &Inner) -> Result<()> {
         state.uncommitted_processed()
     };
     inner.fetcher.stop();
-    let commit = offsets::commit(&inner.client, &inner.coordinator, &inner.shared, processed).await;
+    let commit = offsets::commit(
+        &inner.client,
+        &inner.coordinator,
+        &inner.shared,
+        processed,
+        offsets::Rewind::Forbidden,
+    )
+    .await;
     // Clear what revoke would commit again, then let the membership task leave.
     for p in inner.shared.lock().partitions.values_mut() {
         p.processed = p.committed;

@@ -204,12 +204,15 @@ pub(crate) async fn initial_positions(
 ///
 /// Committed offsets never move backwards: commits run one at a time (so a slow
 /// `commit_async` cannot land after a later commit), and an offset at or below what this
-/// member already committed for the partition is left out.
+/// member already committed for the partition is left out — unless `rewind` is set, for
+/// offsets the user named explicitly ([`Consumer::commit_offsets`](crate::Consumer::commit_offsets),
+/// as Java's `commitSync(Map)`), which are committed as given.
 pub(crate) async fn commit(
     client: &Client,
     coordinator: &Coordinator,
     shared: &Shared,
     offsets: HashMap<TopicPartition, i64>,
+    rewind: Rewind,
 ) -> Result<()> {
     if offsets.is_empty() {
         return Ok(());
@@ -220,11 +223,12 @@ pub(crate) async fn commit(
         let offsets: HashMap<TopicPartition, i64> = offsets
             .into_iter()
             .filter(|(tp, offset)| {
-                let behind = state
-                    .partitions
-                    .get(tp)
-                    .and_then(|p| p.committed)
-                    .is_some_and(|committed| *offset <= committed);
+                let behind = rewind == Rewind::Forbidden
+                    && state
+                        .partitions
+                        .get(tp)
+                        .and_then(|p| p.committed)
+                        .is_some_and(|committed| *offset <= committed);
                 if behind {
                     tracing::debug!(
                         topic = %tp.0,
@@ -250,9 +254,26 @@ pub(crate) async fn commit(
     let mut state = shared.lock();
     for (tp, offset) in offsets {
         if let Some(p) = state.partitions.get_mut(&tp) {
-            p.committed = p.committed.max(Some(offset));
-            p.processed = p.processed.max(Some(offset));
+            match rewind {
+                Rewind::Forbidden => {
+                    p.committed = p.committed.max(Some(offset));
+                    p.processed = p.processed.max(Some(offset));
+                }
+                Rewind::Allowed => {
+                    p.committed = Some(offset);
+                    p.processed = Some(offset);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Whether a commit may move a partition's committed offset backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rewind {
+    /// Commits of processed records: never backwards.
+    Forbidden,
+    /// Offsets the user named explicitly: committed as given.
+    Allowed,
 }

@@ -627,7 +627,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>, max_f
                     std::io::ErrorKind::InvalidData,
                     format!(
                         "{} (receive.message.max.bytes is {max_frame})",
-                        super::transport::bad_frame_length(len as u32)
+                        super::transport::bad_frame_length(len)
                     ),
                 ));
             }

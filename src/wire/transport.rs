@@ -97,7 +97,7 @@ async fn open(addr: &str, config: &Config) -> Result<Transport> {
 /// The error text for a response frame length that cannot be right. A TLS record read as a
 /// Kafka length starts with its content type (alert 0x15, handshake 0x16) and version 0x03:
 /// the broker speaks TLS and the client does not, which is said plainly.
-pub(crate) fn bad_frame_length(len: u32) -> String {
+pub(crate) fn bad_frame_length(len: i32) -> String {
     let [kind, major, ..] = len.to_be_bytes();
     if matches!(kind, 0x15 | 0x16) && major == 0x03 {
         format!(
