@@ -437,3 +437,36 @@ async fn kip_511_v0_layout_answer_then_produce() {
     producer.close().await;
     assert!(refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+/// While the coordinator is black-holed for good, the consumer's `close` (commit, leave)
+/// returns within a few request timeouts instead of retrying for the reconnect budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_close_keeps_its_deadline_under_a_black_hole() {
+    let rig = Rig::start().await;
+    let admin = rig.client(None, &[]).await;
+    let topic = unique_name("faults-close");
+    admin.create_topic(&topic, 1, 1).await.unwrap();
+    support::produce(&admin, &topic, 1, 100, 100).await;
+    let group = unique_name("faults-close-group");
+    let client = rig.client(Some(&group), &[]).await;
+    let consumer = client.consumer(&[&topic]).unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen < 100 {
+        assert!(Instant::now() < deadline, "consumed {seen} of 100");
+        seen += consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .len();
+    }
+    rig.proxy.set(Fault::BlackHole);
+    // request.timeout.ms is 3 s and the reconnect budget 120 s: without a deadline of its
+    // own, close would retry the commit for two minutes.
+    let closed = tokio::time::timeout(Duration::from_secs(60), consumer.close()).await;
+    assert!(
+        closed.is_ok(),
+        "close returned while the broker is black-holed"
+    );
+    rig.proxy.set(Fault::None);
+}
