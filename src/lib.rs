@@ -3,9 +3,12 @@
 //! A pure-Rust Apache Kafka client: no librdkafka, no C toolchain for the default build, and a
 //! static (musl) binary that runs in a `FROM scratch` container.
 //!
-//! Built on [`rskafka`] for the data path, with configuration from the environment or
-//! librdkafka-style keys ([`Config`]), a reconnecting [`Client`] with exponential backoff
-//! ([`ReconnectPolicy`]) and a health view ([`Health`]) for service health endpoints.
+//! Every connection is purekafka's own (`kafka-protocol` codecs over tokio): bootstrap,
+//! metadata, producing, fetching, consumer groups, administration and the health probe.
+//! Configuration comes from the environment or librdkafka-style keys ([`Config`]); the
+//! [`Client`] reconnects with exponential backoff ([`ReconnectPolicy`]) and keeps a health
+//! view ([`Health`]) for service health endpoints. [`rskafka`] is only the raw escape hatch
+//! behind [`Client::rskafka`], built on its first call.
 //!
 //! ```no_run
 //! use purekafka::{Client, Config};
@@ -57,6 +60,7 @@
 #![deny(rust_2018_idioms, unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod breaker;
 pub mod client;
 pub mod config;
@@ -75,6 +79,7 @@ mod tls;
 pub(crate) mod wire;
 pub mod worker;
 
+pub use admin::Admin;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};

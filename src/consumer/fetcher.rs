@@ -198,7 +198,7 @@ impl Fetcher {
                             Error::broker(8, format!("broker {node} is not in metadata"), None)
                         })?,
                 };
-                let c = Arc::new(BrokerConnection::connect(&addr, self.client.config()).await?);
+                let c = cluster.open(&addr).await?;
                 *own = Some(Arc::clone(&c));
                 c
             }

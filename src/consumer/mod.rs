@@ -37,8 +37,8 @@
 pub mod assignor;
 mod decode;
 mod fetcher;
-mod membership;
-mod offsets;
+pub(crate) mod membership;
+pub(crate) mod offsets;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};

@@ -157,7 +157,7 @@ impl Coordinator {
         // A connection of its own, not the cluster's shared one: brokers answer the requests
         // of one connection in order, and a JoinGroup waits for the whole group, so members
         // sharing a connection would wait for each other (and for fetches) forever.
-        let conn = Arc::new(BrokerConnection::connect(&addr, self.cluster.config()).await?);
+        let conn = self.cluster.open(&addr).await?;
         tracing::debug!(group = %self.group, coordinator = %addr, node = response.node_id.0, "found coordinator");
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&conn));
         Ok(conn)

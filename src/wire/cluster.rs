@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::connection::BrokerConnection;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::health::HealthState;
 
 /// One partition's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub(crate) struct PartitionMetadata {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TopicMetadata {
     pub(crate) error: i16,
+    /// Kafka's own topics (`__consumer_offsets`, ...).
+    pub(crate) internal: bool,
     pub(crate) partitions: Vec<PartitionMetadata>,
 }
 
@@ -37,6 +40,8 @@ pub(crate) struct TopicMetadata {
 pub(crate) struct Metadata {
     pub(crate) brokers: HashMap<i32, String>,
     pub(crate) topics: HashMap<String, TopicMetadata>,
+    /// The controller's node id, when the broker named one (CreateTopics goes there).
+    pub(crate) controller: Option<i32>,
     pub(crate) fetched_at: Instant,
 }
 
@@ -45,6 +50,7 @@ impl Metadata {
         Metadata {
             brokers: HashMap::new(),
             topics: HashMap::new(),
+            controller: None,
             fetched_at: Instant::now(),
         }
     }
@@ -72,6 +78,8 @@ pub(crate) struct Cluster {
     suspects: Mutex<HashMap<String, Instant>>,
     /// One metadata refresh at a time; concurrent callers wait and reuse its result.
     refreshing: tokio::sync::Mutex<()>,
+    /// Every connect of every connection the client opens reports here.
+    health: Arc<HealthState>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -83,14 +91,16 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// A cluster view for `config`; nothing connects until the first request.
-    pub(crate) fn new(config: Config) -> Arc<Cluster> {
+    /// A cluster view for `config`; nothing connects until the first request. Connects
+    /// report to `health`.
+    pub(crate) fn new(config: Config, health: Arc<HealthState>) -> Arc<Cluster> {
         Arc::new(Cluster {
             config,
             metadata: RwLock::new(Arc::new(Metadata::empty())),
             connections: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
+            health,
         })
     }
 
@@ -98,6 +108,84 @@ impl Cluster {
     #[allow(dead_code)] // for the consumer and coordinator paths
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The health state every connection reports to.
+    pub(crate) fn health(&self) -> &Arc<HealthState> {
+        &self.health
+    }
+
+    /// Opens a new connection to `addr` that the caller owns (the fetchers and the group
+    /// coordinator keep their own), reporting the outcome to health. One attempt.
+    pub(crate) async fn open(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
+        match BrokerConnection::connect(addr, &self.config).await {
+            Ok(c) => {
+                self.health.connection_ok(addr);
+                Ok(Arc::new(c))
+            }
+            Err(e) => {
+                self.health.connection_failed(addr, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The shared connections (open or broken), for the health probe.
+    pub(crate) async fn shared_connections(&self) -> Vec<Arc<BrokerConnection>> {
+        let slots: Vec<Arc<ConnectionSlot>> = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut open = Vec::with_capacity(slots.len());
+        for slot in slots {
+            // A slot being connected is skipped rather than waited for.
+            if let Ok(guard) = slot.try_lock() {
+                open.extend(guard.as_ref().cloned());
+            }
+        }
+        open
+    }
+
+    /// Whether `addr` is a broker of the cluster: in metadata once metadata names brokers
+    /// (a dead bootstrap alias is then no longer watched), the bootstrap list before that.
+    pub(crate) fn knows(&self, addr: &str) -> bool {
+        let md = self.metadata();
+        if md.brokers.is_empty() {
+            self.config.brokers.iter().any(|b| b == addr)
+        } else {
+            md.brokers.values().any(|b| b == addr)
+        }
+    }
+
+    /// The connection to the controller (topic administration), refreshing metadata when
+    /// the controller is not known.
+    pub(crate) async fn controller(&self) -> Result<Arc<BrokerConnection>> {
+        let id = match self.metadata().controller {
+            Some(id) => id,
+            None => self.refresh(Some(&[])).await?.controller.ok_or_else(|| {
+                // NOT_CONTROLLER: retriable, the next refresh may name one.
+                Error::broker(41, "metadata names no controller", None)
+            })?,
+        };
+        if !self.metadata().brokers.contains_key(&id) {
+            // Some brokers (librdkafka's mock cluster) name a controller that is not one of
+            // the brokers; any broker then gets the request (and says if it cannot serve it).
+            return self.any_broker().await;
+        }
+        self.broker(id).await
+    }
+
+    /// Forgets the cached controller (after NOT_CONTROLLER), so the next call looks again.
+    pub(crate) fn forget_controller(&self) {
+        let mut md = self.metadata.write().unwrap_or_else(|p| p.into_inner());
+        if md.controller.is_some() {
+            let mut next = Metadata::clone(&md);
+            next.controller = None;
+            *md = Arc::new(next);
+        }
     }
 
     /// The cached metadata (possibly empty or stale).
@@ -119,7 +207,7 @@ impl Cluster {
             }
         }
         *slot = None;
-        let conn = Arc::new(BrokerConnection::connect(addr, &self.config).await?);
+        let conn = self.open(addr).await?;
         *slot = Some(Arc::clone(&conn));
         Ok(conn)
     }
@@ -158,6 +246,16 @@ impl Cluster {
 
     /// A connection to any reachable broker: known brokers first, then the bootstrap list.
     pub(crate) async fn any_broker(&self) -> Result<Arc<BrokerConnection>> {
+        // An open connection serves as well as a new one, and opens no socket.
+        if let Some(open) = self
+            .shared_connections()
+            .await
+            .into_iter()
+            .filter(|c| !c.is_closed())
+            .min_by(|a, b| a.addr().cmp(b.addr()))
+        {
+            return Ok(open);
+        }
         let mut last = None;
         for addr in &self.candidates() {
             match self.connection_to(addr).await {
@@ -239,6 +337,7 @@ impl Cluster {
             .iter()
             .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
             .collect();
+        next.controller = (response.controller_id.0 >= 0).then_some(response.controller_id.0);
         if topics.is_none() {
             next.topics.clear();
         }
@@ -259,6 +358,7 @@ impl Cluster {
                 name.0.to_string(),
                 TopicMetadata {
                     error: t.error_code,
+                    internal: t.is_internal,
                     partitions,
                 },
             );
@@ -348,7 +448,11 @@ mod tests {
             .set("request.timeout.ms", "60000")
             .build()
             .unwrap();
-        let cluster = Cluster::new(config);
+        let health = Arc::new(crate::health::HealthState::new(
+            crate::health::Health::Connected,
+            None,
+        ));
+        let cluster = Cluster::new(config, health);
         // The caller's own timeout cuts the first attempt long before the connection's
         // deadline (as `retry_with_timeout` does); the silent broker was asked first.
         let first = tokio::time::timeout(Duration::from_millis(500), cluster.refresh(None)).await;
