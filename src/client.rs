@@ -307,7 +307,9 @@ impl Client {
     /// purekafka does not wrap.
     ///
     /// It is built on the first call, from this client's [`Config`] (brokers, client id,
-    /// SASL, request timeout; TLS with the `tls` feature), and reused after that; no rskafka
+    /// SASL, request timeout; TLS only with the opt-in `rskafka-tls` feature, since rskafka's
+    /// TLS pulls *ring*: without it a TLS configuration is an [`Error::Config`] here, never a
+    /// plaintext connection; OAUTHBEARER is not passed on), and reused after that; no rskafka
     /// connection exists before. Its requests bypass purekafka's retry loop and health
     /// tracking, and its types are rskafka's: `purekafka::rskafka` names that crate's version.
     pub async fn rskafka(&self) -> Result<&rskafka::client::Client> {
@@ -315,6 +317,14 @@ impl Client {
             return Err(Error::Disabled);
         }
         let config = &self.inner.config;
+        if config.security_protocol.uses_tls() && !cfg!(feature = "rskafka-tls") {
+            return Err(Error::config(
+                "security.protocol",
+                format!("{:?}", config.security_protocol).to_lowercase(),
+                "the raw rskafka client has TLS only with purekafka's `rskafka-tls` feature \
+                 (which needs a C compiler); purekafka's own API uses TLS without it",
+            ));
+        }
         self.inner
             .rskafka
             .get_or_try_init(|| async {
@@ -489,15 +499,21 @@ fn rskafka_builder(config: &Config) -> ClientBuilder {
     if let Some(sasl) = &config.sasl {
         use rskafka::client::{Credentials, SaslConfig};
         let creds = Credentials::new(sasl.username.clone(), sasl.password.expose().to_string());
-        builder = builder.sasl_config(match sasl.mechanism {
-            SaslMechanism::Plain => SaslConfig::Plain(creds),
-            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(creds),
-            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(creds),
-        });
+        // OAUTHBEARER is not passed to the raw rskafka client: purekafka's own connections
+        // run it (src/wire/sasl.rs).
+        let rs = match sasl.mechanism {
+            SaslMechanism::Plain => Some(SaslConfig::Plain(creds)),
+            SaslMechanism::ScramSha256 => Some(SaslConfig::ScramSha256(creds)),
+            SaslMechanism::ScramSha512 => Some(SaslConfig::ScramSha512(creds)),
+            SaslMechanism::OAuthBearer => None,
+        };
+        if let Some(rs) = rs {
+            builder = builder.sasl_config(rs);
+        }
     }
-    #[cfg(feature = "tls")]
-    if config.security_protocol.uses_tls() {
-        builder = builder.tls_config(crate::tls::client_config());
+    #[cfg(feature = "rskafka-tls")]
+    if let Some(tls) = &config.tls_client {
+        builder = builder.tls_config(Arc::clone(tls));
     }
     builder
 }

@@ -83,6 +83,30 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The TLS handshake with a broker failed: certificate rejected, alert, or the peer does
+    /// not speak TLS. Not retried: the same handshake fails the same way.
+    #[error("TLS with {broker} failed: {reason}")]
+    Tls {
+        /// The broker address.
+        broker: String,
+        /// What went wrong and what to check.
+        reason: String,
+    },
+
+    /// The broker refused SASL authentication: wrong password, unknown user, or a mechanism
+    /// it does not enable. Not retried.
+    #[error("SASL {mechanism} authentication of user {user:?} with {broker} failed: {reason}")]
+    Authentication {
+        /// The broker address.
+        broker: String,
+        /// The SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, ...).
+        mechanism: String,
+        /// The user name (never the password).
+        user: String,
+        /// The broker's answer.
+        reason: String,
+    },
+
     /// A response could not be decoded, or did not match the request.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -54,8 +54,10 @@
 //!
 //! ## Features
 //!
-//! The default build is pure Rust: plaintext and SASL (PLAIN, SCRAM), gzip and snappy.
-//! `tls`, `lz4` and `zstd` are opt-in and each needs a C compiler to build.
+//! The default build is pure Rust and needs no C compiler: plaintext, TLS (rustls with the
+//! `rustls-graviola` provider, see [`tls`]), SASL (PLAIN, SCRAM), and gzip, snappy, lz4
+//! (`lz4_flex`) and zstd (`ruzstd`). `tls-ring` / `tls-aws-lc-rs` choose another TLS provider
+//! (C compiler needed); `rskafka-tls` gives the raw rskafka client TLS.
 
 #![deny(rust_2018_idioms, unsafe_code)]
 #![warn(missing_docs)]
@@ -63,6 +65,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod client;
+pub(crate) mod codec;
 pub mod config;
 pub mod consumer;
 pub(crate) mod coordinator;
@@ -74,8 +77,7 @@ pub mod health;
 pub mod producer;
 pub mod reconnect;
 pub mod record;
-#[cfg(feature = "tls")]
-mod tls;
+pub mod tls;
 pub(crate) mod wire;
 pub mod worker;
 

@@ -142,7 +142,7 @@ on_each_backend!(
         let c = client(&cluster, &group).await;
 
         // 1 in 100 is poison (not JSON); 1 in 50 (others) fails twice before succeeding.
-        let poison = |n: u64| n % 100 == 0;
+        let poison = |n: u64| n.is_multiple_of(100);
         let flaky = |n: u64| n % 50 == 25;
         let records: Vec<Record> = (0..N)
             .map(|n| {

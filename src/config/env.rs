@@ -10,6 +10,13 @@
 //! | `KAFKA_SASL_USERNAME` | `sasl.username` | `svc-orders` |
 //! | `KAFKA_SASL_PASSWORD` | `sasl.password` | never printed |
 //! | `KAFKA_SSL` | `security.protocol` = `ssl` / `sasl_ssl` when `true` | `true` |
+//! | `KAFKA_SSL_CA_LOCATION` | `ssl.ca.location` | `/etc/kafka/ca.pem` |
+//! | `KAFKA_SSL_CA_PEM` | `ssl.ca.pem` | `-----BEGIN CERTIFICATE-----...` |
+//! | `KAFKA_SSL_CERTIFICATE_LOCATION` | `ssl.certificate.location` | `/etc/kafka/client.pem` |
+//! | `KAFKA_SSL_CERTIFICATE_PEM` | `ssl.certificate.pem` | PEM text |
+//! | `KAFKA_SSL_KEY_LOCATION` | `ssl.key.location` | `/etc/kafka/client.key` |
+//! | `KAFKA_SSL_KEY_PEM` | `ssl.key.pem` | never printed |
+//! | `KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM` | `ssl.endpoint.identification.algorithm` | `none` |
 //!
 //! Setting `KAFKA_SASL_USERNAME` selects SASL (`sasl_plaintext`, or `sasl_ssl` with
 //! `KAFKA_SSL=true`). Unset and empty variables are ignored. Other `KAFKA_*` variables are left
@@ -27,6 +34,16 @@ const VARIABLES: &[(&str, &str)] = &[
     ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
     ("KAFKA_SASL_USERNAME", "sasl.username"),
     ("KAFKA_SASL_PASSWORD", "sasl.password"),
+    ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+    ("KAFKA_SSL_CA_PEM", "ssl.ca.pem"),
+    ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
+    ("KAFKA_SSL_CERTIFICATE_PEM", "ssl.certificate.pem"),
+    ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+    ("KAFKA_SSL_KEY_PEM", "ssl.key.pem"),
+    (
+        "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+        "ssl.endpoint.identification.algorithm",
+    ),
 ];
 
 impl ConfigBuilder {

@@ -9,8 +9,14 @@
 //! | `client.id` | `purekafka` | id sent to brokers, `service` header |
 //! | `enabled` | `true` | `false`: no broker, sends are logged and dropped |
 //! | `security.protocol` | `plaintext` | `plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl` |
-//! | `sasl.mechanism` (`sasl.mechanisms`) | `PLAIN` | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` |
+//! | `sasl.mechanism` (`sasl.mechanisms`) | `PLAIN` | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER` |
 //! | `sasl.username`, `sasl.password` | — | credentials (the password is never printed) |
+//! | `enable.sasl.oauthbearer.unsecure.jwt` | `false` | OAUTHBEARER without a token provider: send an unsecured JWT (development only) |
+//! | `sasl.oauthbearer.config` | — | that JWT, as librdkafka: `principal=alice scope=a,b lifeSeconds=3600 extension_K=V` |
+//! | `ssl.ca.location` / `ssl.ca.pem` | Mozilla roots | CA certificate(s) to trust: PEM file / PEM text |
+//! | `ssl.certificate.location` / `ssl.certificate.pem` | — | client certificate (mutual TLS) |
+//! | `ssl.key.location` / `ssl.key.pem` | — | client private key, unencrypted PEM (never printed) |
+//! | `ssl.endpoint.identification.algorithm` | `https` | `https`: verify the broker's name / IP; `none`: don't |
 //! | `reconnect.backoff.ms` | 100 | first delay after a failed attempt |
 //! | `reconnect.backoff.max.ms` | 10000 | largest delay |
 //! | `reconnect.backoff.multiplier` | 2.0 | growth per attempt |
@@ -28,7 +34,8 @@
 //! | `delivery.timeout.ms` (`message.timeout.ms`) | 120000 | send-to-ack limit, retries included |
 //! | `acks` (`request.required.acks`) | `all` | `0`, `1`, `all` / `-1` |
 //! | `compression.type` (`compression.codec`) | `none` | `none`, `gzip`, `snappy`, `lz4`\*, `zstd`\* |
-//! | `enable.idempotence` | `false` | only `false` is accepted for now |
+//! | `enable.idempotence` | `true` | producer id + sequences: retries neither duplicate nor reorder |
+//! | `max.in.flight.requests.per.connection` (`max.in.flight`) | 5 | batches in flight per partition (≤ 5 with idempotence) |
 //! | `default.headers` | `false` | stamp `event_id`, `timestamp`, `service`, `version` |
 //! | `service.version` | empty | the `version` header |
 //! | `group.id` | — | consumer group |
@@ -47,7 +54,7 @@
 //! | `queued.max.messages.kbytes` | 65536 | prefetch bound (KiB) |
 //! | `check.crcs` | `true` | verify fetched batches' CRC32C |
 //!
-//! \* with the `lz4` / `zstd` features, which need a C compiler.
+//! \* with the `lz4` / `zstd` features (on by default, pure Rust).
 //!
 //! [`ConfigBuilder::set`]: super::ConfigBuilder::set
 
@@ -92,11 +99,12 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
                 "PLAIN" => SaslMechanism::Plain,
                 "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
                 "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+                "OAUTHBEARER" => SaslMechanism::OAuthBearer,
                 _ => {
                     return Err(Error::config(
                         key,
                         value,
-                        "expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                        "expected PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
                     ))
                 }
             };
@@ -104,6 +112,26 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         }
         "sasl.username" => sasl_entry(c).username = v.to_string(),
         "sasl.password" => sasl_entry(c).password = Secret::new(value),
+        "sasl.oauthbearer.config" => c.oauthbearer_config = Some(v.to_string()),
+        "enable.sasl.oauthbearer.unsecure.jwt" => c.oauthbearer_unsecure_jwt = parse_bool(key, v)?,
+        "ssl.ca.location" => c.tls.ca_location = Some(non_empty(key, v)?),
+        "ssl.ca.pem" => c.tls.ca_pem = Some(non_empty(key, v)?),
+        "ssl.certificate.location" => c.tls.certificate_location = Some(non_empty(key, v)?),
+        "ssl.certificate.pem" => c.tls.certificate_pem = Some(non_empty(key, v)?),
+        "ssl.key.location" => c.tls.key_location = Some(non_empty(key, v)?),
+        "ssl.key.pem" => {
+            if v.is_empty() {
+                return Err(Error::config(key, "", "must not be empty"));
+            }
+            c.tls.key_pem = Some(Secret::new(v))
+        }
+        "ssl.endpoint.identification.algorithm" => {
+            c.tls.verify_hostname = match v.to_ascii_lowercase().as_str() {
+                "https" => true,
+                "none" | "" => false,
+                _ => return Err(Error::config(key, value, "expected https or none")),
+            }
+        }
         "reconnect.backoff.ms" => c.reconnect.initial_delay = parse_ms(key, v)?,
         "reconnect.backoff.max.ms" => c.reconnect.max_delay = parse_ms(key, v)?,
         "reconnect.backoff.multiplier" => c.reconnect.multiplier = parse_f64(key, v)?,
@@ -147,13 +175,11 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             c.producer.compression = parse_compression(key, v)?
         }
         "enable.idempotence" => {
-            if parse_bool(key, v)? {
-                return Err(Error::config(
-                    key,
-                    value,
-                    "the idempotent producer is not supported yet; set it to false",
-                ));
-            }
+            c.producer.enable_idempotence = parse_bool(key, v)?;
+            b.idempotence_set = true;
+        }
+        "max.in.flight.requests.per.connection" | "max.in.flight" => {
+            c.producer.max_in_flight = parse_size(key, v)?
         }
         "default.headers" => c.producer.default_headers = parse_bool(key, v)?,
         "service.version" => c.producer.service_version = v.to_string(),
@@ -312,10 +338,11 @@ fn parse_compression(key: &str, v: &str) -> Result<Compression> {
         "lz4" => Ok(Compression::Lz4),
         #[cfg(feature = "zstd")]
         "zstd" => Ok(Compression::Zstd),
+        #[allow(unreachable_patterns)] // reachable when a codec feature is off
         "lz4" | "zstd" => Err(Error::config(
             key,
             v,
-            format!("{v} needs purekafka's `{v}` feature (which needs a C compiler)"),
+            format!("{v} needs purekafka's `{v}` feature (on by default, pure Rust)"),
         )),
         _ => Err(Error::config(
             key,

@@ -69,11 +69,11 @@ pub enum SecurityProtocol {
     /// Plain TCP. The default: what a local or in-cluster broker speaks.
     #[default]
     Plaintext,
-    /// TLS (needs the `tls` feature, which needs a C compiler).
+    /// TLS on every connection (the `tls` feature, on by default).
     Ssl,
     /// SASL authentication over plain TCP.
     SaslPlaintext,
-    /// SASL authentication over TLS (needs the `tls` feature).
+    /// SASL authentication over TLS (the `tls` feature, on by default).
     SaslSsl,
 }
 
@@ -100,7 +100,44 @@ pub enum SaslMechanism {
     ScramSha256,
     /// `SCRAM-SHA-512`.
     ScramSha512,
+    /// `OAUTHBEARER` (KIP-255): a token from [`ConfigBuilder::oauthbearer_token_provider`], or
+    /// for development an unsecured JWT built from `sasl.oauthbearer.config`.
+    OAuthBearer,
 }
+
+impl SaslMechanism {
+    /// The mechanism's name on the wire (`PLAIN`, `SCRAM-SHA-256`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
+/// An OAUTHBEARER token, as a token provider returns it. `Debug` never shows the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthBearerToken {
+    /// The token (a JWT, usually) sent as `auth=Bearer <value>`.
+    pub value: Secret,
+    /// The principal the token names (for errors and logs only).
+    pub principal: String,
+    /// SASL extensions sent with the token (KIP-342), e.g. Confluent Cloud's
+    /// `logicalCluster` and `identityPoolId`.
+    pub extensions: Vec<(String, String)>,
+}
+
+/// The future an OAUTHBEARER token provider returns.
+pub type OAuthBearerTokenFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<OAuthBearerToken, String>> + Send>,
+>;
+
+/// Called for a token on every OAUTHBEARER login (each new connection and each
+/// re-authentication); it should cache and refresh tokens itself.
+pub type OAuthBearerTokenProvider =
+    std::sync::Arc<dyn Fn() -> OAuthBearerTokenFuture + Send + Sync>;
 
 /// SASL credentials. `Debug` never shows the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +148,42 @@ pub struct SaslCredentials {
     pub username: String,
     /// The password.
     pub password: Secret,
+}
+
+/// TLS settings, by librdkafka's `ssl.*` keys. `Debug` never shows a private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsSettings {
+    /// PEM file of the CA certificate(s) to trust (`ssl.ca.location`, `KAFKA_SSL_CA_LOCATION`);
+    /// with neither this nor `ca_pem`, the Mozilla root store is used.
+    pub ca_location: Option<String>,
+    /// CA certificate(s) as PEM text (`ssl.ca.pem`, `KAFKA_SSL_CA_PEM`).
+    pub ca_pem: Option<String>,
+    /// PEM file of the client certificate chain for mutual TLS (`ssl.certificate.location`).
+    pub certificate_location: Option<String>,
+    /// The client certificate chain as PEM text (`ssl.certificate.pem`).
+    pub certificate_pem: Option<String>,
+    /// PEM file of the client's unencrypted private key (`ssl.key.location`).
+    pub key_location: Option<String>,
+    /// The client's unencrypted private key as PEM text (`ssl.key.pem`; never printed).
+    pub key_pem: Option<Secret>,
+    /// Verify the broker's host name or IP address against its certificate
+    /// (`ssl.endpoint.identification.algorithm`: `https`, the default, or `none`).
+    pub verify_hostname: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            ca_location: None,
+            ca_pem: None,
+            certificate_location: None,
+            certificate_pem: None,
+            key_location: None,
+            key_pem: None,
+            verify_hostname: true,
+        }
+    }
 }
 
 /// The acknowledgement a produce request waits for (`acks`).
@@ -147,10 +220,11 @@ pub enum Compression {
     Gzip,
     /// snappy (pure Rust).
     Snappy,
-    /// lz4 (the `lz4` feature; needs a C compiler).
+    /// lz4, LZ4 frame format (the `lz4` feature, on by default; pure Rust, `lz4_flex`).
     #[cfg(feature = "lz4")]
     Lz4,
-    /// zstd (the `zstd` feature; needs a C compiler).
+    /// zstd (the `zstd` feature, on by default; pure Rust, `ruzstd`). Every level is written
+    /// at ruzstd's only encoder level, "fastest" (about zstd level 1).
     #[cfg(feature = "zstd")]
     Zstd,
 }
@@ -193,6 +267,17 @@ pub struct ProducerConfig {
     /// The `version` header value when `default_headers` is on (`service.version`, default the
     /// empty string).
     pub service_version: String,
+    /// The idempotent producer (`enable.idempotence`, default true, as Java 3.0+): a producer
+    /// id and per-partition sequence numbers let the broker drop a resent batch it already
+    /// wrote and refuse a gap, so retries neither duplicate nor reorder records. Needs
+    /// `acks=all` and `max.in.flight.requests.per.connection` ≤ 5; when one of them is set
+    /// otherwise and this key is not set, idempotence is turned off (as Java does); when it is
+    /// set to true as well, the configuration is refused.
+    pub enable_idempotence: bool,
+    /// Batches in flight per partition (`max.in.flight.requests.per.connection`, alias
+    /// `max.in.flight`; default 5). With idempotence off, more than one may reorder records
+    /// of a partition when a batch is retried (as in Java and librdkafka).
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -206,6 +291,8 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             default_headers: false,
             service_version: String::new(),
+            enable_idempotence: true,
+            max_in_flight: 5,
         }
     }
 }
@@ -287,6 +374,14 @@ pub struct Config {
     pub(crate) enabled: bool,
     pub(crate) security_protocol: SecurityProtocol,
     pub(crate) sasl: Option<SaslCredentials>,
+    pub(crate) tls: TlsSettings,
+    pub(crate) oauthbearer_provider: Option<OAuthBearerTokenProvider>,
+    /// librdkafka's `sasl.oauthbearer.config` (unsecured JWT settings).
+    pub(crate) oauthbearer_config: Option<String>,
+    pub(crate) oauthbearer_unsecure_jwt: bool,
+    /// The rustls configuration built from `tls` by `build()` when the protocol uses TLS.
+    #[cfg(feature = "tls-core")]
+    pub(crate) tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub(crate) reconnect: ReconnectPolicy,
     pub(crate) request_timeout: Duration,
     pub(crate) metadata_max_age: Duration,
@@ -307,6 +402,11 @@ impl fmt::Debug for Config {
             .field("enabled", &self.enabled)
             .field("security_protocol", &self.security_protocol)
             .field("sasl", &self.sasl)
+            .field("tls", &self.tls)
+            .field(
+                "oauthbearer_provider",
+                &self.oauthbearer_provider.as_ref().map(|_| "<provider>"),
+            )
             .field("reconnect", &self.reconnect)
             .field("request_timeout", &self.request_timeout)
             .field("metadata_max_age", &self.metadata_max_age)
@@ -328,6 +428,12 @@ impl Default for Config {
             enabled: true,
             security_protocol: SecurityProtocol::Plaintext,
             sasl: None,
+            tls: TlsSettings::default(),
+            oauthbearer_provider: None,
+            oauthbearer_config: None,
+            oauthbearer_unsecure_jwt: false,
+            #[cfg(feature = "tls-core")]
+            tls_client: None,
             reconnect: ReconnectPolicy::default(),
             request_timeout: Duration::from_secs(30),
             metadata_max_age: Duration::from_secs(300),
@@ -379,6 +485,10 @@ impl Config {
     pub fn sasl(&self) -> Option<&SaslCredentials> {
         self.sasl.as_ref()
     }
+    /// TLS settings (`ssl.*`), used when `security.protocol` is `ssl` or `sasl_ssl`.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
     /// The backoff policy for connecting, reconnecting and retrying.
     pub fn reconnect(&self) -> &ReconnectPolicy {
         &self.reconnect
@@ -421,6 +531,8 @@ pub struct ConfigBuilder {
     config: Config,
     /// The first error met while setting keys; reported by `build`.
     error: Option<Error>,
+    /// Whether `enable.idempotence` was set explicitly (see `ProducerConfig::enable_idempotence`).
+    idempotence_set: bool,
 }
 
 impl ConfigBuilder {
@@ -473,6 +585,49 @@ impl ConfigBuilder {
         self
     }
 
+    /// Authenticates with SASL OAUTHBEARER, asking `provider` for a token on every login (sets
+    /// `sasl.mechanism` and, unless TLS was chosen, `security.protocol` = `sasl_plaintext`).
+    ///
+    /// ```
+    /// use purekafka::config::{OAuthBearerToken, Secret};
+    ///
+    /// let config = purekafka::Config::builder()
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .oauthbearer_token_provider(|| async {
+    ///         Ok(OAuthBearerToken {
+    ///             value: Secret::new("eyJ..."), // fetched from the identity provider
+    ///             principal: "svc-orders".into(),
+    ///             extensions: Vec::new(),
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// assert_eq!(config.sasl().unwrap().mechanism.name(), "OAUTHBEARER");
+    /// # Ok::<(), purekafka::Error>(())
+    /// ```
+    pub fn oauthbearer_token_provider<F, Fut>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<OAuthBearerToken, String>>
+            + Send
+            + 'static,
+    {
+        self.config.oauthbearer_provider = Some(std::sync::Arc::new(move || {
+            Box::pin(provider()) as OAuthBearerTokenFuture
+        }));
+        let sasl = self.config.sasl.get_or_insert_with(|| SaslCredentials {
+            mechanism: SaslMechanism::OAuthBearer,
+            username: String::new(),
+            password: Secret::new(""),
+        });
+        sasl.mechanism = SaslMechanism::OAuthBearer;
+        self.config.security_protocol = if self.config.security_protocol.uses_tls() {
+            SecurityProtocol::SaslSsl
+        } else {
+            SecurityProtocol::SaslPlaintext
+        };
+        self
+    }
+
     /// Replaces the reconnect / retry policy.
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.config.reconnect = policy;
@@ -517,7 +672,9 @@ impl ConfigBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let c = self.config;
+        let idempotence_set = self.idempotence_set;
+        let mut c = self.config;
+        resolve_idempotence(&mut c.producer, idempotence_set)?;
         if c.enabled {
             if c.brokers.is_empty() {
                 return Err(Error::config(
@@ -537,11 +694,18 @@ impl ConfigBuilder {
                 "must not be empty",
             ));
         }
-        if c.security_protocol.uses_tls() && !cfg!(feature = "tls") {
+        #[allow(unused_mut)]
+        let mut c = c;
+        if c.security_protocol.uses_tls() {
+            #[cfg(feature = "tls-core")]
+            {
+                c.tls_client = Some(crate::tls::client_config(&c.tls)?);
+            }
+            #[cfg(not(feature = "tls-core"))]
             return Err(Error::config(
                 "security.protocol",
                 format!("{:?}", c.security_protocol).to_lowercase(),
-                "TLS needs purekafka's `tls` feature (which needs a C compiler)",
+                "this build has no TLS: enable purekafka's `tls` feature (on by default)",
             ));
         }
         match (&c.sasl, c.security_protocol.uses_sasl()) {
@@ -552,7 +716,22 @@ impl ConfigBuilder {
                     "security.protocol uses SASL but no sasl.username / sasl.password is set",
                 ))
             }
-            (Some(s), _) if s.username.is_empty() => {
+            (Some(s), _)
+                if s.mechanism == SaslMechanism::OAuthBearer
+                    && c.oauthbearer_provider.is_none() =>
+            {
+                if !c.oauthbearer_unsecure_jwt {
+                    return Err(Error::config(
+                        "sasl.mechanism",
+                        "OAUTHBEARER",
+                        "needs a token provider (ConfigBuilder::oauthbearer_token_provider), or \
+                         enable.sasl.oauthbearer.unsecure.jwt=true with sasl.oauthbearer.config \
+                         for development",
+                    ));
+                }
+                crate::wire::unsecured_jwt(c.oauthbearer_config.as_deref().unwrap_or(""))?;
+            }
+            (Some(s), _) if s.username.is_empty() && s.mechanism != SaslMechanism::OAuthBearer => {
                 return Err(Error::config("sasl.username", "", "SASL needs a user name"))
             }
             _ => {}
@@ -611,6 +790,50 @@ impl ConfigBuilder {
             ));
         }
         Ok(c)
+    }
+}
+
+/// Idempotence needs `acks=all` and at most 5 batches in flight per partition: refuses a
+/// contradiction with an explicit `enable.idempotence=true`, turns idempotence off (with a log
+/// line) when it was only the default.
+fn resolve_idempotence(p: &mut ProducerConfig, explicit: bool) -> Result<()> {
+    if p.max_in_flight == 0 {
+        return Err(Error::config(
+            "max.in.flight.requests.per.connection",
+            "0",
+            "must be positive",
+        ));
+    }
+    if !p.enable_idempotence {
+        return Ok(());
+    }
+    let conflict = if p.acks != Acks::All {
+        Some((
+            "acks",
+            format!("{:?}", p.acks),
+            "the idempotent producer needs acks=all",
+        ))
+    } else if p.max_in_flight > 5 {
+        Some((
+            "max.in.flight.requests.per.connection",
+            p.max_in_flight.to_string(),
+            "the idempotent producer allows at most 5 batches in flight per partition",
+        ))
+    } else {
+        None
+    };
+    match conflict {
+        Some((key, value, reason)) if explicit => Err(Error::config(
+            key,
+            value,
+            format!("{reason} (enable.idempotence=true is set)"),
+        )),
+        Some((key, value, reason)) => {
+            tracing::info!(key, value, "{reason}: enable.idempotence turned off");
+            p.enable_idempotence = false;
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 
@@ -686,7 +909,7 @@ mod tests {
 
     #[test]
     fn tls_without_feature_is_explained() {
-        if cfg!(feature = "tls") {
+        if cfg!(feature = "tls-core") {
             return;
         }
         let e = base().set("security.protocol", "ssl").build().unwrap_err();
@@ -714,5 +937,34 @@ mod tests {
         assert_eq!(c.sasl().unwrap().password.expose(), "hunter2-secret");
         let e = base().set("sasl.password", "").set("nope", "x").build();
         assert!(!format!("{e:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn idempotence_is_on_by_default_and_gives_way_to_acks_unless_asked_for() {
+        let c = base().build().unwrap();
+        assert!(c.producer().enable_idempotence);
+        assert_eq!(c.producer().max_in_flight, 5);
+        let c = base().set("acks", "1").build().unwrap();
+        assert!(
+            !c.producer().enable_idempotence,
+            "default gives way to acks=1"
+        );
+        let c = base().set("max.in.flight", "8").build().unwrap();
+        assert!(!c.producer().enable_idempotence);
+        let e = base()
+            .set("enable.idempotence", "true")
+            .set("acks", "1")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("acks"), "{e}");
+        let e = base()
+            .set("enable.idempotence", "true")
+            .set("max.in.flight.requests.per.connection", "6")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("max.in.flight"), "{e}");
+        assert!(base().set("max.in.flight", "0").build().is_err());
+        let c = base().set("enable.idempotence", "false").build().unwrap();
+        assert!(!c.producer().enable_idempotence);
     }
 }

@@ -464,26 +464,10 @@ pub(crate) fn decode_fetch_response(mut buf: Bytes, version: i16) -> Result<Fetc
     })
 }
 
-fn decompress(codec: i16, mut batch: Bytes, topic: &str, partition: i32) -> Result<Bytes> {
-    use kafka_protocol::compression::Decompressor;
-    let failed = |e: anyhow::Error| {
-        Error::Protocol(format!(
-            "{topic}/{partition}: decompressing a batch (codec {codec}): {e}"
-        ))
-    };
-    let keep = |b: &mut Bytes| Ok(std::mem::take(b));
-    match codec {
-        1 => kafka_protocol::compression::Gzip::decompress(&mut batch, keep).map_err(failed),
-        2 => kafka_protocol::compression::Snappy::decompress(&mut batch, keep).map_err(failed),
-        #[cfg(feature = "lz4")]
-        3 => kafka_protocol::compression::Lz4::decompress(&mut batch, keep).map_err(failed),
-        #[cfg(feature = "zstd")]
-        4 => kafka_protocol::compression::Zstd::decompress(&mut batch, keep).map_err(failed),
-        other => Err(Error::Protocol(format!(
-            "{topic}/{partition}: batch compressed with codec {other}, which this build cannot \
-             decompress (lz4 and zstd need the `lz4` / `zstd` features)"
-        ))),
-    }
+fn decompress(codec: i16, batch: Bytes, topic: &str, partition: i32) -> Result<Bytes> {
+    crate::codec::decompress(codec, &batch)
+        .map(|out| Bytes::from(out.into_owned()))
+        .map_err(|e| Error::Protocol(format!("{topic}/{partition}: {e}")))
 }
 
 #[cfg(test)]

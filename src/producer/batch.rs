@@ -167,25 +167,22 @@ impl BatchBuilder {
         offset_delta
     }
 
-    /// Closes the batch: compresses the records if asked, fills the header, computes the CRC.
-    pub(crate) fn finish(self, compression: Compression) -> Result<Bytes> {
+    /// Closes the batch: compresses the records if asked, fills the header (with the
+    /// idempotent producer's id, epoch and base sequence when given), computes the CRC.
+    pub(crate) fn finish(
+        self,
+        compression: Compression,
+        producer: Option<ProducerStamp>,
+    ) -> Result<Bytes> {
         let BatchBuilder {
             mut buf,
             records,
             first_timestamp,
             max_timestamp,
         } = self;
-        let codec: i16 = match compression {
-            Compression::None => 0,
-            Compression::Gzip => 1,
-            Compression::Snappy => 2,
-            #[cfg(feature = "lz4")]
-            Compression::Lz4 => 3,
-            #[cfg(feature = "zstd")]
-            Compression::Zstd => 4,
-        };
+        let codec = crate::codec::codec_id(compression);
         if codec != 0 {
-            let compressed = compress(compression, &buf[BATCH_HEADER_SIZE..])?;
+            let compressed = crate::codec::compress(compression, &buf[BATCH_HEADER_SIZE..])?;
             let mut out = BytesMut::with_capacity(BATCH_HEADER_SIZE + compressed.len());
             out.put_bytes(0, BATCH_HEADER_SIZE);
             out.put_slice(&compressed);
@@ -206,14 +203,45 @@ impl BatchBuilder {
         h[23..27].copy_from_slice(&(records - 1).max(0).to_be_bytes());
         h[27..35].copy_from_slice(&first_timestamp.to_be_bytes());
         h[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
-        h[43..51].copy_from_slice(&(-1i64).to_be_bytes()); // producerId: none
-        h[51..53].copy_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
-        h[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // baseSequence
         h[57..61].copy_from_slice(&records.to_be_bytes());
-        let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
-        buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        write_producer(&mut buf, producer);
         Ok(buf.freeze())
     }
+}
+
+/// The idempotent producer's fields of a batch header: producer id, epoch, base sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerStamp {
+    pub(crate) producer_id: i64,
+    pub(crate) epoch: i16,
+    pub(crate) base_sequence: i32,
+}
+
+/// Writes the producer fields (none: -1, -1, -1) into a batch header and recomputes the CRC,
+/// which covers them.
+fn write_producer(buf: &mut [u8], producer: Option<ProducerStamp>) {
+    let (id, epoch, sequence) = match producer {
+        Some(p) => (p.producer_id, p.epoch, p.base_sequence),
+        None => (-1, -1, -1),
+    };
+    buf[43..51].copy_from_slice(&id.to_be_bytes());
+    buf[51..53].copy_from_slice(&epoch.to_be_bytes());
+    buf[53..57].copy_from_slice(&sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
+    buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// An encoded batch with other producer fields (a resend after the producer id or epoch
+/// changed, KIP-360): a copy with the header rewritten and the CRC recomputed.
+pub(crate) fn restamp(data: &[u8], producer: Option<ProducerStamp>) -> Result<Bytes> {
+    if data.len() < BATCH_HEADER_SIZE || data[16] != 2 {
+        return Err(Error::Protocol(
+            "cannot restamp a record batch: not a v2 record batch".into(),
+        ));
+    }
+    let mut buf = BytesMut::from(data);
+    write_producer(&mut buf, producer);
+    Ok(buf.freeze())
 }
 
 /// Splits an encoded batch (ours: magic 2, possibly compressed) into two halves, re-encoded
@@ -231,7 +259,7 @@ pub(crate) fn split(data: &[u8]) -> Result<(BatchBuilder, BatchBuilder, i32)> {
     if count < 2 {
         return Err(malformed("fewer than two records"));
     }
-    let records = decompress(codec, &data[BATCH_HEADER_SIZE..])?;
+    let records = crate::codec::decompress(codec, &data[BATCH_HEADER_SIZE..])?;
     let mut input = &records[..];
     let half = count / 2;
     let capacity = records.len() / 2 + 64;
@@ -296,66 +324,6 @@ fn get_bytes_field<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     Some(Some(field))
 }
 
-/// Undoes [`compress`] for a batch's record section, by codec id.
-fn decompress(codec: i16, input: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
-    use std::borrow::Cow;
-    use std::io::Read;
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Protocol(format!(
-            "{what} decompression of a record batch failed: {e}"
-        ))
-    };
-    match codec {
-        0 => Ok(Cow::Borrowed(input)),
-        1 => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(input)
-                .read_to_end(&mut out)
-                .map_err(|e| failed("gzip", &e))?;
-            Ok(Cow::Owned(out))
-        }
-        2 => {
-            let mut decoder = snap::raw::Decoder::new();
-            let Some(mut framed) = input.strip_prefix(&XERIAL_SNAPPY_HEADER[..]) else {
-                return decoder
-                    .decompress_vec(input)
-                    .map(Cow::Owned)
-                    .map_err(|e| failed("snappy", &e));
-            };
-            let mut out = Vec::new();
-            while !framed.is_empty() {
-                if framed.len() < 4 {
-                    return Err(failed("snappy", &"truncated block length"));
-                }
-                let len = u32::from_be_bytes(framed[..4].try_into().expect("4 bytes")) as usize;
-                let block = framed
-                    .get(4..4 + len)
-                    .ok_or_else(|| failed("snappy", &"truncated block"))?;
-                out.extend(
-                    decoder
-                        .decompress_vec(block)
-                        .map_err(|e| failed("snappy", &e))?,
-                );
-                framed = &framed[4 + len..];
-            }
-            Ok(Cow::Owned(out))
-        }
-        #[cfg(feature = "lz4")]
-        3 => {
-            let mut out = Vec::new();
-            lz4::Decoder::new(input)
-                .and_then(|mut d| d.read_to_end(&mut out))
-                .map_err(|e| failed("lz4", &e))?;
-            Ok(Cow::Owned(out))
-        }
-        #[cfg(feature = "zstd")]
-        4 => zstd::stream::decode_all(input)
-            .map(Cow::Owned)
-            .map_err(|e| failed("zstd", &e)),
-        other => Err(failed("unknown codec", &other)),
-    }
-}
-
 #[inline]
 fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
     match b {
@@ -364,63 +332,6 @@ fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
             buf.put_slice(b);
         }
         None => put_varint(buf, -1),
-    }
-}
-
-/// The xerial snappy-java stream header (magic, version 1, compatible version 1) that the
-/// Java client writes before snappy blocks.
-const XERIAL_SNAPPY_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
-/// snappy-java's block size.
-const XERIAL_BLOCK_SIZE: usize = 32 * 1024;
-
-/// Compresses a batch's record section as Kafka expects for `compression`: a gzip stream;
-/// snappy in xerial framing (header, then length-prefixed 32 KiB blocks) as the Java client
-/// writes it, which Java brokers, librdkafka, rskafka and kafka-protocol all read; an LZ4
-/// frame; a zstd frame.
-fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Protocol(format!("{what} compression of a record batch failed: {e}"))
-    };
-    match compression {
-        Compression::None => Ok(input.to_vec()),
-        Compression::Gzip => {
-            use std::io::Write;
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(input.len() / 2 + 64),
-                flate2::Compression::default(),
-            );
-            enc.write_all(input).map_err(|e| failed("gzip", &e))?;
-            enc.finish().map_err(|e| failed("gzip", &e))
-        }
-        Compression::Snappy => {
-            let mut out = Vec::with_capacity(snap::raw::max_compress_len(input.len()) + 64);
-            out.extend_from_slice(XERIAL_SNAPPY_HEADER);
-            let mut encoder = snap::raw::Encoder::new();
-            for block in input.chunks(XERIAL_BLOCK_SIZE) {
-                let at = out.len();
-                out.extend_from_slice(&[0; 4]);
-                out.resize(at + 4 + snap::raw::max_compress_len(block.len()), 0);
-                let n = encoder
-                    .compress(block, &mut out[at + 4..])
-                    .map_err(|e| failed("snappy", &e))?;
-                out.truncate(at + 4 + n);
-                out[at..at + 4].copy_from_slice(&(n as u32).to_be_bytes());
-            }
-            Ok(out)
-        }
-        #[cfg(feature = "lz4")]
-        Compression::Lz4 => {
-            use std::io::Write;
-            let mut enc = lz4::EncoderBuilder::new()
-                .build(Vec::with_capacity(input.len() / 2 + 64))
-                .map_err(|e| failed("lz4", &e))?;
-            enc.write_all(input).map_err(|e| failed("lz4", &e))?;
-            let (out, result) = enc.finish();
-            result.map_err(|e| failed("lz4", &e))?;
-            Ok(out)
-        }
-        #[cfg(feature = "zstd")]
-        Compression::Zstd => zstd::stream::encode_all(input, 0).map_err(|e| failed("zstd", &e)),
     }
 }
 
@@ -491,7 +402,7 @@ mod tests {
             let body = record_body_size(k, v, h);
             assert_eq!(b.append(body, 1_000 + i as i64, k, v, h), i as i32);
         }
-        b.finish(compression).unwrap()
+        b.finish(compression, None).unwrap()
     }
 
     #[test]
@@ -530,8 +441,8 @@ mod tests {
             let data = encode_three(compression);
             let (a, b, at) = split(&data).unwrap();
             assert_eq!((a.len(), b.len(), at), (1, 2, 1));
-            let first = decode(a.finish(compression).unwrap()).records;
-            let second = decode(b.finish(compression).unwrap()).records;
+            let first = decode(a.finish(compression, None).unwrap()).records;
+            let second = decode(b.finish(compression, None).unwrap()).records;
             assert_eq!(first[0].key.as_deref(), Some(&b"k1"[..]));
             assert_eq!(first[0].headers.len(), 1);
             assert_eq!(first[0].timestamp, 1_000);
@@ -541,6 +452,42 @@ mod tests {
             assert_eq!(second[1].timestamp, 1_002);
             assert_eq!(second[1].offset, 1);
         }
+    }
+
+    #[test]
+    fn producer_fields_are_under_the_crc_and_restamping_keeps_it_valid() {
+        let stamp = |id, epoch, base_sequence| ProducerStamp {
+            producer_id: id,
+            epoch,
+            base_sequence,
+        };
+        let mut b = BatchBuilder::new(64);
+        let headers = Headers::new();
+        let body = record_body_size(None, Some(b"v"), &headers);
+        b.append(body, 1, None, Some(b"v"), &headers);
+        let data = b.finish(Compression::None, Some(stamp(7, 2, 40))).unwrap();
+        let read = |d: &Bytes| {
+            let mut d = d.clone();
+            let set =
+                kafka_protocol::records::RecordBatchDecoder::decode_with_custom_compression(
+                    &mut d,
+                    None::<
+                        fn(
+                            &mut Bytes,
+                            kafka_protocol::records::Compression,
+                        ) -> anyhow::Result<Bytes>,
+                    >,
+                )
+                .expect("valid CRC");
+            let r = &set.records[0];
+            (r.producer_id, r.producer_epoch, r.sequence)
+        };
+        assert_eq!(read(&data), (7, 2, 40));
+        let again = restamp(&data, Some(stamp(8, 0, 0))).unwrap();
+        assert_eq!(read(&again), (8, 0, 0));
+        let plain = restamp(&data, None).unwrap();
+        assert_eq!(read(&plain), (-1, -1, -1));
+        assert!(restamp(&data[..20], None).is_err());
     }
 
     #[test]

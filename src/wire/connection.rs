@@ -1,4 +1,4 @@
-//! One connection to one broker: length-prefixed frames, request headers, correlation ids
+//! One connection (TCP or TLS, see `transport`) to one broker: length-prefixed frames, request headers, correlation ids
 //! with many requests in flight, ApiVersions negotiation and SASL.
 //!
 //! Requests are written under a short async lock (one write per request, never per record);
@@ -27,7 +27,6 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
@@ -35,9 +34,6 @@ use crate::error::{Error, Result};
 
 /// First capacity of a response buffer; it grows (doubling) as bytes arrive.
 const INITIAL_READ_BUFFER: usize = 64 << 10;
-
-/// TCP keepalive: first probe after this much idle time.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 /// The write half of the stream, whatever the transport (TCP, TLS).
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
@@ -168,21 +164,7 @@ impl BrokerConnection {
     /// Opens a connection: TCP (keepalive on, no delay), ApiVersions, then SASL when
     /// configured. One attempt; the caller's retry loop decides about more.
     pub(crate) async fn connect(addr: &str, config: &Config) -> Result<BrokerConnection> {
-        let io = |source| Error::Io {
-            broker: addr.to_string(),
-            source,
-        };
-        let stream = tokio::time::timeout(config.request_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| Error::Timeout {
-                operation: format!("connect to {addr}"),
-                after: config.request_timeout,
-            })?
-            .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        socket2::SockRef::from(&stream)
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE))
-            .map_err(io)?;
+        let stream = super::transport::connect(addr, config).await?;
         Self::over(stream, addr, config).await
     }
 
@@ -214,12 +196,28 @@ impl BrokerConnection {
             versions: HashMap::new(),
             request_timeout: config.request_timeout,
         };
-        conn.versions = conn.negotiate_versions().await?;
-        if let Some(sasl) = &config.sasl {
-            super::sasl::authenticate(&conn, sasl).await?;
+        conn.versions = conn
+            .negotiate_versions()
+            .await
+            .map_err(|e| super::transport::first_request_failed(e, config))?;
+        if let Some(lifetime) = super::sasl::authenticate(&conn, config).await? {
+            conn.retire_after(lifetime.mul_f64(0.85));
         }
         tracing::debug!(broker = addr, "connected");
         Ok(conn)
+    }
+
+    /// KIP-368: the broker ends an authenticated session after the lifetime it returned.
+    /// After `after` (85 % of it) the connection reports itself closed, so its owner opens a
+    /// new, freshly authenticated one before the broker cuts this one; requests already in
+    /// flight on it finish.
+    fn retire_after(&self, after: Duration) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::debug!(broker = %shared.addr, "SASL session lifetime nearly over: reconnecting");
+            shared.closed.store(true, Ordering::Release);
+        });
     }
 
     /// The broker's address.
@@ -597,6 +595,7 @@ async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin + ?Sized>(
         }
         std::io::IoSlice::advance_slices(&mut rest, n);
     }
+    // TLS keeps written records in its buffer until flushed; for TCP this is a no-op.
     writer.flush().await
 }
 
@@ -652,7 +651,8 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>, max_f
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
-                        "response frame of {len} bytes (receive.message.max.bytes is {max_frame})"
+                        "{} (receive.message.max.bytes is {max_frame})",
+                        super::transport::bad_frame_length(len as u32)
                     ),
                 ));
             }
@@ -839,7 +839,8 @@ mod tests {
         // A negative frame size.
         let err = connect_err(Peer::Bytes(b"\xff\xff\xff\xfegarbage")).await;
         assert!(
-            err.to_string().contains("response frame of -2 bytes"),
+            err.to_string()
+                .contains("response frame of 4294967294 bytes"),
             "{err}"
         );
     }

@@ -9,7 +9,9 @@ pub(crate) mod admin;
 mod cluster;
 mod connection;
 mod sasl;
+mod transport;
 
 #[allow(unused_imports)]
 pub(crate) use cluster::{Cluster, Metadata, PartitionMetadata, TopicMetadata};
 pub(crate) use connection::BrokerConnection;
+pub(crate) use sasl::unsecured_jwt;
