@@ -437,3 +437,100 @@ async fn kip_511_v0_layout_answer_then_produce() {
     producer.close().await;
     assert!(refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+/// While the coordinator is black-holed for good, the consumer's `close` (commit, leave)
+/// returns within a few request timeouts instead of retrying for the reconnect budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_close_keeps_its_deadline_under_a_black_hole() {
+    let rig = Rig::start().await;
+    let admin = rig.client(None, &[]).await;
+    let topic = unique_name("faults-close");
+    admin.create_topic(&topic, 1, 1).await.unwrap();
+    support::produce(&admin, &topic, 1, 100, 100).await;
+    let group = unique_name("faults-close-group");
+    let client = rig.client(Some(&group), &[]).await;
+    let consumer = client.consumer(&[&topic]).unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen < 100 {
+        assert!(Instant::now() < deadline, "consumed {seen} of 100");
+        seen += consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .len();
+    }
+    rig.proxy.set(Fault::BlackHole);
+    // request.timeout.ms is 3 s and the reconnect budget 120 s: without a deadline of its
+    // own, close would retry the commit for two minutes.
+    let closed = tokio::time::timeout(Duration::from_secs(60), consumer.close()).await;
+    assert!(
+        closed.is_ok(),
+        "close returned while the broker is black-holed"
+    );
+    rig.proxy.set(Fault::None);
+}
+
+/// A measurement, not a check (`cargo test --release --test network_faults
+/// timer_lateness -- --ignored --nocapture`): how late a 10 ms ticker (standing in for the
+/// heartbeat and linger timers) runs on the same runtime while 200k 1 KiB records are
+/// produced, without compression and with gzip (which compresses each closed batch on the
+/// runtime's threads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run in release"]
+async fn timer_lateness_during_compressed_produce() {
+    let cluster = support::start(purekafka_testkit::Backend::MockCluster);
+    for codec in ["none", "gzip", "none", "gzip"] {
+        let config = Config::builder()
+            .brokers(cluster.bootstrap_list())
+            .set("compression.type", codec)
+            .set("linger.ms", "5")
+            .build()
+            .unwrap();
+        let client = Client::connect(config).await.unwrap();
+        let topic = unique_name("lateness");
+        cluster.create_topic(&topic, 4).await.unwrap();
+        let producer = client.producer();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut late = Vec::new();
+                let mut next = Instant::now() + Duration::from_millis(10);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep_until(next).await;
+                    late.push(Instant::now().duration_since(next));
+                    next += Duration::from_millis(10);
+                }
+                late
+            })
+        };
+        let value = bytes::Bytes::from(
+            (0..1024u32)
+                .map(|i| (i * 7 % 251) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let started = Instant::now();
+        let mut pending = Vec::new();
+        for i in 0..200_000u32 {
+            let r = Record::new(topic.clone(), value.clone()).with_key(i.to_string());
+            pending.push(producer.enqueue(r).await.unwrap());
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+        let took = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut late = ticker.await.unwrap();
+        late.sort();
+        let pct = |q: f64| late[((late.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "compression={codec}: 200k x 1 KiB in {took:?}; ticker lateness p50 {:?} p99 {:?} max {:?} ({} ticks)",
+            pct(0.5),
+            pct(0.99),
+            late.last().unwrap(),
+            late.len()
+        );
+        producer.close().await;
+    }
+}

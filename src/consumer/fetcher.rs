@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::assignor::TopicPartition;
-use super::decode::{decode_batches, Decoded};
+use super::decode::{decode_batches, decode_fetch_response, Decoded};
 use super::offsets;
 use super::state::{Chunk, Shared};
 use crate::client::Client;
@@ -231,9 +231,8 @@ impl Fetcher {
             .with_session_epoch(-1)
             .with_topics(topics);
         let timeout = self.client.config().request_timeout() + config.fetch_max_wait;
-        let response = conn
-            .send_version_timeout(&request, version, timeout)
-            .await?;
+        let body = conn.send_version_raw(&request, version, timeout).await?;
+        let response = decode_fetch_response(body, version)?;
         if response.error_code != 0 {
             return Err(Error::broker(
                 response.error_code,
@@ -248,7 +247,7 @@ impl Fetcher {
             for p in t.partitions {
                 let Some(f) = planned
                     .iter()
-                    .find(|f| &*f.tp.0 == t.topic.0.as_str() && f.tp.1 == p.partition_index)
+                    .find(|f| *f.tp.0 == *t.topic && f.tp.1 == p.partition_index)
                 else {
                     continue;
                 };

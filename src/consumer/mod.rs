@@ -673,14 +673,26 @@ async fn close_inner(inner: &Inner) -> Result<()> {
         state.uncommitted_processed()
     };
     inner.fetcher.stop();
-    let commit = offsets::commit(
-        &inner.client,
-        &inner.coordinator,
-        &inner.shared,
-        processed,
-        offsets::Rewind::Forbidden,
+    // Close has a deadline even when the coordinator never answers: the commit gets one
+    // request timeout (its retries included), the LeaveGroup two below.
+    let limit = inner.client.config().request_timeout();
+    let commit = tokio::time::timeout(
+        limit,
+        offsets::commit(
+            &inner.client,
+            &inner.coordinator,
+            &inner.shared,
+            processed,
+            offsets::Rewind::Forbidden,
+        ),
     )
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::Timeout {
+            operation: "commit on close".into(),
+            after: limit,
+        })
+    });
     // Clear what revoke would commit again, then let the membership task leave.
     for p in inner.shared.lock().partitions.values_mut() {
         p.processed = p.committed;

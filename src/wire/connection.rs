@@ -284,7 +284,32 @@ impl BrokerConnection {
         self.decode::<R>(frame, version)
     }
 
-    /// Sends `request` and returns its response frame (after the correlation id), undecoded.
+    /// Sends `request` at `version` and returns the response body (after the response
+    /// header), undecoded, for callers that decode it themselves (the fetcher: its decoder
+    /// never sizes an allocation by a count read off the wire).
+    pub(crate) async fn send_version_raw<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        let mut frame = self.request_frame(request, version, timeout).await?;
+        let header_version =
+            <R::Response as kafka_protocol::protocol::HeaderVersion>::header_version(version);
+        ResponseHeader::decode(&mut frame, header_version).map_err(|e| {
+            let e = Error::Protocol(format!(
+                "decoding the {} response header from {}: {e}",
+                api_name(R::KEY),
+                self.addr()
+            ));
+            self.shared
+                .poison(std::io::ErrorKind::InvalidData, &e.to_string());
+            e
+        })?;
+        Ok(frame)
+    }
+
+    /// Sends `request` and returns its response frame (from the correlation id), undecoded.
     async fn request_frame<R: Request>(
         &self,
         request: &R,
@@ -814,7 +839,8 @@ mod tests {
         // A negative frame size.
         let err = connect_err(Peer::Bytes(b"\xff\xff\xff\xfegarbage")).await;
         assert!(
-            err.to_string().contains("response frame of -2 bytes"),
+            err.to_string()
+                .contains("response frame of 4294967294 bytes"),
             "{err}"
         );
     }
