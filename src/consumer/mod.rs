@@ -50,6 +50,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use assignor::TopicPartition;
+pub(crate) use membership::is_fatal_group_error;
 
 use crate::client::Client;
 use crate::coordinator::Coordinator;
@@ -213,9 +214,14 @@ impl Consumer {
                 loop {
                     tokio::time::sleep(every).await;
                     let offsets = inner.shared.lock().uncommitted_processed();
-                    if let Err(e) =
-                        offsets::commit(&inner.client, &inner.coordinator, &inner.shared, offsets)
-                            .await
+                    if let Err(e) = offsets::commit(
+                        &inner.client,
+                        &inner.coordinator,
+                        &inner.shared,
+                        offsets,
+                        false,
+                    )
+                    .await
                     {
                         tracing::warn!(error = %e, "auto-commit failed");
                     }
@@ -276,6 +282,9 @@ impl Consumer {
         }
         if let Some(e) = state.error.take() {
             return Err(e);
+        }
+        if let Some((code, context)) = &state.fatal {
+            return Err(Error::broker(*code, context.clone(), None));
         }
         let mut out: Vec<ConsumedRecord> = Vec::new();
         let mut freed = 0;
@@ -364,11 +373,21 @@ impl Consumer {
     /// an [`Error::Broker`] with `RebalanceInProgress` / `IllegalGeneration`.
     pub async fn commit_batch(&self, records: &[ConsumedRecord]) -> Result<()> {
         let offsets = next_offsets(records);
-        self.commit_offsets(offsets).await
+        self.commit_next_offsets(offsets, false).await
     }
 
-    /// Commits `offsets` (next offset to read, per partition) and waits.
+    /// Commits `offsets` (next offset to read, per partition) and waits. Unlike the other
+    /// commits, which never move a committed offset backwards, this sets exactly these
+    /// offsets (a deliberate rewind is allowed).
     pub async fn commit_offsets(&self, offsets: HashMap<TopicPartition, i64>) -> Result<()> {
+        self.commit_next_offsets(offsets, true).await
+    }
+
+    async fn commit_next_offsets(
+        &self,
+        offsets: HashMap<TopicPartition, i64>,
+        rewind: bool,
+    ) -> Result<()> {
         if self.inner.shared.lock().closed {
             return Err(Error::Closed("consumer"));
         }
@@ -385,6 +404,7 @@ impl Consumer {
             &self.inner.coordinator,
             &self.inner.shared,
             offsets,
+            rewind,
         )
         .await
     }
@@ -395,8 +415,14 @@ impl Consumer {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let offsets = membership::still_assigned(&inner, offsets);
-            if let Err(e) =
-                offsets::commit(&inner.client, &inner.coordinator, &inner.shared, offsets).await
+            if let Err(e) = offsets::commit(
+                &inner.client,
+                &inner.coordinator,
+                &inner.shared,
+                offsets,
+                false,
+            )
+            .await
             {
                 tracing::warn!(error = %e, "asynchronous commit failed");
             }
@@ -599,6 +625,7 @@ impl Consumer {
             &self.inner.coordinator,
             &self.inner.shared,
             offsets,
+            false,
         )
         .await
     }
@@ -645,7 +672,14 @@ async fn close_inner(inner: &Inner) -> Result<()> {
         state.uncommitted_processed()
     };
     inner.fetcher.stop();
-    let commit = offsets::commit(&inner.client, &inner.coordinator, &inner.shared, processed).await;
+    let commit = offsets::commit(
+        &inner.client,
+        &inner.coordinator,
+        &inner.shared,
+        processed,
+        false,
+    )
+    .await;
     // Clear what revoke would commit again, then let the membership task leave.
     for p in inner.shared.lock().partitions.values_mut() {
         p.processed = p.committed;
