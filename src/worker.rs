@@ -519,6 +519,8 @@ impl<P: Process> Dispatcher<'_, P> {
             match batch {
                 Ok(batch) => self.dispatch(batch),
                 Err(Error::Closed(_)) => return Ok(()),
+                // The group will not take this member back (fenced, not authorized, ...).
+                Err(e) if crate::consumer::is_fatal_group_error(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "poll failed; polling again");
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -154,11 +154,15 @@ fn tansu_broker_pid(cluster: &TestCluster) -> u32 {
     let sh = cluster.pid().expect("tansu runs");
     let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
         .expect("children of the watchdog");
+    // The watchdog's other child is `cat`; the broker is the one named tansu.
     children
         .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(sh)
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|comm| comm.trim().starts_with("tansu"))
+        })
+        .expect("the tansu process")
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -238,8 +242,9 @@ async fn tansu_pauses_neither_lose_nor_duplicate_nor_reorder_200k_records() {
 
 /// Sends record 0, then record 1 while tansu is stopped: the request times out, the batch is
 /// resent (more than once) and tansu, once resumed, reads the unanswered requests too.
-/// Returns how often each record was written.
-async fn resend_while_stopped(idempotence: bool) -> (usize, usize) {
+/// Returns how often each record was written, or `None` when the pause did not catch the
+/// request (no resend happened: seen once in ~20 runs under load, cause not found).
+async fn resend_while_stopped(idempotence: bool) -> Option<(usize, usize)> {
     let cluster = support::start(Backend::Tansu);
     let topic = unique_name("idem-resend");
     cluster.create_topic(&topic, 1).await.unwrap();
@@ -268,19 +273,32 @@ async fn resend_while_stopped(idempotence: bool) -> (usize, usize) {
     drop(resume); // SIGCONT
     let d = pending.await.expect("the resent record is acknowledged");
     assert_eq!(d.partition, 0);
-    assert!(producer.metrics().retries >= 1, "{:?}", producer.metrics());
+    if producer.metrics().retries == 0 {
+        tracing::warn!("the pause did not catch the request; trying again");
+        return None;
+    }
     let reader = connect(config_for(&cluster)).await;
     let seqs = read_partition(&reader, &topic, 0).await;
-    (
+    Some((
         seqs.iter().filter(|&&s| s == 0).count(),
         seqs.iter().filter(|&&s| s == 1).count(),
-    )
+    ))
+}
+
+/// [`resend_while_stopped`] until a resend happened (at most three tries).
+async fn resent(idempotence: bool) -> (usize, usize) {
+    for _ in 0..3 {
+        if let Some(copies) = resend_while_stopped(idempotence).await {
+            return copies;
+        }
+    }
+    panic!("three pauses of tansu never made the producer resend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_is_written_once_with_idempotence_and_again_without() {
-    assert_eq!(resend_while_stopped(true).await, (1, 1));
-    let (first, resent) = resend_while_stopped(false).await;
+    assert_eq!(resent(true).await, (1, 1));
+    let (first, resent) = resent(false).await;
     assert_eq!(first, 1);
     assert!(
         resent >= 2,
@@ -536,3 +554,36 @@ async fn produce_example_takes_any_key_with_set() {
     assert_eq!(code, 2);
     assert!(err.contains("--set needs KEY=VALUE"), "{err}");
 }
+
+on_each_backend!(
+    try_send_before_metadata_keeps_key_order_and_flush_waits,
+    |cluster: TestCluster| async move {
+        const N: usize = 3_000;
+        let topic = unique_name("idem-try-send-first");
+        cluster.create_topic(&topic, 3).await.unwrap();
+        let client = connect(config_for(&cluster)).await;
+        let producer = client.producer();
+        // The producer has never seen the topic: every record waits for its metadata.
+        let pending: Vec<DeliveryFuture> = (0..N)
+            .map(|i| {
+                producer
+                    .try_send(record(&topic, i))
+                    .expect("room in the buffer")
+            })
+            .collect();
+        producer.flush().await;
+        let m = producer.metrics();
+        assert_eq!(
+            m.records_sent + m.errors,
+            N as u64,
+            "flush returned before the waiting records were sent: {m:?}"
+        );
+        all_delivered(pending).await;
+        let reader = connect(config_for(&cluster)).await;
+        let mut read = Vec::new();
+        for p in 0..3 {
+            read.push(read_partition(&reader, &topic, p).await);
+        }
+        check_once_each("rskafka", &read, N, true);
+    }
+);

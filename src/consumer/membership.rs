@@ -43,6 +43,8 @@ enum Exit {
     PollTimeout,
     /// The consumer is closing.
     Shutdown,
+    /// A fatal group error: the membership ends (see `is_fatal_group_error`).
+    Fatal,
 }
 
 /// Encodes the subscription sent in JoinGroup.
@@ -114,6 +116,42 @@ fn code_of(e: &Error) -> Option<i16> {
     e.kafka_code().map(|c| c.code())
 }
 
+/// Group errors after which the member must not rejoin (as the Java client treats them):
+/// FENCED_INSTANCE_ID (another member took this `group.instance.id`),
+/// GROUP_AUTHORIZATION_FAILED, INCONSISTENT_GROUP_PROTOCOL, INVALID_SESSION_TIMEOUT,
+/// GROUP_MAX_SIZE_REACHED, TOPIC_AUTHORIZATION_FAILED, UNSUPPORTED_VERSION.
+pub(crate) fn is_fatal_group_error(e: &Error) -> bool {
+    matches!(
+        code_of(e),
+        Some(
+            codes::FENCED_INSTANCE_ID
+                | GROUP_AUTHORIZATION_FAILED
+                | INCONSISTENT_GROUP_PROTOCOL
+                | INVALID_SESSION_TIMEOUT
+                | GROUP_MAX_SIZE_REACHED
+                | TOPIC_AUTHORIZATION_FAILED
+                | UNSUPPORTED_VERSION
+        )
+    )
+}
+
+const UNSUPPORTED_VERSION: i16 = 35;
+const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+const INVALID_SESSION_TIMEOUT: i16 = 26;
+const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+const GROUP_MAX_SIZE_REACHED: i16 = 81;
+
+/// Ends the membership for good: every later poll (and `run`) fails with `e`.
+fn fail_fatally(inner: &Inner, e: &Error) {
+    tracing::error!(group = %inner.coordinator.group(), error = %e, "fatal group error: the consumer stops");
+    let code = code_of(e).unwrap_or(-1);
+    let mut s = inner.shared.lock();
+    s.fatal = Some((code, format!("group {}: {e}", inner.coordinator.group())));
+    drop(s);
+    inner.shared.data_ready.notify_waiters();
+}
+
 /// The membership task: runs until the consumer closes.
 pub(crate) async fn run(inner: Arc<Inner>) {
     let config = inner.client.config().consumer().clone();
@@ -135,6 +173,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             Ok(a) => {
                 failures = 0;
                 a
+            }
+            Err(e) if is_fatal_group_error(&e) => {
+                fail_fatally(&inner, &e);
+                return;
             }
             Err(e) => {
                 failures += 1;
@@ -160,6 +202,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 leave(&inner, &me).await;
                 return;
             }
+            Exit::Fatal => return,
             Exit::PollTimeout => {
                 tracing::warn!(group = %inner.coordinator.group(), max_poll_interval_ms = config.max_poll_interval.as_millis() as u64, "no poll within max.poll.interval.ms: leaving the group until the next poll");
                 leave(&inner, &me).await;
@@ -356,7 +399,7 @@ async fn revoke(inner: &Inner) {
             &inner.coordinator,
             &inner.shared,
             processed,
-            super::offsets::Rewind::Forbidden,
+            false,
         )
         .await
         {
@@ -437,15 +480,12 @@ async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
                     tracing::info!(group = %inner.coordinator.group(), "group is rebalancing");
                     return Exit::Rejoin;
                 }
-                Some(
-                    codes::UNKNOWN_MEMBER_ID
-                    | codes::ILLEGAL_GENERATION
-                    | codes::FENCED_INSTANCE_ID,
-                ) => {
+                _ if is_fatal_group_error(&e) => {
+                    fail_fatally(inner, &e);
+                    return Exit::Fatal;
+                }
+                Some(codes::UNKNOWN_MEMBER_ID | codes::ILLEGAL_GENERATION) => {
                     tracing::warn!(group = %inner.coordinator.group(), error = %e, "member fenced; rejoining as a new member");
-                    if code_of(&e) == Some(codes::FENCED_INSTANCE_ID) {
-                        inner.shared.fail(e);
-                    }
                     return Exit::Reset;
                 }
                 _ => {

@@ -50,6 +50,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use assignor::TopicPartition;
+pub(crate) use membership::is_fatal_group_error;
 
 use crate::client::Client;
 use crate::coordinator::Coordinator;
@@ -218,7 +219,7 @@ impl Consumer {
                         &inner.coordinator,
                         &inner.shared,
                         offsets,
-                        offsets::Rewind::Forbidden,
+                        false,
                     )
                     .await
                     {
@@ -281,6 +282,9 @@ impl Consumer {
         }
         if let Some(e) = state.error.take() {
             return Err(e);
+        }
+        if let Some((code, context)) = &state.fatal {
+            return Err(Error::broker(*code, context.clone(), None));
         }
         let mut out: Vec<ConsumedRecord> = Vec::new();
         let mut freed = 0;
@@ -369,25 +373,20 @@ impl Consumer {
     /// an [`Error::Broker`] with `RebalanceInProgress` / `IllegalGeneration`.
     pub async fn commit_batch(&self, records: &[ConsumedRecord]) -> Result<()> {
         let offsets = next_offsets(records);
-        self.commit_assigned(offsets, offsets::Rewind::Forbidden)
-            .await
+        self.commit_next_offsets(offsets, false).await
     }
 
-    /// Commits `offsets` (next offset to read, per partition) and waits.
-    ///
-    /// These offsets are committed as given, also below what was committed before (a
-    /// deliberate rewind, as Java's `commitSync(Map)`); commits of records
-    /// ([`commit`](Self::commit), [`commit_batch`](Self::commit_batch),
-    /// [`commit_async`](Self::commit_async), auto-commit) never move an offset backwards.
+    /// Commits `offsets` (next offset to read, per partition) and waits. Unlike the other
+    /// commits, which never move a committed offset backwards, this sets exactly these
+    /// offsets (a deliberate rewind is allowed).
     pub async fn commit_offsets(&self, offsets: HashMap<TopicPartition, i64>) -> Result<()> {
-        self.commit_assigned(offsets, offsets::Rewind::Allowed)
-            .await
+        self.commit_next_offsets(offsets, true).await
     }
 
-    async fn commit_assigned(
+    async fn commit_next_offsets(
         &self,
         offsets: HashMap<TopicPartition, i64>,
-        rewind: offsets::Rewind,
+        rewind: bool,
     ) -> Result<()> {
         if self.inner.shared.lock().closed {
             return Err(Error::Closed("consumer"));
@@ -421,7 +420,7 @@ impl Consumer {
                 &inner.coordinator,
                 &inner.shared,
                 offsets,
-                offsets::Rewind::Forbidden,
+                false,
             )
             .await
             {
@@ -626,7 +625,7 @@ impl Consumer {
             &self.inner.coordinator,
             &self.inner.shared,
             offsets,
-            offsets::Rewind::Forbidden,
+            false,
         )
         .await
     }
@@ -683,7 +682,7 @@ async fn close_inner(inner: &Inner) -> Result<()> {
             &inner.coordinator,
             &inner.shared,
             processed,
-            offsets::Rewind::Forbidden,
+            false,
         ),
     )
     .await

@@ -204,76 +204,78 @@ pub(crate) async fn initial_positions(
 ///
 /// Committed offsets never move backwards: commits run one at a time (so a slow
 /// `commit_async` cannot land after a later commit), and an offset at or below what this
-/// member already committed for the partition is left out — unless `rewind` is set, for
-/// offsets the user named explicitly ([`Consumer::commit_offsets`](crate::Consumer::commit_offsets),
-/// as Java's `commitSync(Map)`), which are committed as given.
+/// member already committed for the partition is left out — unless `rewind` (an explicit
+/// `commit_offsets`), which sets exactly the given offsets.
 pub(crate) async fn commit(
     client: &Client,
     coordinator: &Coordinator,
     shared: &Shared,
     offsets: HashMap<TopicPartition, i64>,
-    rewind: Rewind,
+    rewind: bool,
 ) -> Result<()> {
     if offsets.is_empty() {
         return Ok(());
     }
-    let _one_at_a_time = shared.commit_serial.lock().await;
-    let (me, offsets) = {
-        let state = shared.lock();
-        let offsets: HashMap<TopicPartition, i64> = offsets
-            .into_iter()
-            .filter(|(tp, offset)| {
-                let behind = rewind == Rewind::Forbidden
-                    && state
-                        .partitions
-                        .get(tp)
-                        .and_then(|p| p.committed)
-                        .is_some_and(|committed| *offset <= committed);
-                if behind {
-                    tracing::debug!(
-                        topic = %tp.0,
-                        partition = tp.1,
-                        offset,
-                        "commit left out: not ahead of the committed offset"
-                    );
-                }
-                !behind
-            })
-            .collect();
-        (state.group.me.clone(), offsets)
-    };
-    if offsets.is_empty() {
-        return Ok(());
-    }
+    let me = shared.lock().group.me.clone();
+    let offsets = &offsets;
+    let me = &me;
     client
         .retry(
             &format!("commit offsets of group {}", coordinator.group()),
-            || coordinator.commit(&me, &offsets),
+            || async move {
+                // One attempt at a time (not the whole retry loop: a commit retrying through
+                // a rebalance must not hold up the commit on revoke).
+                let _one_at_a_time = shared.commit_serial.lock().await;
+                let ahead = ahead_of_committed(shared, offsets, rewind);
+                if ahead.is_empty() {
+                    return Ok(());
+                }
+                coordinator.commit(me, &ahead).await?;
+                let mut state = shared.lock();
+                for (tp, offset) in ahead {
+                    if let Some(p) = state.partitions.get_mut(&tp) {
+                        if rewind {
+                            p.committed = Some(offset);
+                            p.processed = Some(offset);
+                        } else {
+                            p.committed = p.committed.max(Some(offset));
+                            p.processed = p.processed.max(Some(offset));
+                        }
+                    }
+                }
+                Ok(())
+            },
         )
         .await?;
-    let mut state = shared.lock();
-    for (tp, offset) in offsets {
-        if let Some(p) = state.partitions.get_mut(&tp) {
-            match rewind {
-                Rewind::Forbidden => {
-                    p.committed = p.committed.max(Some(offset));
-                    p.processed = p.processed.max(Some(offset));
-                }
-                Rewind::Allowed => {
-                    p.committed = Some(offset);
-                    p.processed = Some(offset);
-                }
-            }
-        }
-    }
     Ok(())
 }
 
-/// Whether a commit may move a partition's committed offset backwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Rewind {
-    /// Commits of processed records: never backwards.
-    Forbidden,
-    /// Offsets the user named explicitly: committed as given.
-    Allowed,
+/// The offsets ahead of what this member committed (all of them with `rewind`).
+fn ahead_of_committed(
+    shared: &Shared,
+    offsets: &HashMap<TopicPartition, i64>,
+    rewind: bool,
+) -> HashMap<TopicPartition, i64> {
+    let state = shared.lock();
+    offsets
+        .iter()
+        .filter(|(tp, offset)| {
+            let behind = !rewind
+                && state
+                    .partitions
+                    .get(*tp)
+                    .and_then(|p| p.committed)
+                    .is_some_and(|committed| **offset <= committed);
+            if behind {
+                tracing::debug!(
+                    topic = %tp.0,
+                    partition = tp.1,
+                    offset,
+                    "commit left out: not ahead of the committed offset"
+                );
+            }
+            !behind
+        })
+        .map(|(tp, o)| (tp.clone(), *o))
+        .collect()
 }

@@ -88,6 +88,8 @@ pub(crate) struct State {
     pub(crate) buffered_bytes: usize,
     /// An error for the next `poll` to return.
     pub(crate) error: Option<Error>,
+    /// A fatal group error (code, what it was about): every later poll returns it.
+    pub(crate) fatal: Option<(i16, String)>,
     pub(crate) last_poll: Instant,
     pub(crate) closed: bool,
 }
@@ -149,6 +151,7 @@ impl Shared {
                 buffer: VecDeque::new(),
                 buffered_bytes: 0,
                 error: None,
+                fatal: None,
                 last_poll: Instant::now(),
                 closed: false,
             }),

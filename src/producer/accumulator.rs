@@ -301,6 +301,8 @@ pub(crate) struct Accumulator {
     /// Appends started but not finished (a `try_send` learning its topic in the background):
     /// the sender keeps running until they are done, so their records are not stranded.
     deferred: AtomicUsize,
+    /// Notified when `deferred` drops to zero.
+    deferred_done: Notify,
     /// Send everything now, linger or not (close / last producer dropped).
     closing: AtomicBool,
     /// Buffers of acknowledged batches, reused for new batches (at most [`POOL_MAX`]): a
@@ -326,6 +328,7 @@ impl Accumulator {
             space: Notify::new(),
             waiting: AtomicUsize::new(0),
             deferred: AtomicUsize::new(0),
+            deferred_done: Notify::new(),
             wake_sender: Notify::new(),
             closing: AtomicBool::new(false),
             clock_ms: AtomicI64::new(now_millis()),
@@ -834,6 +837,19 @@ impl Accumulator {
         self.closing.load(Ordering::SeqCst) && self.deferred.load(Ordering::SeqCst) == 0
     }
 
+    /// Waits until no append is pending (records waiting for their topic's metadata).
+    pub(crate) async fn deferred_appended(&self) {
+        loop {
+            let done = self.deferred_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.deferred.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+
     /// Records enqueued and not yet resolved.
     pub(crate) fn queue_depth(&self) -> u64 {
         let c = &self.counters;
@@ -855,7 +871,9 @@ impl DeferredAppend {
 
 impl Drop for DeferredAppend {
     fn drop(&mut self) {
-        self.0.deferred.fetch_sub(1, Ordering::SeqCst);
+        if self.0.deferred.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.deferred_done.notify_waiters();
+        }
         self.0.wake_sender.notify_one();
     }
 }

@@ -37,7 +37,8 @@ mod idempotence;
 pub mod partitioner;
 mod sender;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -100,6 +101,12 @@ impl Drop for Handle {
 
 struct Core {
     acc: Arc<Accumulator>,
+    /// Records of `try_send` (and `enqueue`s behind them) waiting for their topic's
+    /// metadata, in arrival order per topic; one loader task per topic appends them in that
+    /// order, so records of one key keep their order.
+    waiting: Mutex<HashMap<Arc<str>, Vec<WaitingRecord>>>,
+    /// Topics in `waiting` (read without the lock on the hot path).
+    waiting_topics: AtomicUsize,
     cluster: Arc<Cluster>,
     /// `None`: the default (murmur2 of the key, sticky without key), inlined.
     partitioner: Option<Box<dyn Partitioner>>,
@@ -108,6 +115,16 @@ struct Core {
     sender: Arc<sender::Sender>,
     started: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A record waiting for its topic's metadata.
+struct WaitingRecord {
+    record: Record,
+    body: usize,
+    reserved: usize,
+    reply: tokio::sync::oneshot::Sender<Result<DeliveryFuture>>,
+    /// Keeps the sender running and `flush` waiting until the record is appended.
+    _pending: accumulator::DeferredAppend,
 }
 
 /// The values of the default headers (`default.headers`).
@@ -190,6 +207,8 @@ impl Producer {
             });
             Arc::new(Core {
                 acc,
+                waiting: Mutex::new(HashMap::new()),
+                waiting_topics: AtomicUsize::new(0),
                 cluster: Arc::clone(cluster),
                 partitioner,
                 message_max_bytes: config.message_max_bytes(),
@@ -260,6 +279,11 @@ impl Producer {
         };
         let (body, reserved) = core.prepare(&mut record)?;
         core.acc.reserve(reserved).await?;
+        if core.waiting_topics.load(Ordering::Acquire) > 0 {
+            // Records of `try_send` wait for some topic's metadata: behind them if it is
+            // this topic.
+            return core.append_or_wait(&self.inner.client, record, body, reserved);
+        }
         if let Some(appended) = try_append_record(
             &core.acc,
             core.partitioner.as_deref(),
@@ -286,42 +310,26 @@ impl Producer {
         };
         let (body, reserved) = core.prepare(&mut record)?;
         core.acc.try_reserve(reserved)?;
-        if let Some(appended) = try_append_record(
-            &core.acc,
-            core.partitioner.as_deref(),
-            &record,
-            body,
-            reserved,
-        ) {
-            return appended;
+        if core.waiting_topics.load(Ordering::Acquire) == 0 {
+            if let Some(appended) = try_append_record(
+                &core.acc,
+                core.partitioner.as_deref(),
+                &record,
+                body,
+                reserved,
+            ) {
+                return appended;
+            }
         }
-        // First record for this topic: its metadata needs a round trip; do it in the
-        // background (the bytes are reserved already).
-        // The sender does not stop while such an append is pending (see `Accumulator::deferred`).
-        let core = Arc::clone(core);
-        let client = self.inner.client.clone();
-        let pending_append = accumulator::DeferredAppend::new(Arc::clone(&core.acc));
-        let task = tokio::spawn(async move {
-            let appended = match core.load_topic(&client, &record.topic).await {
-                Ok(()) => core.append(&record, body, reserved),
-                Err(e) => {
-                    core.acc.release(reserved);
-                    Err(e)
-                }
-            };
-            drop(pending_append);
-            appended?.await
-        });
-        Ok(DeliveryFuture::deferred(async move {
-            task.await
-                .unwrap_or(Err(Error::Closed("producer (task cancelled)")))
-        }))
+        core.append_or_wait(&self.inner.client, record, body, reserved)
     }
 
     /// Waits until every record enqueued before this call is resolved (sent or failed).
     /// Batches still lingering are sent at once.
     pub async fn flush(&self) {
         let Some(core) = &self.inner.core else { return };
+        // Records of `try_send` still waiting for their topic's metadata first.
+        core.acc.deferred_appended().await;
         let pending = core.acc.flush_all();
         if !pending.is_empty() {
             core.start_sender();
@@ -432,6 +440,88 @@ impl Core {
         if h.get("version").is_none() {
             h.insert("version", d.version.clone());
         }
+    }
+
+    /// A waiting record's future: resolves once its append is done, then with its delivery.
+    fn waiting_future(
+        &self,
+        record: Record,
+        body: usize,
+        reserved: usize,
+        queue: &mut Vec<WaitingRecord>,
+    ) -> DeliveryFuture {
+        let (reply, appended) = tokio::sync::oneshot::channel();
+        queue.push(WaitingRecord {
+            record,
+            body,
+            reserved,
+            reply,
+            _pending: accumulator::DeferredAppend::new(Arc::clone(&self.acc)),
+        });
+        DeliveryFuture::deferred(async move {
+            match appended.await {
+                Ok(Ok(delivery)) => delivery.await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Error::Closed("producer (stopped before the append)")),
+            }
+        })
+    }
+
+    /// A record for a topic not known yet, or sent while records wait for their topic's
+    /// metadata: appended now when its topic is known and nothing of it waits, else queued
+    /// behind the waiting ones (the first starts the topic's loader task).
+    fn append_or_wait(
+        self: &Arc<Self>,
+        client: &Client,
+        record: Record,
+        body: usize,
+        reserved: usize,
+    ) -> Result<DeliveryFuture> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = waiting.get_mut(&*record.topic) {
+            return Ok(self.waiting_future(record, body, reserved, queue));
+        }
+        // The loader appends under this lock, so nothing waiting can be overtaken here.
+        if let Some(appended) = try_append_record(
+            &self.acc,
+            self.partitioner.as_deref(),
+            &record,
+            body,
+            reserved,
+        ) {
+            return appended;
+        }
+        let topic: Arc<str> = Arc::from(&*record.topic);
+        let mut queue = Vec::new();
+        let future = self.waiting_future(record, body, reserved, &mut queue);
+        waiting.insert(Arc::clone(&topic), queue);
+        self.waiting_topics.fetch_add(1, Ordering::AcqRel);
+        drop(waiting);
+        self.spawn_loader(client.clone(), topic);
+        Ok(future)
+    }
+
+    /// Loads `topic`'s metadata, then appends its waiting records in their order.
+    fn spawn_loader(self: &Arc<Self>, client: Client, topic: Arc<str>) {
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            let loaded = core.load_topic(&client, &topic).await;
+            let mut waiting = core.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let queue = waiting.remove(&topic).unwrap_or_default();
+            for w in queue {
+                let result = match &loaded {
+                    Ok(()) => core.append(&w.record, w.body, w.reserved),
+                    Err(e) => {
+                        core.acc.release(w.reserved);
+                        Err(delivery::duplicate(e))
+                    }
+                };
+                let _ = w.reply.send(result);
+            }
+            // Only now may senders take the fast path again: one that saw this topic
+            // waiting blocks on the lock above and appends after the waiting records.
+            core.waiting_topics.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     /// Fetches the topic's partition count (under the client's retry policy).

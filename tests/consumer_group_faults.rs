@@ -1,0 +1,79 @@
+//! Fatal group errors on librdkafka's mock cluster (injected with its request-error
+//! commands): they end `poll` and `run` with that error, every time, instead of rejoining in a
+//! loop. The errors are injected into Heartbeat: the mock answers an injected JoinGroup or
+//! FindCoordinator error with null strings that the response layout does not allow, so a
+//! fatal answer to those requests is untested here.
+
+use std::time::{Duration, Instant};
+
+use purekafka::Consumer;
+use purekafka_testkit::{unique_name, Backend};
+
+#[macro_use]
+mod support;
+
+/// Polls until one fails; returns its Kafka error code (panics after 30 s).
+async fn poll_until_error(consumer: &Consumer) -> Option<i16> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no error within 30 s");
+        match consumer.poll(Duration::from_millis(200)).await {
+            Ok(_) => continue,
+            Err(e) => return e.kafka_code().map(|c| c.code()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_authorization_failed_ends_poll_for_good() {
+    support::init_tracing();
+    let cluster = support::start(Backend::MockCluster);
+    let topic = unique_name("group-fatal-auth");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let client = support::client(&cluster, &unique_name("group-fatal-auth"), &[]).await;
+    // The first heartbeat answers GROUP_AUTHORIZATION_FAILED (once: a rejoin would succeed).
+    cluster.push_request_errors(12, &[30]).unwrap();
+    let consumer = client.consumer(&[&topic]).unwrap();
+    assert_eq!(poll_until_error(&consumer).await, Some(30));
+    // Not once: every later poll says so.
+    for _ in 0..3 {
+        let e = consumer
+            .poll(Duration::from_millis(300))
+            .await
+            .expect_err("fatal error is kept");
+        assert_eq!(e.kafka_code().map(|c| c.code()), Some(30), "{e}");
+    }
+    let _ = consumer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_instance_id_on_heartbeat_ends_poll_and_run() {
+    support::init_tracing();
+    let cluster = support::start(Backend::MockCluster);
+    let topic = unique_name("group-fatal-fenced");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let group = unique_name("group-fatal-fenced");
+    let client = support::client(&cluster, &group, &[("group.instance.id", "fenced-1")]).await;
+    let consumer = client.consumer(&[&topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.assignment().is_empty() {
+        assert!(Instant::now() < deadline, "never assigned");
+        consumer.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    // The next heartbeat is answered FENCED_INSTANCE_ID.
+    cluster.push_request_errors(12, &[82]).unwrap();
+    assert_eq!(poll_until_error(&consumer).await, Some(82));
+    let again = consumer.poll(Duration::from_millis(300)).await.unwrap_err();
+    assert_eq!(again.kafka_code().map(|c| c.code()), Some(82));
+    let _ = consumer.close().await;
+
+    // `run` ends with the error instead of polling on.
+    let client = support::client(&cluster, &unique_name("group-fatal-run"), &[]).await;
+    cluster.push_request_errors(12, &[30]).unwrap();
+    let runner = client.consumer(&[&topic]).unwrap().runner();
+    let run = tokio::time::timeout(Duration::from_secs(60), runner.run(|_r| async { Ok(()) }))
+        .await
+        .expect("run ended");
+    let e = run.expect_err("run fails with the group error");
+    assert_eq!(e.kafka_code().map(|c| c.code()), Some(30), "{e}");
+}
