@@ -2,7 +2,7 @@
 //!
 //! A key goes through three steps: **claimed** (in progress) → **done** (the handler
 //! succeeded) or **released** (it failed; a redelivery is processed again). The claim is one
-//! atomic step on the cache's entry ([`Deduplicator::check_and_mark`]), so two tasks cannot
+//! atomic step for the key ([`Deduplicator::check_and_mark`]), so two tasks cannot
 //! both claim the same key. A claim that is dropped without [`Claim::complete`] is released,
 //! so a cancelled handler (shutdown, crash of the run task) never leaves a key stuck "in
 //! progress".
@@ -19,11 +19,10 @@
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 
 use crate::record::ConsumedRecord;
@@ -58,13 +57,20 @@ pub enum Check {
 /// share one between runners of the same process so that a successor skips what its
 /// predecessor processed.
 ///
-/// Cost: one cache operation per new key (the claim inserts the key's slot; completing it
-/// is an atomic store on that slot), one lookup per duplicate.
+/// Cost: a lookup and, for a new key, one insert (completing a claim is an atomic store on
+/// the key's slot); claims of one key are made atomic by a small striped lock rather than
+/// moka's entry API (whose per-call initialisation bookkeeping cost more than the cache
+/// itself). Keys are copied into their own allocation, so that the cache never keeps a
+/// fetched record batch alive.
 #[derive(Clone)]
 pub struct Deduplicator {
     cache: moka::sync::Cache<Bytes, Arc<Slot>>,
+    stripes: Arc<[Mutex<()>]>,
     next_token: Arc<AtomicU64>,
 }
+
+/// Lock stripes: claims of keys in different stripes never wait for each other.
+const STRIPES: usize = 64;
 
 impl std::fmt::Debug for Deduplicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,71 +90,55 @@ impl Deduplicator {
         Deduplicator {
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
+                // Sized up front (up to 1M keys): growing moka's hash table from empty
+                // rehashes every key at each doubling while a run fills it.
+                .initial_capacity(capacity.min(1 << 20) as usize)
                 .time_to_live(ttl)
                 // Plain LRU: every new key is admitted. (moka's default TinyLFU admission
                 // may turn away a new key while the cache is full, which would forget a
                 // key just processed; it also costs a frequency-sketch update per insert.)
                 .eviction_policy(EvictionPolicy::lru())
                 .build(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             next_token: Arc::new(AtomicU64::new(1)),
         }
     }
 
-    /// Claims `key` if it was neither processed nor claimed: one atomic step on the key's
-    /// cache entry.
+    /// The lock of `key`'s stripe (FNV-1a of the key: only spreads contention, so it need
+    /// not resist chosen keys; moka hashes with its own keyed hasher).
+    fn stripe(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in key.iter().take(64) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.stripes[(h % STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `key` if it was neither processed nor claimed: atomic for the key (one lock
+    /// stripe covers every change of its entry).
     pub fn check_and_mark(&self, key: impl Into<Bytes>) -> Check {
         let key = key.into();
-        loop {
-            let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-            let entry = self.cache.entry(key.clone()).or_insert_with(|| {
-                Arc::new(Slot {
-                    state: AtomicU64::new(token),
-                })
-            });
-            let fresh = entry.is_fresh();
-            let slot = entry.into_value();
-            if fresh {
-                return Check::Claimed(Claim {
-                    dedup: self.clone(),
-                    key: Some(key),
-                    slot,
-                    token,
-                });
-            }
+        let _stripe = self.stripe(&key);
+        if let Some(slot) = self.cache.get(&key) {
             match slot.state.load(Ordering::Acquire) {
                 DONE => return Check::Duplicate,
-                RELEASED => {
-                    // A released key left in the cache (its removal raced with us): replace
-                    // it, atomically, unless someone else did first; then ask again.
-                    if let Some(claim) = self.reclaim(&key, &slot) {
-                        return Check::Claimed(claim);
-                    }
-                }
+                RELEASED => {}
                 _ => return Check::InProgress,
             }
         }
-    }
-
-    /// Replaces the released `old` slot of `key` with a new claim, if it is still there.
-    fn reclaim(&self, key: &Bytes, old: &Arc<Slot>) -> Option<Claim> {
+        // New, or released and not yet removed: claim it with a fresh slot.
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let new = Arc::new(Slot {
+        let slot = Arc::new(Slot {
             state: AtomicU64::new(token),
         });
-        let mut won = false;
-        self.cache
-            .entry(key.clone())
-            .and_compute_with(|current| match current {
-                Some(e) if !Arc::ptr_eq(e.value(), old) => Op::Nop,
-                _ => {
-                    won = true;
-                    Op::Put(Arc::clone(&new))
-                }
-            });
-        won.then(|| Claim {
+        let key = Bytes::copy_from_slice(&key);
+        self.cache.insert(key.clone(), Arc::clone(&slot));
+        Check::Claimed(Claim {
             dedup: self.clone(),
-            key: Some(key.clone()),
-            slot: new,
+            key: Some(key),
+            slot,
             token,
         })
     }
@@ -178,12 +168,14 @@ impl Deduplicator {
 
     /// Forgets `key` if it still holds `slot` (a released claim's).
     fn forget(&self, key: Bytes, slot: &Arc<Slot>) {
-        self.cache
-            .entry(key)
-            .and_compute_with(|current| match current {
-                Some(e) if Arc::ptr_eq(e.value(), slot) => Op::Remove,
-                _ => Op::Nop,
-            });
+        let _stripe = self.stripe(&key);
+        if self
+            .cache
+            .get(&key)
+            .is_some_and(|current| Arc::ptr_eq(&current, slot))
+        {
+            self.cache.invalidate(&key);
+        }
     }
 }
 
@@ -334,6 +326,42 @@ mod tests {
             });
             assert_eq!(winners.load(Ordering::SeqCst), 1);
         }
+    }
+
+    #[test]
+    fn keys_are_copied_out_of_the_record_buffer() {
+        let d = Deduplicator::new(100, Duration::from_secs(60));
+        let buffer = Bytes::from(vec![b'k'; 4096]);
+        let key = buffer.slice(0..8);
+        let Check::Claimed(c) = d.check_and_mark(key.clone()) else {
+            panic!()
+        };
+        c.complete();
+        drop(key);
+        // Only `buffer` itself refers to the 4 KiB allocation now.
+        assert!(buffer.is_unique());
+        assert!(d.is_done(b"kkkkkkkk"));
+    }
+
+    #[test]
+    fn a_released_key_can_be_claimed_once_more_by_one_of_many() {
+        let d = Deduplicator::new(1000, Duration::from_secs(60));
+        let Check::Claimed(c) = d.check_and_mark("r") else {
+            panic!()
+        };
+        c.release();
+        let winners = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    if let Check::Claimed(c) = d.check_and_mark("r") {
+                        winners.fetch_add(1, Ordering::SeqCst);
+                        std::mem::forget(c);
+                    }
+                });
+            }
+        });
+        assert_eq!(winners.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -237,6 +237,9 @@ pub struct ChildResult {
     /// Records the client sent before its clock started (warm-up), already acknowledged.
     #[serde(default)]
     pub warmup: u64,
+    /// The child's own peak RSS (`VmHWM`, KiB), read just before it printed this line.
+    #[serde(default)]
+    pub vm_hwm_kib: Option<u64>,
 }
 
 /// Marks the result line among anything else a child may print.

@@ -688,7 +688,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
     let json_path = opts.out_dir.join(format!("{stem}.json"));
     let svg_path = opts.out_dir.join(format!("{stem}.svg"));
     let md_path = opts.out_dir.join(format!("{stem}.md"));
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
     std::fs::write(&json_path, json).map_err(|e| format!("write {}: {e}", json_path.display()))?;
     let svg = crate::svg::render(
         &report.rows,

@@ -34,6 +34,8 @@ pub fn main(spec: ChildSpec) -> Result<(), String> {
             )
         }
     };
+    let mut result = result;
+    result.vm_hwm_kib = crate::proc::own_vm_hwm_kib();
     let line = serde_json::to_string(&result).map_err(|e| e.to_string())?;
     println!("{RESULT_PREFIX}{line}");
     Ok(())
@@ -281,6 +283,7 @@ pub fn produce_result(
         errors,
         checksum: None,
         warmup: crate::model::WARMUP_RECORDS,
+        vm_hwm_kib: None,
     }
 }
 
@@ -296,6 +299,7 @@ pub fn consume_result(check: &ConsumeCheck, first: Duration, elapsed: Duration) 
         errors: 0,
         checksum: Some(check.checksum),
         warmup: 0,
+        vm_hwm_kib: None,
     }
 }
 

@@ -329,5 +329,6 @@ async fn runtime(spec: &ChildSpec) -> Result<ChildResult, String> {
         errors: errors + metrics.duplicates_skipped,
         checksum: None,
         warmup: 0,
+        vm_hwm_kib: None,
     })
 }

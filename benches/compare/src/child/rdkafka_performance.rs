@@ -92,6 +92,7 @@ pub fn parse(spec: &ChildSpec, stdout: &str) -> Result<ChildResult, String> {
         errors: failed + spec.records.saturating_sub(delivered + failed),
         checksum: None,
         warmup: 0,
+        vm_hwm_kib: None,
     })
 }
 
