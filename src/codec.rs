@@ -14,13 +14,20 @@
 //!
 //! Decompression output is capped at [`MAX_DECOMPRESSED`]: a batch that inflates beyond it is
 //! an error, never an allocation sized by the peer.
+//!
+//! The opt-in features `lz4-c` and `zstd-c` switch lz4 / zstd to the C libraries (the `lz4`
+//! and `zstd` crates; a C compiler is needed), for the CPU figures in the README. The formats
+//! are the same either way.
+//!
+//! The functions are public so that benchmarks (`benches/codecs.rs`) and tools can use the
+//! exact code the client runs; applications do not need them.
 
 use crate::config::Compression;
 use crate::error::{Error, Result};
 
 /// Largest decompressed record section accepted (a hostile batch cannot make us allocate
 /// more than this).
-pub(crate) const MAX_DECOMPRESSED: usize = 256 << 20;
+pub const MAX_DECOMPRESSED: usize = 256 << 20;
 
 /// The xerial snappy-java stream header (magic, version 1, compatible version 1) that the
 /// Java client writes before snappy blocks.
@@ -29,7 +36,7 @@ const XERIAL_SNAPPY_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00
 const XERIAL_BLOCK_SIZE: usize = 32 * 1024;
 
 /// The codec id a batch's attributes carry for `compression`.
-pub(crate) fn codec_id(compression: Compression) -> i16 {
+pub fn codec_id(compression: Compression) -> i16 {
     match compression {
         Compression::None => 0,
         Compression::Gzip => 1,
@@ -53,7 +60,7 @@ fn name(codec: i16) -> &'static str {
 }
 
 /// Compresses a batch's record section as Kafka expects for `compression`.
-pub(crate) fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>> {
+pub fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         Error::Protocol(format!("{what} compression of a record batch failed: {e}"))
     };
@@ -84,7 +91,19 @@ pub(crate) fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>
             }
             Ok(out)
         }
-        #[cfg(feature = "lz4")]
+        #[cfg(all(feature = "lz4", feature = "lz4-c"))]
+        Compression::Lz4 => {
+            use std::io::Write;
+            let mut enc = lz4::EncoderBuilder::new()
+                .block_size(lz4::BlockSize::Max64KB)
+                .build(Vec::with_capacity(input.len() / 2 + 64))
+                .map_err(|e| failed("lz4", &e))?;
+            enc.write_all(input).map_err(|e| failed("lz4", &e))?;
+            let (out, result) = enc.finish();
+            result.map_err(|e| failed("lz4", &e))?;
+            Ok(out)
+        }
+        #[cfg(all(feature = "lz4", not(feature = "lz4-c")))]
         Compression::Lz4 => {
             use std::io::Write;
             let info = lz4_flex::frame::FrameInfo::new()
@@ -97,7 +116,9 @@ pub(crate) fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>
             enc.write_all(input).map_err(|e| failed("lz4", &e))?;
             enc.finish().map_err(|e| failed("lz4", &e))
         }
-        #[cfg(feature = "zstd")]
+        #[cfg(all(feature = "zstd", feature = "zstd-c"))]
+        Compression::Zstd => zstd::stream::encode_all(input, 1).map_err(|e| failed("zstd", &e)),
+        #[cfg(all(feature = "zstd", not(feature = "zstd-c")))]
         Compression::Zstd => Ok(ruzstd::encoding::compress_to_vec(
             input,
             ruzstd::encoding::CompressionLevel::Fastest,
@@ -108,7 +129,7 @@ pub(crate) fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>
 /// Decompresses a batch's record section by codec id (the low three attribute bits). Codec 0
 /// borrows the input; an unknown codec, one this build lacks, corrupt input or output beyond
 /// [`MAX_DECOMPRESSED`] is an [`Error::Protocol`] naming the codec.
-pub(crate) fn decompress(codec: i16, input: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+pub fn decompress(codec: i16, input: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     decompress_limited(codec, input, MAX_DECOMPRESSED)
 }
 
@@ -164,11 +185,21 @@ fn decompress_limited(
             }
             Ok(Cow::Owned(out))
         }
-        #[cfg(feature = "lz4")]
+        #[cfg(all(feature = "lz4", feature = "lz4-c"))]
+        3 => lz4::Decoder::new(input)
+            .and_then(|d| read_limited(d, limit))
+            .map(Cow::Owned)
+            .map_err(|e| failed(&e)),
+        #[cfg(all(feature = "lz4", not(feature = "lz4-c")))]
         3 => read_limited(lz4_flex::frame::FrameDecoder::new(input), limit)
             .map(Cow::Owned)
             .map_err(|e| failed(&e)),
-        #[cfg(feature = "zstd")]
+        #[cfg(all(feature = "zstd", feature = "zstd-c"))]
+        4 => zstd::stream::read::Decoder::new(input)
+            .and_then(|d| read_limited(d, limit))
+            .map(Cow::Owned)
+            .map_err(|e| failed(&e)),
+        #[cfg(all(feature = "zstd", not(feature = "zstd-c")))]
         4 => {
             // A batch may hold several concatenated frames; decode until the input is used up.
             let mut rest = input;

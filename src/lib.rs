@@ -64,7 +64,7 @@
 
 pub mod breaker;
 pub mod client;
-pub(crate) mod codec;
+pub mod codec;
 pub mod config;
 pub mod consumer;
 pub(crate) mod coordinator;
