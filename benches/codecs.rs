@@ -3,7 +3,7 @@
 //! repeated field names and varying values) compressed and decompressed.
 //!
 //! `cargo bench --bench codecs` (pure Rust: flate2, snap, lz4_flex, ruzstd), and
-//! `cargo bench --bench codecs --features lz4-c,zstd-c` for the C libraries. Criterion
+//! `cargo bench --bench codecs --features zstd-c` for the C libraries. Criterion
 //! prints the time per batch and records/s; divide by 1,000 for the time per record. Figures
 //! are in the README; nothing here asserts a timing.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the size of the stripped static (musl) static-service example for feature sets, as
 # the README's feature table shows: no default features, each default feature alone, the
-# default, and the C opt-ins (tls-ring, lz4-c, zstd-c compile C for the musl target, so this
+# default, and the C opt-ins (tls-ring, zstd-c compile C for the musl target, so this
 # installs musl-tools (musl-gcc) when missing).
 # Usage: bash scripts/feature-sizes.sh
 set -euo pipefail
@@ -15,7 +15,7 @@ export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 export CC_x86_64_unknown_linux_musl=musl-gcc
 base=""
 printf '| features | stripped static binary | delta |\n|---|---|---|\n'
-for features in "" tls "lz4,zstd" default "tls-ring,lz4,zstd" "default,lz4-c,zstd-c"; do
+for features in "" tls "lz4,zstd" default "tls-ring,lz4,zstd" "default,zstd-c"; do
     dir="target/feature-sizes/${features:-none}"
     cargo build --quiet --release --target "$target" --example static-service \
         --target-dir "$dir" --no-default-features ${features:+--features "$features"} 2>/dev/null
