@@ -7,7 +7,10 @@
 //!
 //! Brokers and the rest of the configuration come from `KAFKA_*` variables (`KAFKA_BROKERS`,
 //! `KAFKA_CLIENT_ID`, SASL, ...). Each stdin line is one record: `key<TAB>value`, or the value
-//! alone. `--header k=v` (repeatable) adds a header to every record. Each delivery is printed
+//! alone. `--header k=v` (repeatable) adds a header to every record. `--set KEY=VALUE` (or
+//! `-X KEY=VALUE`, as kcat; repeatable) sets any librdkafka / Java key after the environment's,
+//! e.g. `--set enable.idempotence=false --set acks=1` or `--set linger.ms=50`; a bad key or
+//! value exits with 2 naming it. Each delivery is printed
 //! as `partition offset`, in input order; failures go to stderr, and the exit status is 1 if
 //! any record failed (2 for usage or connection errors).
 
@@ -15,20 +18,26 @@ use std::collections::VecDeque;
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use purekafka::{Client, Config, DeliveryFuture, Record};
+use purekafka::{Client, ConfigBuilder, DeliveryFuture, Record};
 
-const USAGE: &str = "usage: produce TOPIC [--header KEY=VALUE]... < lines (key<TAB>value or value)";
+const USAGE: &str = "usage: produce TOPIC [--header KEY=VALUE]... [--set KEY=VALUE]... \
+< lines (key<TAB>value or value)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut topic = None;
     let mut headers = Vec::new();
+    let mut settings = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--header" | "-H" => match args.next().as_deref().and_then(|h| h.split_once('=')) {
                 Some((k, v)) => headers.push((k.to_string(), v.to_string())),
                 None => return usage("--header needs KEY=VALUE"),
+            },
+            "--set" | "-X" => match args.next().as_deref().and_then(|s| s.split_once('=')) {
+                Some((k, v)) => settings.push((k.trim().to_string(), v.to_string())),
+                None => return usage("--set needs KEY=VALUE"),
             },
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -43,7 +52,11 @@ async fn main() -> ExitCode {
         return usage("no topic given");
     };
 
-    let client = match Config::from_env() {
+    let mut builder = ConfigBuilder::from_env();
+    for (key, value) in &settings {
+        builder = builder.set(key, value);
+    }
+    let client = match builder.build() {
         Ok(config) => match Client::connect(config).await {
             Ok(c) => c,
             Err(e) => return fail(&e.to_string()),

@@ -11,7 +11,9 @@
 //!
 //! Options: `--records N` (1,000,000), `--size BYTES` (100), `--partitions P` (6, for the
 //! topic it creates on the mock cluster), `--topic NAME`, `--keyed` (keys `k<i % 100000>`;
-//! default keyless, sticky partitioning), `--set key=value` (any producer option, repeatable).
+//! default keyless, sticky partitioning), `--set key=value` (any producer option, repeatable),
+//! `--rtt-ms MS` (mock cluster only: every broker answers MS later, as a remote broker would;
+//! what batches in flight per partition, `max.in.flight`, are for).
 
 use std::time::Instant;
 
@@ -38,6 +40,7 @@ async fn main() -> purekafka::Result<()> {
     let mut partitions = 6i32;
     let mut topic = None;
     let mut keyed = false;
+    let mut rtt_ms = 0u64;
     let mut sets: Vec<(String, String)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -48,6 +51,7 @@ async fn main() -> purekafka::Result<()> {
             "--partitions" => partitions = value().parse().expect("--partitions P"),
             "--topic" => topic = Some(value()),
             "--keyed" => keyed = true,
+            "--rtt-ms" => rtt_ms = value().parse().expect("--rtt-ms MS"),
             "--set" => {
                 let kv = value();
                 let (k, v) = kv.split_once('=').expect("--set key=value");
@@ -68,6 +72,11 @@ async fn main() -> purekafka::Result<()> {
                 .create_topic(&topic, partitions)
                 .await
                 .expect("create topic");
+            if rtt_ms > 0 {
+                cluster
+                    .set_rtt(-1, std::time::Duration::from_millis(rtt_ms))
+                    .expect("set rtt");
+            }
             let b = cluster.bootstrap();
             _mock = Some(cluster);
             (b, topic)

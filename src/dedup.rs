@@ -24,16 +24,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
 
 use crate::record::ConsumedRecord;
 
-/// What the cache holds for a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mark {
-    /// Claimed by the claim with this token; its handler is running.
-    InProgress(u64),
-    /// Processed successfully.
-    Done,
+/// `Slot::state` of a key whose handler succeeded.
+const DONE: u64 = 0;
+/// `Slot::state` of a key whose claim was released (failed or dropped): claimable again.
+const RELEASED: u64 = u64::MAX;
+
+/// What the cache holds for a key: its state, shared with the claim that inserted it, so
+/// that completing a claim is one atomic store instead of a second cache operation. The
+/// state is the claim's token while its handler runs, [`DONE`] or [`RELEASED`] after.
+#[derive(Debug)]
+struct Slot {
+    state: AtomicU64,
 }
 
 /// The answer of [`Deduplicator::check_and_mark`].
@@ -52,9 +57,12 @@ pub enum Check {
 /// A bounded, time-limited cache of processed keys. Cheap to clone (clones share the cache):
 /// share one between runners of the same process so that a successor skips what its
 /// predecessor processed.
+///
+/// Cost: one cache operation per new key (the claim inserts the key's slot; completing it
+/// is an atomic store on that slot), one lookup per duplicate.
 #[derive(Clone)]
 pub struct Deduplicator {
-    cache: moka::sync::Cache<Bytes, Mark>,
+    cache: moka::sync::Cache<Bytes, Arc<Slot>>,
     next_token: Arc<AtomicU64>,
 }
 
@@ -67,8 +75,8 @@ impl std::fmt::Debug for Deduplicator {
 }
 
 impl Deduplicator {
-    /// A cache of at most `capacity` keys (least recently used ones are evicted first, moka's
-    /// TinyLFU admission), each forgotten `ttl` after it was marked.
+    /// A cache of at most `capacity` keys (the least recently used ones are evicted first),
+    /// each forgotten `ttl` after it was claimed.
     ///
     /// Size the capacity to the number of distinct keys expected within `ttl` (the window in
     /// which a producer retry or a redelivery can repeat a record).
@@ -77,6 +85,10 @@ impl Deduplicator {
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
+                // Plain LRU: every new key is admitted. (moka's default TinyLFU admission
+                // may turn away a new key while the cache is full, which would forget a
+                // key just processed; it also costs a frequency-sketch update per insert.)
+                .eviction_policy(EvictionPolicy::lru())
                 .build(),
             next_token: Arc::new(AtomicU64::new(1)),
         }
@@ -86,27 +98,66 @@ impl Deduplicator {
     /// cache entry.
     pub fn check_and_mark(&self, key: impl Into<Bytes>) -> Check {
         let key = key.into();
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let entry = self
-            .cache
-            .entry(key.clone())
-            .or_insert_with(|| Mark::InProgress(token));
-        if entry.is_fresh() {
-            return Check::Claimed(Claim {
-                dedup: self.clone(),
-                key: Some(key),
-                token,
+        loop {
+            let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+            let entry = self.cache.entry(key.clone()).or_insert_with(|| {
+                Arc::new(Slot {
+                    state: AtomicU64::new(token),
+                })
             });
+            let fresh = entry.is_fresh();
+            let slot = entry.into_value();
+            if fresh {
+                return Check::Claimed(Claim {
+                    dedup: self.clone(),
+                    key: Some(key),
+                    slot,
+                    token,
+                });
+            }
+            match slot.state.load(Ordering::Acquire) {
+                DONE => return Check::Duplicate,
+                RELEASED => {
+                    // A released key left in the cache (its removal raced with us): replace
+                    // it, atomically, unless someone else did first; then ask again.
+                    if let Some(claim) = self.reclaim(&key, &slot) {
+                        return Check::Claimed(claim);
+                    }
+                }
+                _ => return Check::InProgress,
+            }
         }
-        match entry.into_value() {
-            Mark::Done => Check::Duplicate,
-            Mark::InProgress(_) => Check::InProgress,
-        }
+    }
+
+    /// Replaces the released `old` slot of `key` with a new claim, if it is still there.
+    fn reclaim(&self, key: &Bytes, old: &Arc<Slot>) -> Option<Claim> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let new = Arc::new(Slot {
+            state: AtomicU64::new(token),
+        });
+        let mut won = false;
+        self.cache
+            .entry(key.clone())
+            .and_compute_with(|current| match current {
+                Some(e) if !Arc::ptr_eq(e.value(), old) => Op::Nop,
+                _ => {
+                    won = true;
+                    Op::Put(Arc::clone(&new))
+                }
+            });
+        won.then(|| Claim {
+            dedup: self.clone(),
+            key: Some(key.clone()),
+            slot: new,
+            token,
+        })
     }
 
     /// Whether `key` is marked done.
     pub fn is_done(&self, key: &[u8]) -> bool {
-        self.cache.get(key) == Some(Mark::Done)
+        self.cache
+            .get(key)
+            .is_some_and(|s| s.state.load(Ordering::Acquire) == DONE)
     }
 
     /// Forgets every key.
@@ -125,15 +176,12 @@ impl Deduplicator {
         self.len() == 0
     }
 
-    /// Sets `key` to `to` (or removes it) only while it still holds this claim's token.
-    fn settle(&self, key: Bytes, token: u64, to: Option<Mark>) {
+    /// Forgets `key` if it still holds `slot` (a released claim's).
+    fn forget(&self, key: Bytes, slot: &Arc<Slot>) {
         self.cache
             .entry(key)
             .and_compute_with(|current| match current {
-                Some(e) if *e.value() == Mark::InProgress(token) => match to {
-                    Some(m) => Op::Put(m),
-                    None => Op::Remove,
-                },
+                Some(e) if Arc::ptr_eq(e.value(), slot) => Op::Remove,
                 _ => Op::Nop,
             });
     }
@@ -144,31 +192,46 @@ impl Deduplicator {
 pub struct Claim {
     dedup: Deduplicator,
     key: Option<Bytes>,
+    slot: Arc<Slot>,
     token: u64,
 }
 
 impl Claim {
     /// Marks the key processed (the handler succeeded): redeliveries within the TTL are
-    /// duplicates.
+    /// duplicates. An atomic store on the key's slot, no cache operation.
     pub fn complete(mut self) {
-        if let Some(key) = self.key.take() {
-            self.dedup.settle(key, self.token, Some(Mark::Done));
+        if self.key.take().is_some() {
+            let _ = self.slot.state.compare_exchange(
+                self.token,
+                DONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
     /// Releases the key (the handler failed): a redelivery is processed again.
     pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
         if let Some(key) = self.key.take() {
-            self.dedup.settle(key, self.token, None);
+            let released = self
+                .slot
+                .state
+                .compare_exchange(self.token, RELEASED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if released {
+                self.dedup.forget(key, &self.slot);
+            }
         }
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.dedup.settle(key, self.token, None);
-        }
+        self.release_now();
     }
 }
 
@@ -176,10 +239,15 @@ impl Drop for Claim {
 pub type KeyFn = Arc<dyn Fn(&ConsumedRecord) -> Option<Bytes> + Send + Sync>;
 
 /// Where the dedup key of a record comes from.
-#[derive(Clone, Default)]
+///
+/// The default is the `event_id` header ([`DedupKey::event_id`]), which producers stamp with a
+/// unique id per event (purekafka with `default.headers`): never the record key, which names
+/// an entity (a customer, an order) shared by many distinct events — deduplicating on it
+/// would silently drop every event after the first for that entity within the TTL.
+#[derive(Clone)]
 pub enum DedupKey {
-    /// The record key (records without a key are not deduplicated).
-    #[default]
+    /// The record key (records without a key are not deduplicated). Only right when the key
+    /// is unique per event.
     RecordKey,
     /// The value of this header, e.g. `event_id` (records without it are not deduplicated).
     Header(String),
@@ -197,7 +265,18 @@ impl std::fmt::Debug for DedupKey {
     }
 }
 
+impl Default for DedupKey {
+    fn default() -> Self {
+        DedupKey::event_id()
+    }
+}
+
 impl DedupKey {
+    /// The `event_id` header (the default; records without it are not deduplicated).
+    pub fn event_id() -> Self {
+        DedupKey::Header("event_id".into())
+    }
+
     /// A key computed by `f`.
     pub fn from_fn(f: impl Fn(&ConsumedRecord) -> Option<Bytes> + Send + Sync + 'static) -> Self {
         DedupKey::Fn(Arc::new(f))
@@ -266,5 +345,39 @@ mod tests {
         c.complete();
         std::thread::sleep(Duration::from_millis(120));
         assert!(matches!(d.check_and_mark("x"), Check::Claimed(_)));
+    }
+
+    #[test]
+    fn the_default_key_is_the_event_id_header_never_the_record_key() {
+        let record = |key: &str, event: Option<&str>| {
+            let mut headers = crate::record::Headers::new();
+            if let Some(e) = event {
+                headers.insert("event_id", e.to_string());
+            }
+            ConsumedRecord {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: 0,
+                key: Some(Bytes::from(key.to_string())),
+                value: None,
+                headers,
+                timestamp: 0,
+            }
+        };
+        let k = DedupKey::default();
+        // Two events of one customer are two keys; a redelivery of one is the same key.
+        let a = k.of(&record("customer-7", Some("e1")));
+        let b = k.of(&record("customer-7", Some("e2")));
+        assert_ne!(a, b);
+        assert_eq!(a, k.of(&record("customer-7", Some("e1"))));
+        assert_eq!(a.as_deref(), Some(&b"e1"[..]));
+        // Without the header: not deduplicated (no key), not the record key.
+        assert_eq!(k.of(&record("customer-7", None)), None);
+        assert_eq!(
+            DedupKey::RecordKey
+                .of(&record("customer-7", None))
+                .as_deref(),
+            Some(&b"customer-7"[..])
+        );
     }
 }

@@ -62,6 +62,7 @@
 #![deny(rust_2018_idioms, unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod breaker;
 pub mod client;
 pub mod codec;
@@ -80,6 +81,7 @@ pub mod tls;
 pub(crate) mod wire;
 pub mod worker;
 
+pub use admin::Admin;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};
@@ -94,4 +96,6 @@ pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics};
 pub use reconnect::{ReconnectPolicy, RetryEvent};
 pub use record::{ConsumedRecord, Headers, Record};
 pub use rskafka;
-pub use worker::{DecodeErrorPolicy, RetryPolicy, RunHandle, RunMetrics, Runner, RunnerConfig};
+pub use worker::{
+    DecodeErrorPolicy, DlqFailurePolicy, RetryPolicy, RunHandle, RunMetrics, Runner, RunnerConfig,
+};

@@ -26,6 +26,7 @@
 //! | `metadata.max.age.ms` (`topic.metadata.refresh.interval.ms`) | 300000 | metadata refresh |
 //! | `health.check.interval.ms` | 10000 | background connectivity probe; 0 = off |
 //! | `message.max.bytes` (`max.request.size`) | 1048576 | largest record accepted |
+//! | `receive.message.max.bytes` | 100000000 | largest response frame read from a broker |
 //! | `linger.ms` (`queue.buffering.max.ms`) | 5 | batch wait |
 //! | `batch.size` | 1048576 | largest batch per partition |
 //! | `queue.buffering.max.kbytes` | 65536 | producer buffer bound (KiB) |
@@ -33,7 +34,8 @@
 //! | `delivery.timeout.ms` (`message.timeout.ms`) | 120000 | send-to-ack limit, retries included |
 //! | `acks` (`request.required.acks`) | `all` | `0`, `1`, `all` / `-1` |
 //! | `compression.type` (`compression.codec`) | `none` | `none`, `gzip`, `snappy`, `lz4`\*, `zstd`\* |
-//! | `enable.idempotence` | `false` | only `false` is accepted for now |
+//! | `enable.idempotence` | `true` | producer id + sequences: retries neither duplicate nor reorder |
+//! | `max.in.flight.requests.per.connection` (`max.in.flight`) | 5 | batches in flight per partition (≤ 5 with idempotence) |
 //! | `default.headers` | `false` | stamp `event_id`, `timestamp`, `service`, `version` |
 //! | `service.version` | empty | the `version` header |
 //! | `group.id` | — | consumer group |
@@ -50,6 +52,7 @@
 //! | `max.partition.fetch.bytes` | 1048576 | per-partition fetch size |
 //! | `fetch.wait.max.ms` (`fetch.max.wait.ms`) | 500 | broker-side fetch wait |
 //! | `queued.max.messages.kbytes` | 65536 | prefetch bound (KiB) |
+//! | `check.crcs` | `true` | verify fetched batches' CRC32C |
 //!
 //! \* with the `lz4` / `zstd` features (on by default, pure Rust).
 //!
@@ -148,6 +151,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             c.health_check_interval = (!d.is_zero()).then_some(d);
         }
         "message.max.bytes" | "max.request.size" => c.message_max_bytes = parse_size(key, v)?,
+        "receive.message.max.bytes" => c.receive_message_max_bytes = parse_size(key, v)?,
         "linger.ms" | "queue.buffering.max.ms" => c.producer.linger = parse_ms(key, v)?,
         "batch.size" => c.producer.batch_max_bytes = parse_size(key, v)?,
         "queue.buffering.max.kbytes" => {
@@ -171,13 +175,11 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             c.producer.compression = parse_compression(key, v)?
         }
         "enable.idempotence" => {
-            if parse_bool(key, v)? {
-                return Err(Error::config(
-                    key,
-                    value,
-                    "the idempotent producer is not supported yet; set it to false",
-                ));
-            }
+            c.producer.enable_idempotence = parse_bool(key, v)?;
+            b.idempotence_set = true;
+        }
+        "max.in.flight.requests.per.connection" | "max.in.flight" => {
+            c.producer.max_in_flight = parse_size(key, v)?
         }
         "default.headers" => c.producer.default_headers = parse_bool(key, v)?,
         "service.version" => c.producer.service_version = v.to_string(),
@@ -219,6 +221,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         "fetch.max.bytes" => c.consumer.fetch_max_bytes = parse_size(key, v)?,
         "max.partition.fetch.bytes" => c.consumer.max_partition_fetch_bytes = parse_size(key, v)?,
         "fetch.wait.max.ms" | "fetch.max.wait.ms" => c.consumer.fetch_max_wait = parse_ms(key, v)?,
+        "check.crcs" => c.consumer.check_crcs = parse_bool(key, v)?,
         "queued.max.messages.kbytes" => {
             c.consumer.prefetch_max_bytes = parse_size(key, v)?
                 .checked_mul(1024)

@@ -267,6 +267,17 @@ pub struct ProducerConfig {
     /// The `version` header value when `default_headers` is on (`service.version`, default the
     /// empty string).
     pub service_version: String,
+    /// The idempotent producer (`enable.idempotence`, default true, as Java 3.0+): a producer
+    /// id and per-partition sequence numbers let the broker drop a resent batch it already
+    /// wrote and refuse a gap, so retries neither duplicate nor reorder records. Needs
+    /// `acks=all` and `max.in.flight.requests.per.connection` ≤ 5; when one of them is set
+    /// otherwise and this key is not set, idempotence is turned off (as Java does); when it is
+    /// set to true as well, the configuration is refused.
+    pub enable_idempotence: bool,
+    /// Batches in flight per partition (`max.in.flight.requests.per.connection`, alias
+    /// `max.in.flight`; default 5). With idempotence off, more than one may reorder records
+    /// of a partition when a batch is retried (as in Java and librdkafka).
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -280,6 +291,8 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             default_headers: false,
             service_version: String::new(),
+            enable_idempotence: true,
+            max_in_flight: 5,
         }
     }
 }
@@ -325,6 +338,9 @@ pub struct ConsumerConfig {
     /// Bound on prefetched, not yet polled bytes (`queued.max.messages.kbytes`, default
     /// 64 MiB).
     pub prefetch_max_bytes: usize,
+    /// Verify each fetched batch's CRC32C (`check.crcs`, default true as in the Java
+    /// client); a mismatch is an error for that partition only.
+    pub check_crcs: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -344,6 +360,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1 << 20,
             fetch_max_wait: Duration::from_millis(500),
             prefetch_max_bytes: 64 << 20,
+            check_crcs: true,
         }
     }
 }
@@ -370,6 +387,8 @@ pub struct Config {
     pub(crate) metadata_max_age: Duration,
     pub(crate) health_check_interval: Option<Duration>,
     pub(crate) message_max_bytes: usize,
+    /// Largest response frame accepted from a broker (`receive.message.max.bytes`).
+    pub(crate) receive_message_max_bytes: usize,
     pub(crate) producer: ProducerConfig,
     pub(crate) consumer: ConsumerConfig,
     pub(crate) on_retry: Option<RetryHook>,
@@ -393,6 +412,7 @@ impl fmt::Debug for Config {
             .field("metadata_max_age", &self.metadata_max_age)
             .field("health_check_interval", &self.health_check_interval)
             .field("message_max_bytes", &self.message_max_bytes)
+            .field("receive_message_max_bytes", &self.receive_message_max_bytes)
             .field("producer", &self.producer)
             .field("consumer", &self.consumer)
             .field("on_retry", &self.on_retry.as_ref().map(|_| "<hook>"))
@@ -419,6 +439,7 @@ impl Default for Config {
             metadata_max_age: Duration::from_secs(300),
             health_check_interval: Some(Duration::from_secs(10)),
             message_max_bytes: 1 << 20,
+            receive_message_max_bytes: 100_000_000,
             producer: ProducerConfig::default(),
             consumer: ConsumerConfig::default(),
             on_retry: None,
@@ -510,6 +531,8 @@ pub struct ConfigBuilder {
     config: Config,
     /// The first error met while setting keys; reported by `build`.
     error: Option<Error>,
+    /// Whether `enable.idempotence` was set explicitly (see `ProducerConfig::enable_idempotence`).
+    idempotence_set: bool,
 }
 
 impl ConfigBuilder {
@@ -649,7 +672,9 @@ impl ConfigBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let c = self.config;
+        let idempotence_set = self.idempotence_set;
+        let mut c = self.config;
+        resolve_idempotence(&mut c.producer, idempotence_set)?;
         if c.enabled {
             if c.brokers.is_empty() {
                 return Err(Error::config(
@@ -768,6 +793,50 @@ impl ConfigBuilder {
     }
 }
 
+/// Idempotence needs `acks=all` and at most 5 batches in flight per partition: refuses a
+/// contradiction with an explicit `enable.idempotence=true`, turns idempotence off (with a log
+/// line) when it was only the default.
+fn resolve_idempotence(p: &mut ProducerConfig, explicit: bool) -> Result<()> {
+    if p.max_in_flight == 0 {
+        return Err(Error::config(
+            "max.in.flight.requests.per.connection",
+            "0",
+            "must be positive",
+        ));
+    }
+    if !p.enable_idempotence {
+        return Ok(());
+    }
+    let conflict = if p.acks != Acks::All {
+        Some((
+            "acks",
+            format!("{:?}", p.acks),
+            "the idempotent producer needs acks=all",
+        ))
+    } else if p.max_in_flight > 5 {
+        Some((
+            "max.in.flight.requests.per.connection",
+            p.max_in_flight.to_string(),
+            "the idempotent producer allows at most 5 batches in flight per partition",
+        ))
+    } else {
+        None
+    };
+    match conflict {
+        Some((key, value, reason)) if explicit => Err(Error::config(
+            key,
+            value,
+            format!("{reason} (enable.idempotence=true is set)"),
+        )),
+        Some((key, value, reason)) => {
+            tracing::info!(key, value, "{reason}: enable.idempotence turned off");
+            p.enable_idempotence = false;
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -868,5 +937,34 @@ mod tests {
         assert_eq!(c.sasl().unwrap().password.expose(), "hunter2-secret");
         let e = base().set("sasl.password", "").set("nope", "x").build();
         assert!(!format!("{e:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn idempotence_is_on_by_default_and_gives_way_to_acks_unless_asked_for() {
+        let c = base().build().unwrap();
+        assert!(c.producer().enable_idempotence);
+        assert_eq!(c.producer().max_in_flight, 5);
+        let c = base().set("acks", "1").build().unwrap();
+        assert!(
+            !c.producer().enable_idempotence,
+            "default gives way to acks=1"
+        );
+        let c = base().set("max.in.flight", "8").build().unwrap();
+        assert!(!c.producer().enable_idempotence);
+        let e = base()
+            .set("enable.idempotence", "true")
+            .set("acks", "1")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("acks"), "{e}");
+        let e = base()
+            .set("enable.idempotence", "true")
+            .set("max.in.flight.requests.per.connection", "6")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("max.in.flight"), "{e}");
+        assert!(base().set("max.in.flight", "0").build().is_err());
+        let c = base().set("enable.idempotence", "false").build().unwrap();
+        assert!(!c.producer().enable_idempotence);
     }
 }

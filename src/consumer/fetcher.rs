@@ -275,7 +275,14 @@ impl Fetcher {
                 let mut decoded = Decoded::default();
                 let bytes = p.records.as_ref().map_or(0, |r| r.len());
                 if let Some(records) = p.records {
-                    decode_batches(records, &f.tp.0, f.tp.1, f.offset, &mut decoded)?;
+                    // A corrupt batch is this partition's error only: the batches before it
+                    // are delivered, the partition waits before fetching it again, and the
+                    // other partitions of the response go on.
+                    if let Err(e) = decode(records, f, config.check_crcs, &mut decoded) {
+                        tracing::warn!(topic = %f.tp.0, partition = f.tp.1, error = %e, "undecodable fetch data");
+                        outcome.errors.push(e);
+                        outcome.corrupt.push(f.tp.clone());
+                    }
                 }
                 chunks.push((f, decoded, bytes, p.high_watermark));
             }
@@ -315,9 +322,26 @@ impl Fetcher {
     }
 }
 
+/// Decodes one partition's records; a panic (a decoder bug) becomes that partition's error
+/// rather than ending the worker (with unwinding builds; release builds abort on panic, which
+/// is why the decoder is written and property-tested not to panic).
+fn decode(data: bytes::Bytes, f: &Planned, check_crcs: bool, out: &mut Decoded) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_batches(data, &f.tp.0, f.tp.1, f.offset, check_crcs, out)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::Protocol(format!(
+            "{}/{}: the record batch decoder panicked",
+            f.tp.0, f.tp.1
+        )))
+    })
+}
+
 #[derive(Default)]
 struct FetchOutcome {
     got_data: bool,
+    /// Partitions whose data did not decode: backed off before the next fetch.
+    corrupt: Vec<TopicPartition>,
     out_of_range: Vec<(TopicPartition, u64)>,
     stale_leaders: HashSet<Arc<str>>,
     errors: Vec<Error>,
@@ -325,6 +349,18 @@ struct FetchOutcome {
 
 fn backoff(failures: u32) -> Duration {
     (BACKOFF_MIN * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(BACKOFF_MAX)
+}
+
+/// Releases its planned partitions when dropped (forgotten once the fetch returned).
+struct InFlight<'a> {
+    fetcher: &'a Fetcher,
+    planned: &'a [Planned],
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.fetcher.release(self.planned, 1);
+    }
 }
 
 /// Refreshes metadata for `topics` and starts workers for brokers seen for the first time.
@@ -352,7 +388,15 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
             continue;
         }
         tracing::trace!(broker = node, partitions = planned.len(), "fetching");
-        match fetcher.fetch(node, &planned, &mut conn).await {
+        // Should this task end inside the fetch (aborted by `stop`, or a panic), its
+        // partitions must not stay marked in flight, or no worker would fetch them again.
+        let in_flight = InFlight {
+            fetcher: &fetcher,
+            planned: &planned,
+        };
+        let fetched = fetcher.fetch(node, &planned, &mut conn).await;
+        std::mem::forget(in_flight);
+        match fetched {
             Ok(outcome) => {
                 tracing::trace!(broker = node, got_data = outcome.got_data, "fetched");
                 failures = 0;
@@ -385,6 +429,14 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
                     .await
                     {
                         fetcher.shared.fail(e);
+                    }
+                }
+                if !outcome.corrupt.is_empty() {
+                    let mut state = fetcher.shared.lock();
+                    for tp in &outcome.corrupt {
+                        if let Some(p) = state.partitions.get_mut(tp) {
+                            p.backoff_until = Some(Instant::now() + BACKOFF_MAX);
+                        }
                     }
                 }
                 for e in outcome.errors {

@@ -37,8 +37,8 @@
 pub mod assignor;
 mod decode;
 mod fetcher;
-mod membership;
-mod offsets;
+pub(crate) mod membership;
+pub(crate) mod offsets;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -625,9 +625,23 @@ async fn close_inner(inner: &Inner) -> Result<()> {
     if *done {
         return Ok(());
     }
+    // With auto-commit, a clean close commits what the last poll returned too (as Java and
+    // librdkafka do), so that a successor is not handed those records again.
+    let auto_commit = inner.client.config().consumer().enable_auto_commit
+        && !inner
+            .callbacks
+            .manual_processed
+            .load(std::sync::atomic::Ordering::Relaxed);
     let processed = {
         let mut state = inner.shared.lock();
         state.closed = true;
+        if auto_commit {
+            for p in state.partitions.values_mut() {
+                if p.position > p.processed {
+                    p.processed = p.position;
+                }
+            }
+        }
         state.uncommitted_processed()
     };
     inner.fetcher.stop();

@@ -201,6 +201,10 @@ pub(crate) async fn initial_positions(
 
 /// Commits `offsets` (next offsets to read) for the current generation, with retries, and
 /// records them as committed.
+///
+/// Committed offsets never move backwards: commits run one at a time (so a slow
+/// `commit_async` cannot land after a later commit), and an offset at or below what this
+/// member already committed for the partition is left out.
 pub(crate) async fn commit(
     client: &Client,
     coordinator: &Coordinator,
@@ -210,7 +214,33 @@ pub(crate) async fn commit(
     if offsets.is_empty() {
         return Ok(());
     }
-    let me = shared.lock().group.me.clone();
+    let _one_at_a_time = shared.commit_serial.lock().await;
+    let (me, offsets) = {
+        let state = shared.lock();
+        let offsets: HashMap<TopicPartition, i64> = offsets
+            .into_iter()
+            .filter(|(tp, offset)| {
+                let behind = state
+                    .partitions
+                    .get(tp)
+                    .and_then(|p| p.committed)
+                    .is_some_and(|committed| *offset <= committed);
+                if behind {
+                    tracing::debug!(
+                        topic = %tp.0,
+                        partition = tp.1,
+                        offset,
+                        "commit left out: not ahead of the committed offset"
+                    );
+                }
+                !behind
+            })
+            .collect();
+        (state.group.me.clone(), offsets)
+    };
+    if offsets.is_empty() {
+        return Ok(());
+    }
     client
         .retry(
             &format!("commit offsets of group {}", coordinator.group()),
@@ -220,8 +250,8 @@ pub(crate) async fn commit(
     let mut state = shared.lock();
     for (tp, offset) in offsets {
         if let Some(p) = state.partitions.get_mut(&tp) {
-            p.committed = Some(offset);
-            p.processed = Some(offset);
+            p.committed = p.committed.max(Some(offset));
+            p.processed = p.processed.max(Some(offset));
         }
     }
     Ok(())

@@ -129,6 +129,9 @@ pub(crate) struct Shared {
     pub(crate) fetch_wakeup: Notify,
     /// Wakes the membership task (close, or a poll after leaving for a poll timeout).
     pub(crate) membership_wakeup: Notify,
+    /// Held by one commit at a time (`offsets::commit`), so that commits cannot overtake each
+    /// other and move the group's offsets backwards.
+    pub(crate) commit_serial: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -152,6 +155,7 @@ impl Shared {
             data_ready: Notify::new(),
             fetch_wakeup: Notify::new(),
             membership_wakeup: Notify::new(),
+            commit_serial: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -1,8 +1,13 @@
 //! Per-partition batches waiting to be sent, and the byte budget across all of them.
 //!
 //! Each partition has one open batch (records are encoded into it at enqueue, under the
-//! partition's lock, held for the encode only), a queue of closed batches, and at most one
-//! batch in flight (so a retried batch can never be overtaken: per-partition order holds).
+//! partition's lock, held for the encode only), a queue of closed batches, and up to
+//! `max.in.flight` batches in flight. A batch that failed goes back into the queue in its
+//! place (by the order its partition first sent it), ahead of every newer batch, and is sent
+//! again only when nothing else of its partition is in flight, one at a time: a retried batch
+//! is never overtaken by a later one that the broker might accept first. With idempotence the
+//! broker refuses such a later batch (OUT_OF_ORDER_SEQUENCE_NUMBER) and it is resent after
+//! it; each batch gets its base sequence number when it is first taken for sending.
 //! A batch closes when the next record would not fit (`batch.size`), when it has waited
 //! `linger`, or on flush/close.
 //!
@@ -23,6 +28,7 @@ use tokio::time::Instant;
 
 use super::batch::{BatchBuilder, BATCH_HEADER_SIZE};
 use super::delivery::{BatchCompletion, CompletionGuard, DeliveryFuture};
+use super::idempotence::{add_sequence, Current, Sequence};
 use crate::config::Compression;
 use crate::error::{Error, Result};
 use crate::record::Record;
@@ -35,6 +41,8 @@ pub(crate) struct Settings {
     pub(crate) batch_max_bytes: usize,
     pub(crate) buffer_max_bytes: usize,
     pub(crate) compression: Compression,
+    /// Batches in flight per partition (`max.in.flight.requests.per.connection`).
+    pub(crate) max_in_flight: usize,
 }
 
 /// Counters behind [`ProducerMetrics`](super::ProducerMetrics).
@@ -69,6 +77,15 @@ pub(crate) struct ReadyBatch {
     /// Not to be sent before this (backoff after a failure).
     pub(crate) retry_at: Option<Instant>,
     pub(crate) completion: CompletionGuard,
+    /// Its place in its partition once first taken for sending (the partition's count, and
+    /// for a split batch's part its first record's delta): a batch that comes back is queued
+    /// by it. `Some` also marks a batch sent before (a resend).
+    pub(crate) order: Option<(u64, i32)>,
+    /// The idempotent producer's sequence, assigned when first taken for sending (again after
+    /// a new producer id or epoch).
+    pub(crate) sequence: Option<Sequence>,
+    /// The producer fields the encoded payload carries.
+    stamped: Option<Sequence>,
 }
 
 impl ReadyBatch {
@@ -80,13 +97,45 @@ impl ReadyBatch {
         }
     }
 
-    /// Encodes the batch (compressing when configured) unless done already.
+    /// A batch that was never sent.
+    pub(crate) fn new(
+        payload: Payload,
+        records: i32,
+        reserved: usize,
+        created: Instant,
+        completion: CompletionGuard,
+    ) -> Self {
+        ReadyBatch {
+            payload,
+            records,
+            reserved,
+            created,
+            attempts: 0,
+            retry_at: None,
+            completion,
+            order: None,
+            sequence: None,
+            stamped: None,
+        }
+    }
+
+    /// Encodes the batch (compressing when configured) unless done already; an encoded batch
+    /// whose sequence changed since (new producer id or epoch) gets its header rewritten.
     pub(crate) fn encode(&mut self, compression: Compression) -> Result<Bytes> {
         let payload = std::mem::replace(&mut self.payload, Payload::Encoded(Bytes::new()));
+        let stamp = self.sequence.map(|s| s.stamp());
         let bytes = match payload {
-            Payload::Open(builder) => builder.finish(compression)?,
-            Payload::Encoded(b) => b,
-        };
+            Payload::Open(builder) => builder.finish(compression, stamp),
+            Payload::Encoded(b) if self.stamped == self.sequence => Ok(b),
+            Payload::Encoded(b) => {
+                let restamped = super::batch::restamp(&b, stamp);
+                if restamped.is_err() {
+                    self.payload = Payload::Encoded(b);
+                }
+                restamped
+            }
+        }?;
+        self.stamped = self.sequence;
         self.payload = Payload::Encoded(bytes.clone());
         Ok(bytes)
     }
@@ -102,26 +151,64 @@ struct OpenBatch {
 
 impl OpenBatch {
     fn close(self) -> ReadyBatch {
-        ReadyBatch {
-            records: self.builder.len(),
-            payload: Payload::Open(self.builder),
-            reserved: self.reserved,
-            created: self.created,
-            attempts: 0,
-            retry_at: None,
-            completion: self.completion,
-        }
+        let records = self.builder.len();
+        ReadyBatch::new(
+            Payload::Open(self.builder),
+            records,
+            self.reserved,
+            self.created,
+            self.completion,
+        )
     }
+}
+
+/// A batch in flight: its completion and the generation of its sequence (0 without
+/// idempotence).
+#[derive(Debug)]
+struct InFlightEntry {
+    completion: Arc<BatchCompletion>,
+    generation: u64,
 }
 
 /// One partition's queue.
 #[derive(Debug, Default)]
 pub(crate) struct PartitionQueue {
     open: Option<OpenBatch>,
+    /// Closed batches: resends first (by `order`), then new ones.
     closed: VecDeque<ReadyBatch>,
-    in_flight: Option<Arc<BatchCompletion>>,
+    in_flight: VecDeque<InFlightEntry>,
     /// Size of the last batch, to size the next one's buffer.
     last_size: usize,
+    /// Batches of this partition taken for sending so far (their `order`).
+    sent: u64,
+    /// The generation `next_sequence` and `acked_sequence` belong to.
+    generation: u64,
+    /// The base sequence of the next new batch.
+    next_sequence: i32,
+    /// The sequence after the last acknowledged batch: the one the broker expects next.
+    acked_sequence: i32,
+}
+
+impl PartitionQueue {
+    /// Puts a batch that came back into the queue in its place.
+    fn insert_in_order(&mut self, batch: ReadyBatch) {
+        let at = self
+            .closed
+            .iter()
+            .position(|b| b.order.is_none_or(|o| Some(o) > batch.order))
+            .unwrap_or(self.closed.len());
+        self.closed.insert(at, batch);
+    }
+
+    fn remove_in_flight(&mut self, completion: &Arc<BatchCompletion>) {
+        if let Some(i) = self
+            .in_flight
+            .iter()
+            .position(|e| Arc::ptr_eq(&e.completion, completion))
+        {
+            self.in_flight.remove(i);
+        }
+    }
 }
 
 /// One topic's partitions.
@@ -509,14 +596,21 @@ impl Accumulator {
         Some(future)
     }
 
-    /// Takes the batches the sender may send now: per partition the first closed batch whose
-    /// backoff is over, or the open batch once it lingered long enough (at once when
-    /// `closing`). Partitions with a batch in flight are skipped. Also returns when the next
-    /// batch becomes due, and whether everything is empty.
-    pub(crate) fn drain(&self, now: Instant) -> Drained {
+    /// Takes the batches the sender may send now, per partition in order, up to
+    /// `max_in_flight` in flight: closed batches whose backoff is over, then the open batch
+    /// once it lingered long enough (at once when `closing`). A resend goes only when nothing
+    /// else of its partition is in flight, and alone. Also returns when the next batch becomes
+    /// due, and whether everything is empty.
+    ///
+    /// `producer`: `None` without idempotence; `Some(None)` while the idempotent producer has
+    /// no id (nothing is taken); `Some(Some(current))`: new batches get sequence numbers of
+    /// `current`, and a partition with batches of an older generation in flight waits for
+    /// them before it sends (and re-numbers) anything.
+    pub(crate) fn drain(&self, now: Instant, producer: Option<Option<Current>>) -> Drained {
         let closing =
             self.closing.load(Ordering::Acquire) || self.waiting.load(Ordering::Acquire) > 0;
         let linger = self.settings.linger;
+        let max_in_flight = self.settings.max_in_flight.max(1);
         // Due within the timer's granularity counts as due (see `TIMER_SLACK`).
         let horizon = now + TIMER_SLACK;
         let mut out = Drained {
@@ -527,79 +621,186 @@ impl Accumulator {
         let due = |at: Instant, out: &mut Drained| {
             out.next_due = Some(out.next_due.map_or(at, |d: Instant| d.min(at)));
         };
+        let current = match producer {
+            None => None,
+            Some(Some(c)) => Some(c),
+            Some(None) => {
+                // No producer id yet: nothing can be sent; say whether anything waits.
+                out.empty = self.topics().iter().all(|t| {
+                    (0..t.partition_count()).all(|p| {
+                        let q = t.lock(p);
+                        q.open.is_none() && q.closed.is_empty() && q.in_flight.is_empty()
+                    })
+                });
+                return out;
+            }
+        };
+        let generation = current.map_or(0, |c| c.generation);
         for topic in self.topics() {
             for partition in 0..topic.partition_count() {
                 let mut q = topic.lock(partition);
-                if q.in_flight.is_some() {
+                if q.open.is_some() || !q.closed.is_empty() || !q.in_flight.is_empty() {
                     out.empty = false;
-                    continue;
                 }
-                let taken = if let Some(front) = q.closed.front() {
-                    out.empty = false;
-                    match front.retry_at {
-                        Some(at) if at > horizon => {
-                            due(at, &mut out);
-                            None
+                if q.in_flight.iter().any(|e| e.generation != generation) {
+                    continue; // an older generation's batches are still out
+                }
+                if q.generation != generation {
+                    q.generation = generation;
+                    q.next_sequence = 0;
+                    q.acked_sequence = 0;
+                }
+                while q.in_flight.len() < max_in_flight {
+                    let taken = if let Some(front) = q.closed.front() {
+                        if front.order.is_some() && !q.in_flight.is_empty() {
+                            break;
                         }
-                        _ => q.closed.pop_front(),
-                    }
-                } else if let Some(open) = &q.open {
-                    out.empty = false;
-                    let at = open.created + linger;
-                    if closing || at <= horizon {
-                        let open = q.open.take().expect("checked");
-                        q.last_size = open.builder.size();
-                        Some(open.close())
+                        match front.retry_at {
+                            Some(at) if at > horizon => {
+                                due(at, &mut out);
+                                break;
+                            }
+                            _ => q.closed.pop_front().expect("checked"),
+                        }
+                    } else if let Some(open) = &q.open {
+                        let at = open.created + linger;
+                        if closing || at <= horizon {
+                            let open = q.open.take().expect("checked");
+                            q.last_size = open.builder.size();
+                            open.close()
+                        } else {
+                            due(at, &mut out);
+                            break;
+                        }
                     } else {
-                        due(at, &mut out);
-                        None
+                        break;
+                    };
+                    let mut batch = taken;
+                    let resend = batch.order.is_some();
+                    if batch.order.is_none() {
+                        batch.order = Some((q.sent, 0));
+                        q.sent += 1;
                     }
-                } else {
-                    None
-                };
-                if let Some(batch) = taken {
-                    q.in_flight = Some(Arc::clone(&batch.completion.0));
-                    drop(q);
+                    if let Some(c) = current {
+                        if batch.sequence.is_none_or(|s| s.generation != generation) {
+                            batch.sequence = Some(Sequence {
+                                generation,
+                                producer_id: c.producer_id,
+                                epoch: c.epoch,
+                                base: q.next_sequence,
+                            });
+                            q.next_sequence = add_sequence(q.next_sequence, batch.records);
+                        }
+                    }
+                    q.in_flight.push_back(InFlightEntry {
+                        completion: Arc::clone(&batch.completion.0),
+                        generation,
+                    });
                     out.ready.push((Arc::clone(&topic), partition, batch));
+                    if resend {
+                        break;
+                    }
                 }
             }
         }
         out
     }
 
-    /// Puts a batch back at the front of its partition's queue (to be retried).
+    /// Puts a batch back into its partition's queue, in its place (to be resent).
     pub(crate) fn requeue(&self, topic: &TopicQueues, partition: i32, batch: ReadyBatch) {
         {
             let mut q = topic.lock(partition);
-            q.in_flight = None;
-            q.closed.push_front(batch);
+            q.remove_in_flight(&batch.completion.0);
+            q.insert_in_order(batch);
         }
         self.wake_sender.notify_one();
     }
 
-    /// Puts the two halves of a split batch back at the front of its partition's queue.
+    /// Puts the two parts of a split batch (`original`) into its partition's queue, in its
+    /// place.
     pub(crate) fn requeue_split(
         &self,
         topic: &TopicQueues,
         partition: i32,
+        original: &Arc<BatchCompletion>,
         first: ReadyBatch,
         second: ReadyBatch,
     ) {
         {
             let mut q = topic.lock(partition);
-            q.in_flight = None;
-            q.closed.push_front(second);
-            q.closed.push_front(first);
+            q.remove_in_flight(original);
+            q.insert_in_order(first);
+            q.insert_in_order(second);
         }
         self.wake_sender.notify_one();
     }
 
-    /// A batch was resolved: frees its partition for the next one and its budget bytes.
-    pub(crate) fn finished(&self, topic: &TopicQueues, partition: i32, reserved: usize) {
-        topic.lock(partition).in_flight = None;
+    /// A batch was resolved: frees its place in flight and its budget bytes; an acknowledged
+    /// batch's sequence moves the partition's acknowledged sequence on.
+    pub(crate) fn finished(
+        &self,
+        topic: &TopicQueues,
+        partition: i32,
+        completion: &Arc<BatchCompletion>,
+        acked: Option<(Sequence, i32)>,
+        reserved: usize,
+    ) {
+        {
+            let mut q = topic.lock(partition);
+            q.remove_in_flight(completion);
+            if let Some((sequence, records)) = acked {
+                if sequence.generation == q.generation {
+                    q.acked_sequence = add_sequence(sequence.base, records);
+                }
+            }
+        }
         self.tick_clock();
         self.release(reserved);
         self.wake_sender.notify_one();
+    }
+
+    /// Whether `sequence` is the one the broker expects next on this partition (nothing
+    /// before it is unacknowledged): a sequence error for it is the broker's disagreement,
+    /// not the echo of an earlier batch's failure.
+    pub(crate) fn is_next_expected(
+        &self,
+        topic: &TopicQueues,
+        partition: i32,
+        sequence: Sequence,
+    ) -> bool {
+        let q = topic.lock(partition);
+        q.generation == sequence.generation && q.acked_sequence == sequence.base
+    }
+
+    /// Fails every batch not yet in flight with `error` (a fatal producer error, or no
+    /// producer id to be had); returns how many records failed.
+    pub(crate) fn fail_queued(&self, error: &Error) -> u64 {
+        let mut failed = 0u64;
+        let mut released = 0usize;
+        for topic in self.topics() {
+            for partition in 0..topic.partition_count() {
+                let batches: Vec<ReadyBatch> = {
+                    let mut q = topic.lock(partition);
+                    let mut batches: Vec<ReadyBatch> = q.closed.drain(..).collect();
+                    batches.extend(q.open.take().map(OpenBatch::close));
+                    batches
+                };
+                for b in batches {
+                    failed += b.records as u64;
+                    released += b.reserved;
+                    b.completion
+                        .0
+                        .complete(Err(super::delivery::duplicate(error)));
+                }
+            }
+        }
+        if failed > 0 {
+            self.counters
+                .records_failed
+                .fetch_add(failed, Ordering::Relaxed);
+            self.release(released);
+        }
+        failed
     }
 
     /// Closes every open batch and returns the completions of everything not yet resolved.
@@ -612,7 +813,7 @@ impl Accumulator {
                     q.last_size = open.builder.size();
                     q.closed.push_back(open.close());
                 }
-                pending.extend(q.in_flight.iter().cloned());
+                pending.extend(q.in_flight.iter().map(|e| Arc::clone(&e.completion)));
                 pending.extend(q.closed.iter().map(|b| Arc::clone(&b.completion.0)));
             }
         }
@@ -686,6 +887,7 @@ mod tests {
             batch_max_bytes: batch_max,
             buffer_max_bytes: buffer,
             compression: Compression::None,
+            max_in_flight: 1,
         })
     }
 
@@ -721,13 +923,94 @@ mod tests {
             let f = a.with_topic("t", |t| a.append(t, None, &p)).unwrap();
             partitions.push(format!("{f:?}"));
         }
-        let drained = a.drain(Instant::now() + Duration::from_secs(1));
+        let drained = a.drain(Instant::now() + Duration::from_secs(1), None);
         // Batches of at most 300 bytes: ~3 records each, spread over partitions.
         assert!(drained.ready.len() >= 2, "{partitions:?}");
         let parts: std::collections::HashSet<i32> =
             drained.ready.iter().map(|(_, p, _)| *p).collect();
         assert!(parts.len() >= 2);
         // In flight: nothing more until resolved.
-        assert!(a.drain(Instant::now() + Duration::from_secs(1)).ready.len() <= 1);
+        assert!(
+            a.drain(Instant::now() + Duration::from_secs(1), None)
+                .ready
+                .len()
+                <= 1
+        );
+    }
+
+    #[test]
+    fn five_in_flight_with_sequences_and_a_resend_goes_alone_in_its_place() {
+        let a = Accumulator::new(Settings {
+            linger: Duration::ZERO,
+            batch_max_bytes: 200,
+            buffer_max_bytes: 1 << 20,
+            compression: Compression::None,
+            max_in_flight: 5,
+        });
+        a.add_topic("t", 1);
+        let r = Record::new("t", vec![0u8; 100]);
+        let p = prepared(&r);
+        for _ in 0..8 {
+            drop(a.with_topic("t", |t| a.append(t, Some(0), &p)).unwrap());
+        }
+        let gen1 = Current {
+            generation: 1,
+            producer_id: 9,
+            epoch: 0,
+        };
+        let later = Instant::now() + Duration::from_secs(1);
+        assert!(a.drain(later, Some(None)).ready.is_empty(), "no id yet");
+        let mut first = a.drain(later, Some(Some(gen1))).ready;
+        assert_eq!(first.len(), 5, "five in flight");
+        let bases: Vec<i32> = first
+            .iter()
+            .map(|(_, _, b)| b.sequence.unwrap().base)
+            .collect();
+        assert_eq!(bases, vec![0, 1, 2, 3, 4]);
+        let t = a.topic("t").unwrap();
+        // The second and first batches fail (in that order), the others are still out.
+        let (_, _, b1) = first.remove(1);
+        let (_, _, b0) = first.remove(0);
+        a.requeue(&t, 0, b1);
+        a.requeue(&t, 0, b0);
+        assert!(
+            a.drain(later, Some(Some(gen1))).ready.is_empty(),
+            "a resend waits for the batches in flight"
+        );
+        for (_, _, b) in first {
+            a.requeue(&t, 0, b);
+        }
+        // Resends go one at a time, in their order, with their sequences.
+        for expected in 0..5 {
+            let mut ready = a.drain(later, Some(Some(gen1))).ready;
+            assert_eq!(ready.len(), 1);
+            let (_, _, b) = ready.pop().unwrap();
+            assert_eq!(b.sequence.unwrap().base, expected);
+            if expected < 4 {
+                a.finished(&t, 0, &b.completion.0, Some((b.sequence.unwrap(), 1)), 0);
+            } else {
+                // A new generation (KIP-360) while the last resend is out: nothing is sent
+                // until it is back, then it is numbered from 0 again.
+                let gen2 = Current {
+                    generation: 2,
+                    producer_id: 9,
+                    epoch: 1,
+                };
+                assert!(a.drain(later, Some(Some(gen2))).ready.is_empty());
+                a.requeue(&t, 0, b);
+                let ready = a.drain(later, Some(Some(gen2))).ready;
+                let (_, _, b) = &ready[0];
+                assert_eq!(ready.len(), 1);
+                assert_eq!(b.sequence.unwrap().base, 0);
+                assert_eq!(b.sequence.unwrap().epoch, 1);
+                a.finished(&t, 0, &b.completion.0, Some((b.sequence.unwrap(), 1)), 0);
+                let fresh = a.drain(later, Some(Some(gen2))).ready;
+                let bases: Vec<i32> = fresh
+                    .iter()
+                    .map(|(_, _, b)| b.sequence.unwrap().base)
+                    .collect();
+                assert_eq!(bases, vec![1, 2, 3], "new batches follow, pipelined");
+            }
+        }
     }
 }

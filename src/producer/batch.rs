@@ -167,8 +167,13 @@ impl BatchBuilder {
         offset_delta
     }
 
-    /// Closes the batch: compresses the records if asked, fills the header, computes the CRC.
-    pub(crate) fn finish(self, compression: Compression) -> Result<Bytes> {
+    /// Closes the batch: compresses the records if asked, fills the header (with the
+    /// idempotent producer's id, epoch and base sequence when given), computes the CRC.
+    pub(crate) fn finish(
+        self,
+        compression: Compression,
+        producer: Option<ProducerStamp>,
+    ) -> Result<Bytes> {
         let BatchBuilder {
             mut buf,
             records,
@@ -198,14 +203,45 @@ impl BatchBuilder {
         h[23..27].copy_from_slice(&(records - 1).max(0).to_be_bytes());
         h[27..35].copy_from_slice(&first_timestamp.to_be_bytes());
         h[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
-        h[43..51].copy_from_slice(&(-1i64).to_be_bytes()); // producerId: none
-        h[51..53].copy_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
-        h[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // baseSequence
         h[57..61].copy_from_slice(&records.to_be_bytes());
-        let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
-        buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        write_producer(&mut buf, producer);
         Ok(buf.freeze())
     }
+}
+
+/// The idempotent producer's fields of a batch header: producer id, epoch, base sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerStamp {
+    pub(crate) producer_id: i64,
+    pub(crate) epoch: i16,
+    pub(crate) base_sequence: i32,
+}
+
+/// Writes the producer fields (none: -1, -1, -1) into a batch header and recomputes the CRC,
+/// which covers them.
+fn write_producer(buf: &mut [u8], producer: Option<ProducerStamp>) {
+    let (id, epoch, sequence) = match producer {
+        Some(p) => (p.producer_id, p.epoch, p.base_sequence),
+        None => (-1, -1, -1),
+    };
+    buf[43..51].copy_from_slice(&id.to_be_bytes());
+    buf[51..53].copy_from_slice(&epoch.to_be_bytes());
+    buf[53..57].copy_from_slice(&sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
+    buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// An encoded batch with other producer fields (a resend after the producer id or epoch
+/// changed, KIP-360): a copy with the header rewritten and the CRC recomputed.
+pub(crate) fn restamp(data: &[u8], producer: Option<ProducerStamp>) -> Result<Bytes> {
+    if data.len() < BATCH_HEADER_SIZE || data[16] != 2 {
+        return Err(Error::Protocol(
+            "cannot restamp a record batch: not a v2 record batch".into(),
+        ));
+    }
+    let mut buf = BytesMut::from(data);
+    write_producer(&mut buf, producer);
+    Ok(buf.freeze())
 }
 
 /// Splits an encoded batch (ours: magic 2, possibly compressed) into two halves, re-encoded
@@ -366,7 +402,7 @@ mod tests {
             let body = record_body_size(k, v, h);
             assert_eq!(b.append(body, 1_000 + i as i64, k, v, h), i as i32);
         }
-        b.finish(compression).unwrap()
+        b.finish(compression, None).unwrap()
     }
 
     #[test]
@@ -405,8 +441,8 @@ mod tests {
             let data = encode_three(compression);
             let (a, b, at) = split(&data).unwrap();
             assert_eq!((a.len(), b.len(), at), (1, 2, 1));
-            let first = decode(a.finish(compression).unwrap()).records;
-            let second = decode(b.finish(compression).unwrap()).records;
+            let first = decode(a.finish(compression, None).unwrap()).records;
+            let second = decode(b.finish(compression, None).unwrap()).records;
             assert_eq!(first[0].key.as_deref(), Some(&b"k1"[..]));
             assert_eq!(first[0].headers.len(), 1);
             assert_eq!(first[0].timestamp, 1_000);
@@ -416,6 +452,42 @@ mod tests {
             assert_eq!(second[1].timestamp, 1_002);
             assert_eq!(second[1].offset, 1);
         }
+    }
+
+    #[test]
+    fn producer_fields_are_under_the_crc_and_restamping_keeps_it_valid() {
+        let stamp = |id, epoch, base_sequence| ProducerStamp {
+            producer_id: id,
+            epoch,
+            base_sequence,
+        };
+        let mut b = BatchBuilder::new(64);
+        let headers = Headers::new();
+        let body = record_body_size(None, Some(b"v"), &headers);
+        b.append(body, 1, None, Some(b"v"), &headers);
+        let data = b.finish(Compression::None, Some(stamp(7, 2, 40))).unwrap();
+        let read = |d: &Bytes| {
+            let mut d = d.clone();
+            let set =
+                kafka_protocol::records::RecordBatchDecoder::decode_with_custom_compression(
+                    &mut d,
+                    None::<
+                        fn(
+                            &mut Bytes,
+                            kafka_protocol::records::Compression,
+                        ) -> anyhow::Result<Bytes>,
+                    >,
+                )
+                .expect("valid CRC");
+            let r = &set.records[0];
+            (r.producer_id, r.producer_epoch, r.sequence)
+        };
+        assert_eq!(read(&data), (7, 2, 40));
+        let again = restamp(&data, Some(stamp(8, 0, 0))).unwrap();
+        assert_eq!(read(&again), (8, 0, 0));
+        let plain = restamp(&data, None).unwrap();
+        assert_eq!(read(&plain), (-1, -1, -1));
+        assert!(restamp(&data[..20], None).is_err());
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub struct Delivery {
     /// The partition.
     pub partition: i32,
     /// The record's offset in the partition; `-1` with `acks=0`, where the broker says
-    /// nothing.
+    /// nothing, and for a batch the idempotent producer resent and the broker had written
+    /// already (DUPLICATE_SEQUENCE_NUMBER: written once, offset not said again).
     pub offset: i64,
     /// The record's timestamp in milliseconds since the Unix epoch: its create time, or the
     /// broker's log append time when the topic uses `LogAppendTime`.
@@ -92,6 +93,11 @@ impl BatchCompletion {
         self.result.get().is_some()
     }
 
+    /// Whether the batch ended as one (acknowledged or failed), not split into parts.
+    pub(crate) fn is_whole(&self) -> bool {
+        matches!(self.result.get(), Some(Outcome::Done(_)))
+    }
+
     /// Whether every record of the batch is resolved (following splits).
     pub(crate) fn is_done(&self) -> bool {
         match self.result.get() {
@@ -145,6 +151,12 @@ impl BatchCompletion {
                 }
             }
         })
+    }
+
+    /// The outcome of the record at `delta` of a resolved batch (following splits); its
+    /// `timestamp` is the batch's log append time when the topic uses it, else `-1`.
+    pub(crate) fn outcome_of(&self, delta: i32) -> Result<Delivery> {
+        self.delivery(delta, -1)
     }
 
     fn delivery(&self, delta: i32, timestamp: i64) -> Result<Delivery> {
@@ -274,6 +286,18 @@ impl DeliveryFuture {
     pub(crate) fn deferred(f: impl Future<Output = Result<Delivery>> + Send + 'static) -> Self {
         DeliveryFuture {
             state: State::Deferred(Box::pin(f)),
+        }
+    }
+
+    /// The batch this record went into and its offset delta there (`None` for a future
+    /// known at once or deferred). Used by the detached producer to report per batch.
+    pub(crate) fn batch_slot(&self) -> Option<(&Arc<BatchCompletion>, i32)> {
+        match &self.state {
+            State::Batch {
+                completion, delta, ..
+            } => Some((completion, *delta)),
+            State::Waiting(w) => Some((&w.completion, w.delta)),
+            State::Ready(_) | State::Deferred(_) => None,
         }
     }
 

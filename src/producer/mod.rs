@@ -32,6 +32,8 @@
 mod accumulator;
 mod batch;
 mod delivery;
+mod detached;
+mod idempotence;
 pub mod partitioner;
 mod sender;
 
@@ -48,6 +50,7 @@ use crate::wire::Cluster;
 use accumulator::{now_millis, Accumulator, Prepared, Settings};
 use batch::{record_body_size, record_size_upper_bound, BATCH_HEADER_SIZE};
 pub use delivery::{Delivery, DeliveryFuture};
+pub use detached::{BatchReport, DetachedProducer};
 pub use partitioner::{murmur2, partition_for_key, to_positive, DefaultPartitioner, Partitioner};
 
 /// A Kafka producer. Cheap to clone: clones share the buffer, the background sender and the
@@ -139,6 +142,13 @@ pub struct ProducerMetrics {
     pub buffered_bytes_peak: usize,
     /// The buffer bound (`queue.buffering.max.kbytes`).
     pub buffer_max_bytes: usize,
+    /// The idempotent producer's id (-1 while it has none or without idempotence).
+    pub producer_id: i64,
+    /// The idempotent producer's epoch (-1 while it has none or without idempotence).
+    pub producer_epoch: i16,
+    /// Producer ids or epochs taken after the first, when the broker's sequence state
+    /// differed from the producer's (KIP-360).
+    pub producer_id_resets: u64,
 }
 
 impl Client {
@@ -163,6 +173,7 @@ impl Producer {
                 batch_max_bytes: p.batch_max_bytes.min(config.message_max_bytes()),
                 buffer_max_bytes: p.buffer_max_bytes,
                 compression: p.compression,
+                max_in_flight: p.max_in_flight,
             });
             let sender = Arc::new(sender::Sender {
                 acc: Arc::clone(&acc),
@@ -173,6 +184,9 @@ impl Producer {
                 message_max_bytes: config.message_max_bytes(),
                 backoff: config.reconnect().clone(),
                 hook: config.retry_hook().cloned(),
+                idempotence: p
+                    .enable_idempotence
+                    .then(|| Arc::new(idempotence::Idempotence::default())),
             });
             Arc::new(Core {
                 acc,
@@ -340,6 +354,8 @@ impl Producer {
         let records_sent = c.records_sent.load(Ordering::Relaxed);
         let bytes_sent = c.bytes_sent.load(Ordering::Relaxed);
         let batches_sent = c.batches_sent.load(Ordering::Relaxed);
+        let idempotence = core.sender.idempotence.as_deref();
+        let current = idempotence.and_then(|i| i.current());
         ProducerMetrics {
             records_sent,
             bytes_sent,
@@ -356,6 +372,9 @@ impl Producer {
             buffered_bytes: acc.buffered(),
             buffered_bytes_peak: c.buffered_peak.load(Ordering::Relaxed),
             buffer_max_bytes: acc.settings.buffer_max_bytes,
+            producer_id: current.map_or(-1, |c| c.producer_id),
+            producer_epoch: current.map_or(-1, |c| c.epoch),
+            producer_id_resets: idempotence.map_or(0, |i| i.resets()),
         }
     }
 
@@ -373,7 +392,10 @@ impl Producer {
                 Ok(None)
             }
             Some(core) if core.acc.closed.load(Ordering::Acquire) => Err(Error::Closed("producer")),
-            Some(core) => Ok(Some(core)),
+            Some(core) => match core.sender.idempotence.as_ref().and_then(|i| i.fatal()) {
+                Some(fatal) => Err(delivery::duplicate(fatal)),
+                None => Ok(Some(core)),
+            },
         }
     }
 }
@@ -566,6 +588,7 @@ pub mod bench {
                 batch_max_bytes,
                 buffer_max_bytes: 1 << 30,
                 compression,
+                max_in_flight: 1,
             });
             acc.add_topic(topic, partitions);
             Harness {
@@ -588,7 +611,7 @@ pub mod bench {
             self.acc.start_closing();
             let mut bytes = 0;
             loop {
-                let drained = self.acc.drain(tokio::time::Instant::now());
+                let drained = self.acc.drain(tokio::time::Instant::now(), None);
                 if drained.ready.is_empty() {
                     return bytes;
                 }
@@ -601,7 +624,8 @@ pub mod bench {
                         base_offset: 0,
                         log_append_time: None,
                     }));
-                    self.acc.finished(&topic, partition, batch.reserved);
+                    self.acc
+                        .finished(&topic, partition, &batch.completion.0, None, batch.reserved);
                 }
             }
         }

@@ -22,8 +22,9 @@ use kafka_protocol::messages::ProduceRequest;
 use tokio::time::Instant;
 
 use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues, CLOCK_TICK, TIMER_SLACK};
-use super::batch;
 use super::delivery::{BatchAck, BatchCompletion, CompletionGuard};
+use super::idempotence::{self, codes, Idempotence};
+use super::{batch, delivery};
 use crate::config::Acks;
 use crate::error::Error;
 use crate::reconnect::{ReconnectPolicy, RetryEvent, RetryHook};
@@ -48,6 +49,8 @@ pub(crate) struct Sender {
     pub(crate) message_max_bytes: usize,
     pub(crate) backoff: ReconnectPolicy,
     pub(crate) hook: Option<RetryHook>,
+    /// The idempotent producer's state (`None` with `enable.idempotence=false`).
+    pub(crate) idempotence: Option<Arc<Idempotence>>,
 }
 
 /// A batch on its way to the broker.
@@ -69,11 +72,26 @@ impl Sender {
     pub(crate) async fn run(self: Arc<Self>) {
         let mut requests: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
             FuturesUnordered::new();
+        let mut idle = false;
         loop {
             let may_stop = self.acc.may_stop();
             let now = Instant::now();
             self.acc.tick_clock();
-            let drained = self.acc.drain(now);
+            let producer = match &self.idempotence {
+                None => None,
+                Some(idem) => {
+                    if let Some(fatal) = idem.fatal() {
+                        self.acc.fail_queued(fatal);
+                    } else if !idle {
+                        if let Some(bump_from) = idem.start_init() {
+                            requests.push(Box::pin(Arc::clone(&self).init(bump_from)));
+                        }
+                    }
+                    Some(idem.current())
+                }
+            };
+            let drained = self.acc.drain(now, producer);
+            idle = drained.empty;
             if drained.empty && may_stop {
                 while requests.next().await.is_some() {}
                 tracing::debug!("producer sender: everything sent, stopping");
@@ -107,6 +125,34 @@ impl Sender {
         }
     }
 
+    /// Gets a producer id (or the next epoch) for the idempotent producer. A give-up fails the
+    /// queued records (the next record tries again); a fatal answer fails the producer.
+    async fn init(self: Arc<Self>, bump_from: Option<(i64, i16)>) {
+        let Some(idem) = &self.idempotence else {
+            return;
+        };
+        let result = idempotence::init_producer_id(
+            &self.cluster,
+            &self.backoff,
+            self.hook.as_ref(),
+            self.request_timeout,
+            bump_from,
+        )
+        .await;
+        match result {
+            Ok((id, epoch)) => idem.installed(id, epoch),
+            Err(e) if e.kafka_code().is_some_and(|c| codes::is_fatal(c.code())) => {
+                idem.set_fatal(e)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "idempotent producer: no producer id; queued records fail");
+                idem.init_failed();
+                self.acc.fail_queued(&e);
+            }
+        }
+        self.acc.wake_sender.notify_one();
+    }
+
     /// Groups ready batches per leader and starts one request per group.
     fn dispatch(
         self: &Arc<Self>,
@@ -130,10 +176,16 @@ impl Sender {
                 continue;
             };
             let size = b.batch.size();
-            match groups
-                .iter_mut()
-                .find(|(l, _, bytes)| *l == leader && *bytes + size <= MAX_REQUEST_BYTES)
-            {
+            // One batch per partition in a request (its response has one entry per
+            // partition); a partition's next batch goes in a later request on the same
+            // connection, which the broker handles after the earlier one.
+            let same_partition =
+                |x: &InFlight| x.partition == b.partition && Arc::ptr_eq(&x.topic, &b.topic);
+            match groups.iter_mut().find(|(l, batches, bytes)| {
+                *l == leader
+                    && *bytes + size <= MAX_REQUEST_BYTES
+                    && !batches.iter().any(same_partition)
+            }) {
                 Some((_, batches, bytes)) => {
                     batches.push(b);
                     *bytes += size;
@@ -158,7 +210,7 @@ impl Sender {
                         (b, e)
                     })
                     .collect();
-                this.retry_all(failed).await;
+                this.retry_all(failed, false).await;
             }));
         }
     }
@@ -181,8 +233,10 @@ impl Sender {
         let conn = match self.cluster.broker(leader).await {
             Ok(c) => c,
             Err(e) => {
+                // The leader cannot be reached or is missing from metadata (a broker that is
+                // down): retried like a dropped connection, whatever the error says.
                 let failed = encoded.into_iter().map(|b| (b, duplicate(&e))).collect();
-                return self.retry_all(failed).await;
+                return self.retry_all(failed, true).await;
             }
         };
         let version = match conn.version_for::<ProduceRequest>(Some(MAX_PRODUCE_VERSION)) {
@@ -228,7 +282,7 @@ impl Sender {
             }
             Err(e) => {
                 let failed = encoded.into_iter().map(|b| (b, duplicate(&e))).collect();
-                return self.retry_all(failed).await;
+                return self.retry_all(failed, false).await;
             }
         };
         let mut failed = Vec::new();
@@ -246,6 +300,52 @@ impl Sender {
                         "{}: the broker's response has no entry for this partition",
                         context()
                     ));
+                    self.give_up(b, e);
+                }
+                Some(p)
+                    if p.error_code == codes::DUPLICATE_SEQUENCE_NUMBER
+                        && b.batch.sequence.is_some() =>
+                {
+                    // The broker wrote this batch before (a resend of an unanswered
+                    // request); it does not say at which offset.
+                    tracing::debug!(
+                        topic = %b.topic.name,
+                        partition = b.partition,
+                        "resent batch was a duplicate; acknowledged without offsets"
+                    );
+                    self.succeed(
+                        b,
+                        BatchAck {
+                            base_offset: -1,
+                            log_append_time: None,
+                        },
+                    );
+                }
+                Some(p) if codes::is_sequence_error(p.error_code) && b.batch.sequence.is_some() => {
+                    let e = Error::broker(
+                        p.error_code,
+                        context(),
+                        p.error_message.as_ref().map(|m| m.to_string()),
+                    );
+                    let sequence = b.batch.sequence.expect("checked");
+                    if self.acc.is_next_expected(&b.topic, b.partition, sequence) {
+                        // The broker lost or refuses our sequence state (KIP-360).
+                        if let Some(idem) = &self.idempotence {
+                            idem.reset(sequence.producer_id, sequence.epoch);
+                        }
+                    }
+                    // Otherwise an earlier batch failed: this one follows it again.
+                    self.retry_or_give_up(b, e, true);
+                }
+                Some(p) if codes::is_fatal(p.error_code) && self.idempotence.is_some() => {
+                    let e = Error::broker(
+                        p.error_code,
+                        context(),
+                        p.error_message.as_ref().map(|m| m.to_string()),
+                    );
+                    if let Some(idem) = &self.idempotence {
+                        idem.set_fatal(delivery::duplicate(&e));
+                    }
                     self.give_up(b, e);
                 }
                 Some(p) if p.error_code == 0 => {
@@ -289,17 +389,17 @@ impl Sender {
             }
         }
         if !failed.is_empty() {
-            self.retry_all(failed).await;
+            self.retry_all(failed, false).await;
         }
     }
 
     /// Refreshes metadata of the topics involved, then retries each batch after its backoff
     /// or gives it up.
-    async fn retry_all(&self, failed: Vec<(InFlight, Error)>) {
+    async fn retry_all(&self, failed: Vec<(InFlight, Error)>, resend: bool) {
         let mut topics: Vec<&str> = failed.iter().map(|(b, _)| &*b.topic.name).collect();
         topics.sort_unstable();
         topics.dedup();
-        let retriable = failed.iter().any(|(_, e)| e.is_retriable());
+        let retriable = resend || failed.iter().any(|(_, e)| e.is_retriable());
         if retriable {
             match self.cluster.refresh(Some(&topics)).await {
                 Ok(metadata) => {
@@ -317,16 +417,18 @@ impl Sender {
             }
         }
         for (b, e) in failed {
-            self.retry_or_give_up(b, e);
+            self.retry_or_give_up(b, e, resend);
         }
     }
 
-    fn retry_or_give_up(&self, mut b: InFlight, error: Error) {
+    /// Resends the batch after a backoff (retriable errors, or `resend` for the idempotent
+    /// producer's sequence errors) until `delivery.timeout.ms`; gives it up otherwise.
+    fn retry_or_give_up(&self, mut b: InFlight, error: Error, resend: bool) {
         b.batch.attempts += 1;
         let attempt = b.batch.attempts;
         let elapsed = b.batch.created.elapsed();
         let operation = || format!("produce to {}/{}", b.topic.name, b.partition);
-        if !error.is_retriable() {
+        if !resend && !error.is_retriable() {
             return self.give_up(b, error);
         }
         if elapsed >= self.delivery_timeout {
@@ -381,26 +483,31 @@ impl Sender {
             "broker rejected a batch as too large (MESSAGE_TOO_LARGE); splitting it in two"
         );
         self.acc.counters.retries.fetch_add(1, Ordering::Relaxed);
-        let part = |builder: batch::BatchBuilder, reserved: usize| ReadyBatch {
-            records: builder.len(),
-            payload: Payload::Open(builder),
-            reserved,
-            created: b.batch.created,
-            attempts: 0,
-            retry_at: None,
-            completion: CompletionGuard(BatchCompletion::new(
-                Arc::clone(&b.topic.name),
-                b.partition,
-            )),
+        // The parts take the batch's place and, with idempotence, its sequence numbers:
+        // the second part continues where the first ends, the next batch where it ended.
+        let (order, sub) = b.batch.order.unwrap_or((0, 0));
+        let part = |builder: batch::BatchBuilder, reserved: usize, delta: i32| {
+            let records = builder.len();
+            let mut part = ReadyBatch::new(
+                Payload::Open(builder),
+                records,
+                reserved,
+                b.batch.created,
+                CompletionGuard(BatchCompletion::new(Arc::clone(&b.topic.name), b.partition)),
+            );
+            part.order = Some((order, sub + delta));
+            part.sequence = b.batch.sequence.map(|s| s.plus(delta));
+            part
         };
         let half_reserved = b.batch.reserved / 2;
-        let first = part(first, half_reserved);
-        let second = part(second, b.batch.reserved - half_reserved);
+        let first = part(first, half_reserved, 0);
+        let second = part(second, b.batch.reserved - half_reserved, at);
         b.batch.completion.0.split(vec![
             (0, Arc::clone(&first.completion.0)),
             (at, Arc::clone(&second.completion.0)),
         ]);
-        self.acc.requeue_split(&b.topic, b.partition, first, second);
+        self.acc
+            .requeue_split(&b.topic, b.partition, &b.batch.completion.0, first, second);
     }
 
     fn succeed(&self, b: InFlight, ack: BatchAck) {
@@ -411,7 +518,13 @@ impl Sender {
             .fetch_add(b.data.len() as u64, Ordering::Relaxed);
         c.batches_sent.fetch_add(1, Ordering::Relaxed);
         b.batch.completion.0.complete(Ok(ack));
-        self.acc.finished(&b.topic, b.partition, b.batch.reserved);
+        self.acc.finished(
+            &b.topic,
+            b.partition,
+            &b.batch.completion.0,
+            b.batch.sequence.map(|s| (s, b.batch.records)),
+            b.batch.reserved,
+        );
         // Nothing needs the bytes any more (no retry): the buffer serves a later batch.
         let InFlight {
             data, mut batch, ..
@@ -437,12 +550,18 @@ impl Sender {
             .records_failed
             .fetch_add(b.batch.records as u64, Ordering::Relaxed);
         b.batch.completion.0.complete(Err(error));
-        self.acc.finished(&b.topic, b.partition, b.batch.reserved);
+        self.acc.finished(
+            &b.topic,
+            b.partition,
+            &b.batch.completion.0,
+            None,
+            b.batch.reserved,
+        );
     }
 }
 
 fn duplicate(e: &Error) -> Error {
-    super::delivery::duplicate(e)
+    delivery::duplicate(e)
 }
 
 /// The delay before retry number `attempt` (from 1): the client's reconnect policy,
@@ -576,6 +695,7 @@ mod tests {
             batch_max_bytes: 1 << 20,
             buffer_max_bytes: 1 << 30,
             compression: Compression::None,
+            max_in_flight: 5,
         });
         acc.add_topic("alpha", 3);
         acc.add_topic("b", 2);
@@ -584,18 +704,13 @@ mod tests {
         let batch = |topic: &Arc<TopicQueues>, partition: i32, data: &'static [u8]| InFlight {
             topic: Arc::clone(topic),
             partition,
-            batch: ReadyBatch {
-                payload: Payload::Encoded(Bytes::from_static(data)),
-                records: 1,
-                reserved: 0,
-                created: Instant::now(),
-                attempts: 0,
-                retry_at: None,
-                completion: CompletionGuard(BatchCompletion::new(
-                    Arc::clone(&topic.name),
-                    partition,
-                )),
-            },
+            batch: ReadyBatch::new(
+                Payload::Encoded(Bytes::from_static(data)),
+                1,
+                0,
+                Instant::now(),
+                CompletionGuard(BatchCompletion::new(Arc::clone(&topic.name), partition)),
+            ),
             data: Bytes::from_static(data),
         };
         let big: &'static [u8] = Box::leak(vec![7u8; 300].into_boxed_slice());

@@ -5,7 +5,7 @@
 //! [`Client::retry`](crate::Client)), so that each retry is logged and counted once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, TopicName};
@@ -63,11 +63,19 @@ impl Metadata {
     }
 }
 
+/// The connection to one broker address, opened on demand.
+type ConnectionSlot = tokio::sync::Mutex<Option<Arc<BrokerConnection>>>;
+
 /// Broker connections and metadata for purekafka's own requests.
 pub(crate) struct Cluster {
     config: Config,
     metadata: RwLock<Arc<Metadata>>,
-    connections: tokio::sync::Mutex<HashMap<String, Arc<BrokerConnection>>>,
+    /// One slot per broker address; a slot's async lock is held while connecting to that
+    /// broker only, so a slow broker never holds requests to the others.
+    connections: Mutex<HashMap<String, Arc<ConnectionSlot>>>,
+    /// Brokers a metadata request recently failed or was abandoned on, with when; the next
+    /// refresh asks the others first, the least recently suspected before the rest.
+    suspects: Mutex<HashMap<String, Instant>>,
     /// One metadata refresh at a time; concurrent callers wait and reuse its result.
     refreshing: tokio::sync::Mutex<()>,
     /// Every connect of every connection the client opens reports here.
@@ -89,7 +97,8 @@ impl Cluster {
         Arc::new(Cluster {
             config,
             metadata: RwLock::new(Arc::new(Metadata::empty())),
-            connections: tokio::sync::Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
             health,
         })
@@ -123,7 +132,21 @@ impl Cluster {
 
     /// The shared connections (open or broken), for the health probe.
     pub(crate) async fn shared_connections(&self) -> Vec<Arc<BrokerConnection>> {
-        self.connections.lock().await.values().cloned().collect()
+        let slots: Vec<Arc<ConnectionSlot>> = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut open = Vec::with_capacity(slots.len());
+        for slot in slots {
+            // A slot being connected is skipped rather than waited for.
+            if let Ok(guard) = slot.try_lock() {
+                open.extend(guard.as_ref().cloned());
+            }
+        }
+        open
     }
 
     /// Whether `addr` is a broker of the cluster: in metadata once metadata names brokers
@@ -147,6 +170,11 @@ impl Cluster {
                 Error::broker(41, "metadata names no controller", None)
             })?,
         };
+        if !self.metadata().brokers.contains_key(&id) {
+            // Some brokers (librdkafka's mock cluster) name a controller that is not one of
+            // the brokers; any broker then gets the request (and says if it cannot serve it).
+            return self.any_broker().await;
+        }
         self.broker(id).await
     }
 
@@ -165,18 +193,22 @@ impl Cluster {
         Arc::clone(&self.metadata.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The shared connection to `addr`, opened (or re-opened when broken) on demand.
+    /// The shared connection to `addr`, opened (or re-opened when broken) on demand. Only
+    /// callers for the same address wait for one another's connect.
     pub(crate) async fn connection_to(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
-        let mut conns = self.connections.lock().await;
-        if let Some(c) = conns.get(addr) {
+        let slot = {
+            let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(conns.entry(addr.to_string()).or_default())
+        };
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if !c.is_closed() {
                 return Ok(Arc::clone(c));
             }
-            conns.remove(addr);
         }
-        // Connecting under the lock keeps one connection per broker; connects are rare.
+        *slot = None;
         let conn = self.open(addr).await?;
-        conns.insert(addr.to_string(), Arc::clone(&conn));
+        *slot = Some(Arc::clone(&conn));
         Ok(conn)
     }
 
@@ -197,19 +229,9 @@ impl Cluster {
         self.connection_to(&addr).await
     }
 
-    /// A connection to any reachable broker: known brokers first, then the bootstrap list.
-    pub(crate) async fn any_broker(&self) -> Result<Arc<BrokerConnection>> {
-        // An open connection serves as well as a new one, and opens no socket.
-        if let Some(open) = self
-            .connections
-            .lock()
-            .await
-            .values()
-            .filter(|c| !c.is_closed())
-            .min_by(|a, b| a.addr().cmp(b.addr()))
-        {
-            return Ok(Arc::clone(open));
-        }
+    /// Known brokers then the bootstrap list; brokers under suspicion last, the least
+    /// recently suspected first.
+    fn candidates(&self) -> Vec<String> {
         let mut candidates: Vec<String> = self.metadata().brokers.values().cloned().collect();
         candidates.sort();
         for b in &self.config.brokers {
@@ -217,14 +239,42 @@ impl Cluster {
                 candidates.push(b.clone());
             }
         }
+        let suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        candidates.sort_by_key(|c| suspects.get(c).copied());
+        candidates
+    }
+
+    /// A connection to any reachable broker: known brokers first, then the bootstrap list.
+    pub(crate) async fn any_broker(&self) -> Result<Arc<BrokerConnection>> {
+        // An open connection serves as well as a new one, and opens no socket.
+        if let Some(open) = self
+            .shared_connections()
+            .await
+            .into_iter()
+            .filter(|c| !c.is_closed())
+            .min_by(|a, b| a.addr().cmp(b.addr()))
+        {
+            return Ok(open);
+        }
         let mut last = None;
-        for addr in &candidates {
+        for addr in &self.candidates() {
             match self.connection_to(addr).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| Error::config("bootstrap.servers", "", "no broker given")))
+    }
+
+    /// One Metadata request to `addr`.
+    async fn metadata_from(
+        &self,
+        addr: &str,
+        request: &MetadataRequest,
+    ) -> Result<kafka_protocol::messages::MetadataResponse> {
+        let conn = self.connection_to(addr).await?;
+        let version = conn.version_for::<MetadataRequest>(Some(12))?;
+        conn.send_version(request, version).await
     }
 
     /// Fetches metadata for `topics` (`None`: all topics) and merges it into the cache.
@@ -240,7 +290,6 @@ impl Cluster {
                 return Ok(current);
             }
         }
-        let conn = self.any_broker().await?;
         let request = MetadataRequest::default()
             .with_topics(topics.map(|ts| {
                 ts.iter()
@@ -251,8 +300,36 @@ impl Cluster {
                     .collect()
             }))
             .with_allow_auto_topic_creation(false);
-        let version = conn.version_for::<MetadataRequest>(Some(12))?;
-        let response = conn.send_version(&request, version).await?;
+        // A broker is suspected from the moment it is asked until it answers: a silent one
+        // stays suspected even when the caller's timeout cuts this attempt short, so the
+        // next refresh asks another broker first.
+        let mut last = None;
+        let mut answer = None;
+        for addr in self.candidates() {
+            self.suspects
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(addr.clone(), Instant::now());
+            match self.metadata_from(&addr, &request).await {
+                Ok(r) => {
+                    self.suspects
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&addr);
+                    answer = Some(r);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(broker = %addr, error = %e, "metadata request failed; trying the next broker");
+                    last = Some(e);
+                }
+            }
+        }
+        let Some(response) = answer else {
+            return Err(
+                last.unwrap_or_else(|| Error::config("bootstrap.servers", "", "no broker given"))
+            );
+        };
         let mut next = Metadata::clone(&current);
         next.fetched_at = Instant::now();
         next.brokers = response
@@ -336,5 +413,67 @@ impl Cluster {
             }
         };
         Ok((leader, self.broker(leader).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use purekafka_testkit::{Backend, TestCluster};
+
+    use super::*;
+
+    /// A broker that accepts connections and never answers (a frozen process).
+    async fn silent_broker() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn metadata_refresh_moves_past_a_silent_broker() {
+        let broker = TestCluster::start(Backend::MockCluster).expect("start the mock cluster");
+        let silent = silent_broker().await;
+        let mut brokers = vec![silent.clone()];
+        brokers.extend(broker.bootstrap_list());
+        let config = Config::builder()
+            .brokers(brokers)
+            .set("request.timeout.ms", "60000")
+            .build()
+            .unwrap();
+        let health = Arc::new(crate::health::HealthState::new(
+            crate::health::Health::Connected,
+            None,
+        ));
+        let cluster = Cluster::new(config, health);
+        // The caller's own timeout cuts the first attempt long before the connection's
+        // deadline (as `retry_with_timeout` does); the silent broker was asked first.
+        let first = tokio::time::timeout(Duration::from_millis(500), cluster.refresh(None)).await;
+        assert!(first.is_err(), "the silent broker held the first attempt");
+        let md = tokio::time::timeout(Duration::from_secs(30), cluster.refresh(None))
+            .await
+            .expect("the next attempt asks another broker first")
+            .expect("metadata from the live broker");
+        assert!(!md.brokers.is_empty());
+        // A connect that hangs on the silent broker does not hold a connection to another.
+        let slow = {
+            let cluster = Arc::clone(&cluster);
+            let silent = silent.clone();
+            tokio::spawn(async move { cluster.connection_to(&silent).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let live = md.brokers.values().next().unwrap().clone();
+        tokio::time::timeout(Duration::from_secs(30), cluster.connection_to(&live))
+            .await
+            .expect("not held behind the silent broker's connect")
+            .expect("connected");
+        slow.abort();
     }
 }

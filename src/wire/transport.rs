@@ -13,6 +13,9 @@ use tokio::net::TcpStream;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+/// Idle time before TCP keepalive probes start.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A connected stream to one broker.
 pub(crate) enum Transport {
     /// `plaintext` / `sasl_plaintext`.
@@ -22,15 +25,10 @@ pub(crate) enum Transport {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// The read half a connection's reader task owns.
-pub(crate) type ReadHalf = tokio::io::ReadHalf<Transport>;
-/// The write half requests are written to.
-pub(crate) type WriteHalf = tokio::io::WriteHalf<Transport>;
-
 /// Opens TCP to `addr` and, when `security.protocol` asks for it, runs the TLS handshake with
 /// the broker's host name as SNI and for verification. Both together must finish within
 /// `request.timeout.ms`. One attempt.
-pub(crate) async fn connect(addr: &str, config: &Config) -> Result<(ReadHalf, WriteHalf)> {
+pub(crate) async fn connect(addr: &str, config: &Config) -> Result<Transport> {
     let timeout = config.request_timeout;
     let transport = tokio::time::timeout(timeout, open(addr, config))
         .await
@@ -42,7 +40,7 @@ pub(crate) async fn connect(addr: &str, config: &Config) -> Result<(ReadHalf, Wr
             },
             after: timeout,
         })??;
-    Ok(tokio::io::split(transport))
+    Ok(transport)
 }
 
 async fn open(addr: &str, config: &Config) -> Result<Transport> {
@@ -52,6 +50,10 @@ async fn open(addr: &str, config: &Config) -> Result<Transport> {
     };
     let stream = TcpStream::connect(addr).await.map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
+    // Keepalive finds a peer that vanished without a FIN on a connection with nothing to send.
+    socket2::SockRef::from(&stream)
+        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE))
+        .map_err(io)?;
     if !config.security_protocol.uses_tls() {
         return Ok(Transport::Plain(stream));
     }
@@ -103,7 +105,8 @@ pub(crate) fn bad_frame_length(len: u32) -> String {
              set security.protocol to ssl or sasl_ssl for this listener"
         )
     } else {
-        format!("response frame of {len} bytes")
+        // The length is a signed i32 on the wire: show it as the peer sent it.
+        format!("response frame of {} bytes", len as i32)
     }
 }
 

@@ -22,6 +22,23 @@ pub struct ChildRun {
 /// line with its rusage. A child that fails or prints no result line is an error carrying the
 /// end of its stderr.
 pub fn run_child(program: &str, args: &[String], timeout: Duration) -> Result<ChildRun, String> {
+    run_process(program, args, timeout, |stdout| {
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(RESULT_PREFIX))
+            .ok_or_else(|| "child printed no result line".to_string())?;
+        serde_json::from_str(line).map_err(|e| format!("bad result line {line:?}: {e}"))
+    })
+}
+
+/// Runs `program args...` like [`run_child`], reading its result from its stdout with
+/// `parse` (for a program that is not `compare child`, e.g. rdkafka_performance).
+pub fn run_process(
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+    parse: impl Fn(&str) -> Result<ChildResult, String>,
+) -> Result<ChildRun, String> {
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -81,16 +98,12 @@ pub fn run_child(program: &str, args: &[String], timeout: Duration) -> Result<Ch
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     if !ok {
         return Err(format!(
-            "child failed (wait status {status:#x}); stderr:\n{}",
+            "child failed (wait status {status:#x}); stdout:\n{}\nstderr:\n{}",
+            tail(&stdout),
             tail(&stderr)
         ));
     }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(RESULT_PREFIX))
-        .ok_or_else(|| format!("child printed no result line; stderr:\n{}", tail(&stderr)))?;
-    let result: ChildResult =
-        serde_json::from_str(line).map_err(|e| format!("bad result line {line:?}: {e}"))?;
+    let result = parse(&stdout).map_err(|e| format!("{e}; stderr:\n{}", tail(&stderr)))?;
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(ChildRun {
         result,
