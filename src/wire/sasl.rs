@@ -595,6 +595,107 @@ mod tests {
             addr
         }
 
+        /// A broker that takes OAUTHBEARER and accepts the token `good-token` only, answering
+        /// a bad token the RFC 7628 way (a JSON error challenge, then failure on `^A`).
+        async fn oauth_broker() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = std::sync::Arc::clone(&seen);
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                while let Some((header, mut body)) = read_request(&mut s).await {
+                    let (id, v) = (header.correlation_id, header.request_api_version);
+                    match ApiKey::try_from(header.request_api_key).unwrap() {
+                        ApiKey::ApiVersions => {
+                            let keys = [
+                                (ApiKey::ApiVersions, 0, 3),
+                                (ApiKey::SaslHandshake, 0, 1),
+                                (ApiKey::SaslAuthenticate, 0, 2),
+                            ]
+                            .map(|(k, min, max)| {
+                                ApiVersion::default()
+                                    .with_api_key(k as i16)
+                                    .with_min_version(min)
+                                    .with_max_version(max)
+                            });
+                            let r = ApiVersionsResponse::default().with_api_keys(keys.to_vec());
+                            respond(&mut s, id, v, &r).await;
+                        }
+                        ApiKey::SaslHandshake => {
+                            let req = SaslHandshakeRequest::decode(&mut body, v).unwrap();
+                            assert_eq!(req.mechanism.as_str(), "OAUTHBEARER");
+                            let r = SaslHandshakeResponse::default()
+                                .with_mechanisms(vec![StrBytes::from_static_str("OAUTHBEARER")]);
+                            respond(&mut s, id, v, &r).await;
+                        }
+                        ApiKey::SaslAuthenticate => {
+                            let req = SaslAuthenticateRequest::decode(&mut body, v).unwrap();
+                            log.lock().unwrap().push(req.auth_bytes.to_vec());
+                            let msg = req.auth_bytes.to_vec();
+                            let r = if msg == b"\x01" {
+                                SaslAuthenticateResponse::default()
+                                    .with_error_code(58)
+                                    .with_error_message(Some(StrBytes::from_static_str(
+                                        "invalid token",
+                                    )))
+                            } else if msg.windows(23).any(|w| w == b"auth=Bearer good-token\x01") {
+                                SaslAuthenticateResponse::default().with_session_lifetime_ms(30_000)
+                            } else {
+                                SaslAuthenticateResponse::default().with_auth_bytes(
+                                    Bytes::from_static(br#"{"status":"invalid_token"}"#),
+                                )
+                            };
+                            respond(&mut s, id, v, &r).await;
+                        }
+                        _ => unreachable!(),
+                    }
+                }
+            });
+            (addr, seen)
+        }
+
+        fn oauth_config(addr: &str, token: &'static str) -> Config {
+            Config::builder()
+                .brokers([addr])
+                .oauthbearer_token_provider(move || async move {
+                    Ok(crate::config::OAuthBearerToken {
+                        value: crate::config::Secret::new(token),
+                        principal: "svc-orders".into(),
+                        extensions: vec![("logicalCluster".into(), "lkc-1".into())],
+                    })
+                })
+                .build()
+                .unwrap()
+        }
+
+        #[tokio::test]
+        async fn oauthbearer_with_a_token_provider_logs_in_and_a_bad_token_fails_cleanly() {
+            let (addr, seen) = oauth_broker().await;
+            let mut plain = oauth_config(&addr, "good-token");
+            let config = plain.clone();
+            plain.sasl = None;
+            let conn = BrokerConnection::connect(&addr, &plain).await.unwrap();
+            let lifetime = super::super::authenticate(&conn, &config).await.unwrap();
+            assert_eq!(lifetime, Some(Duration::from_secs(30)));
+            assert_eq!(
+                seen.lock().unwrap()[0],
+                b"n,,\x01auth=Bearer good-token\x01logicalCluster=lkc-1\x01\x01"
+            );
+
+            let (addr, seen) = oauth_broker().await;
+            let config = oauth_config(&addr, "bad-token");
+            let e = BrokerConnection::connect(&addr, &config).await.unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, Error::Authentication { .. }), "{text}");
+            for part in ["OAUTHBEARER", "svc-orders", "invalid_token", addr.as_str()] {
+                assert!(text.contains(part), "{part}: {text}");
+            }
+            assert!(!text.contains("bad-token"), "no token in errors: {text}");
+            // RFC 7628 §3.2.2: the client answered the error challenge with a single ^A.
+            assert_eq!(seen.lock().unwrap().last().unwrap(), b"\x01");
+        }
+
         fn config(addr: &str, mechanism: SaslMechanism, password: &str) -> Config {
             Config::builder()
                 .brokers([addr])
