@@ -65,7 +65,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod client;
-pub(crate) mod codec;
+pub mod codec;
 pub mod config;
 pub mod consumer;
 pub(crate) mod coordinator;

@@ -163,6 +163,47 @@ mod tests {
     }
 
     #[test]
+    fn ssl_variables_set_the_tls_keys_and_a_missing_ca_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("purekafka-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("no-such-ca.pem").display().to_string();
+        let e = ConfigBuilder::from_env_vars([
+            ("KAFKA_BROKERS", "a:1"),
+            ("KAFKA_SSL", "true"),
+            ("KAFKA_SSL_CA_LOCATION", missing.as_str()),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "none"),
+        ])
+        .build()
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Config { key, value, .. } if key == "ssl.ca.location" && value == &missing),
+            "{e}"
+        );
+        // With no CA given, the Mozilla roots are used and the configuration builds.
+        let c = ConfigBuilder::from_env_vars([
+            ("KAFKA_BROKERS", "a:1"),
+            ("KAFKA_SSL", "true"),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "none"),
+            ("KAFKA_SSL_KEY_PEM", "-----BEGIN PRIVATE KEY-----secret"),
+        ])
+        .build();
+        // A key without a certificate is refused, naming the key but not its contents.
+        let e = c.unwrap_err();
+        assert!(e.to_string().contains("ssl.key"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let c = ConfigBuilder::from_env_vars([
+            ("KAFKA_BROKERS", "a:1"),
+            ("KAFKA_SSL", "true"),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "none"),
+        ])
+        .build()
+        .unwrap();
+        assert_eq!(c.security_protocol(), SecurityProtocol::Ssl);
+        assert!(!c.tls().verify_hostname);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn kafka_brokers_wins_over_its_alias() {
         let c = ConfigBuilder::from_env_vars([
             ("KAFKA_BROKERS", "b:2"),

@@ -105,7 +105,8 @@ pub(crate) fn bad_frame_length(len: i32) -> String {
              set security.protocol to ssl or sasl_ssl for this listener"
         )
     } else {
-        format!("response frame of {len} bytes")
+        // The length is a signed i32 on the wire: show it as the peer sent it.
+        format!("response frame of {} bytes", len as i32)
     }
 }
 
