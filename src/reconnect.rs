@@ -81,6 +81,25 @@ impl ReconnectPolicy {
         b.reset();
         b
     }
+
+    /// The delay before retry number `attempt` (from 1) of a loop that never gives up (the
+    /// producer's batch retries, fetch workers, group re-joins): `initial_delay ×
+    /// multiplier^(attempt − 1)`, at most `max_delay`, randomised by ±`jitter` by the
+    /// `backoff` crate, the same schedule as the retry loop's.
+    pub(crate) fn delay_for_attempt(&self, attempt: u32) -> Duration {
+        let base = self.initial_delay.as_secs_f64()
+            * self
+                .multiplier
+                .max(1.0)
+                .powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = Duration::from_secs_f64(base.min(self.max_delay.as_secs_f64()));
+        let mut b = ExponentialBackoff {
+            current_interval: base,
+            max_elapsed_time: None,
+            ..self.schedule()
+        };
+        b.next_backoff().unwrap_or(base)
+    }
 }
 
 /// The `backoff` crate's clock, read from tokio so that elapsed budgets follow tokio's time
@@ -195,7 +214,7 @@ mod tests {
     fn io_error() -> Error {
         Error::Io {
             broker: "127.0.0.1:1".into(),
-            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            source: Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
         }
     }
 
@@ -232,6 +251,29 @@ mod tests {
                 assert_eq!(operation, "test op");
             }
             other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn delay_for_attempt_grows_to_the_cap_within_the_jitter() {
+        let policy = ReconnectPolicy {
+            initial_delay: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(1),
+            jitter: 0.0,
+            max_elapsed: Some(Duration::from_secs(3)),
+        };
+        let delays: Vec<u128> = (1..=6)
+            .map(|a| policy.delay_for_attempt(a).as_millis())
+            .collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+        let jittered = ReconnectPolicy {
+            jitter: 0.5,
+            ..policy
+        };
+        for _ in 0..100 {
+            let d = jittered.delay_for_attempt(2).as_millis();
+            assert!((100..=300).contains(&d), "{d}");
         }
     }
 

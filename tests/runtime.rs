@@ -98,7 +98,7 @@ async fn committed(client: &Client, topic: &str, partitions: i32) -> BTreeMap<i3
         .await
         .unwrap()
         .into_iter()
-        .map(|((_, p), o)| (p, o))
+        .map(|(tp, o)| (tp.partition, o))
         .collect()
 }
 

@@ -407,7 +407,7 @@ impl Consumer {
     /// `offset`. Buffered records of the partition are dropped.
     pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
         let mut state = self.inner.shared.lock();
-        let tp: TopicPartition = (Arc::from(topic), partition);
+        let tp = TopicPartition::new(topic, partition);
         let p = state
             .partitions
             .get_mut(&tp)
@@ -426,7 +426,7 @@ impl Consumer {
     pub fn pause(&self, partitions: &[(&str, i32)]) -> Result<()> {
         let mut state = self.inner.shared.lock();
         for &(topic, partition) in partitions {
-            let tp: TopicPartition = (Arc::from(topic), partition);
+            let tp = TopicPartition::new(topic, partition);
             let p = state
                 .partitions
                 .get_mut(&tp)
@@ -444,7 +444,7 @@ impl Consumer {
     pub fn resume(&self, partitions: &[(&str, i32)]) -> Result<()> {
         let mut state = self.inner.shared.lock();
         for &(topic, partition) in partitions {
-            let tp: TopicPartition = (Arc::from(topic), partition);
+            let tp = TopicPartition::new(topic, partition);
             let p = state
                 .partitions
                 .get_mut(&tp)
@@ -475,7 +475,7 @@ impl Consumer {
         let state = self.inner.shared.lock();
         state
             .partitions
-            .get(&(Arc::from(topic), partition))
+            .get(&TopicPartition::new(topic, partition))
             .and_then(|p| p.position)
     }
 
@@ -493,7 +493,10 @@ impl Consumer {
         &self,
         partitions: &[(&str, i32)],
     ) -> Result<BTreeMap<TopicPartition, i64>> {
-        let tps: Vec<TopicPartition> = partitions.iter().map(|&(t, p)| (Arc::from(t), p)).collect();
+        let tps: Vec<TopicPartition> = partitions
+            .iter()
+            .map(|&(t, p)| TopicPartition::new(t, p))
+            .collect();
         let coordinator = &self.inner.coordinator;
         let found = self
             .inner
@@ -691,7 +694,7 @@ fn next_offsets(records: &[ConsumedRecord]) -> HashMap<TopicPartition, i64> {
     let mut offsets: HashMap<TopicPartition, i64> = HashMap::new();
     for r in records {
         let e = offsets
-            .entry((Arc::clone(&r.topic), r.partition))
+            .entry(TopicPartition::new(Arc::clone(&r.topic), r.partition))
             .or_insert(r.offset + 1);
         *e = (*e).max(r.offset + 1);
     }

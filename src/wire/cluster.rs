@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::connection::BrokerConnection;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::health::HealthState;
 
 /// One partition's metadata.
@@ -144,7 +144,11 @@ impl Cluster {
             Some(id) => id,
             None => self.refresh(Some(&[])).await?.controller.ok_or_else(|| {
                 // NOT_CONTROLLER: retriable, the next refresh may name one.
-                Error::broker(41, "metadata names no controller", None)
+                Error::broker(
+                    ErrorCode::NotController.code(),
+                    "metadata names no controller",
+                    None,
+                )
             })?,
         };
         if !self.metadata().brokers.contains_key(&id) {
@@ -196,7 +200,11 @@ impl Cluster {
                 .get(&node_id)
                 .cloned()
                 .ok_or_else(|| {
-                    Error::broker(8, format!("broker {node_id} is not in metadata"), None)
+                    Error::broker(
+                        ErrorCode::BrokerNotAvailable.code(),
+                        format!("broker {node_id} is not in metadata"),
+                        None,
+                    )
                 })?,
         };
         self.connection_to(&addr).await
@@ -310,7 +318,9 @@ impl Cluster {
         let md = self.refresh(Some(&[topic])).await?;
         match md.topics.get(topic) {
             Some(t) if t.error == 0 && !t.partitions.is_empty() => Ok(t.clone()),
-            Some(t) if t.error == 3 || t.error == 0 => Err(Error::UnknownTopic(topic.to_string())),
+            Some(t) if t.error == 0 || t.error == ErrorCode::UnknownTopicOrPartition.code() => {
+                Err(Error::UnknownTopic(topic.to_string()))
+            }
             Some(t) => Err(Error::broker(
                 t.error,
                 format!("metadata of topic {topic}"),

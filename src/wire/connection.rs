@@ -62,10 +62,7 @@ impl BrokerConnection {
     /// Opens a connection: TCP, ApiVersions, then SASL when configured. One attempt; the
     /// caller's retry loop decides about more.
     pub(crate) async fn connect(addr: &str, config: &Config) -> Result<BrokerConnection> {
-        let io = |source| Error::Io {
-            broker: addr.to_string(),
-            source,
-        };
+        let io = |source| Error::io(addr, source);
         let stream = tokio::time::timeout(config.request_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Timeout {
@@ -115,26 +112,28 @@ impl BrokerConnection {
     /// The highest version of `R` both sides support, capped at `cap` when given.
     pub(crate) fn version_for<R: Request>(&self, cap: Option<i16>) -> Result<i16> {
         let ours = R::VERSIONS;
-        let (their_min, their_max) = self.versions.get(&R::KEY).copied().ok_or_else(|| {
-            Error::Protocol(format!(
-                "broker {} does not support API key {} ({:?})",
-                self.addr,
-                R::KEY,
-                ApiKey::try_from(R::KEY).ok()
-            ))
-        })?;
+        let (their_min, their_max) =
+            self.versions
+                .get(&R::KEY)
+                .copied()
+                .ok_or_else(|| Error::Unsupported {
+                    broker: self.addr.clone(),
+                    what: format!("{} (API key {})", api_name(R::KEY), R::KEY),
+                })?;
         let max = ours.max.min(their_max).min(cap.unwrap_or(i16::MAX));
         let min = ours.min.max(their_min);
         if max < min {
-            return Err(Error::Protocol(format!(
-                "no common version for API key {}: ours {}..={}, broker {} has {}..={}",
-                R::KEY,
-                ours.min,
-                ours.max,
-                self.addr,
-                their_min,
-                their_max
-            )));
+            return Err(Error::Unsupported {
+                broker: self.addr.clone(),
+                what: format!(
+                    "{} in a version we speak: ours {}..={}, the broker's {}..={}",
+                    api_name(R::KEY),
+                    ours.min,
+                    ours.max,
+                    their_min,
+                    their_max
+                ),
+            });
         }
         Ok(max)
     }
@@ -300,22 +299,19 @@ impl BrokerConnection {
             {
                 map.remove(&correlation_id);
             }
-            return Err(Error::Io {
-                broker: self.addr.clone(),
-                source,
-            });
+            return Err(Error::io(self.addr.clone(), source));
         }
         Ok(rx)
     }
 
     fn closed_error(&self) -> Error {
-        Error::Io {
-            broker: self.addr.clone(),
-            source: std::io::Error::new(
+        Error::io(
+            self.addr.clone(),
+            std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "connection to broker closed",
             ),
-        }
+        )
     }
 
     /// ApiVersions: v3 first, then v0 when the broker is older.
@@ -432,7 +428,7 @@ async fn read_loop(
     for (_, tx) in waiters.into_iter().flatten() {
         let _ = tx.send(Err(Error::Io {
             broker: addr.clone(),
-            source: std::io::Error::new(err.kind(), err.to_string()),
+            source: std::sync::Arc::new(std::io::Error::new(err.kind(), err.to_string())),
         }));
     }
 }
