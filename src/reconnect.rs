@@ -27,14 +27,13 @@ use crate::error::{Error, Result};
 /// use std::time::Duration;
 /// use purekafka::ReconnectPolicy;
 ///
-/// let policy = ReconnectPolicy {
-///     initial_delay: Duration::from_millis(50),
-///     max_elapsed: Some(Duration::from_secs(10)),
-///     ..ReconnectPolicy::default()
-/// };
+/// let policy = ReconnectPolicy::default()
+///     .initial_delay(Duration::from_millis(50))
+///     .max_elapsed(Some(Duration::from_secs(10)));
 /// assert_eq!(policy.multiplier, 2.0);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ReconnectPolicy {
     /// First delay after a failure. Default 100 ms (`reconnect.backoff.ms`, as librdkafka):
     /// short enough that a broker restart is barely noticed.
@@ -66,6 +65,36 @@ impl Default for ReconnectPolicy {
 }
 
 impl ReconnectPolicy {
+    /// Sets [`initial_delay`](Self::initial_delay).
+    pub fn initial_delay(mut self, delay: Duration) -> Self {
+        self.initial_delay = delay;
+        self
+    }
+
+    /// Sets [`multiplier`](Self::multiplier).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Sets [`max_delay`](Self::max_delay).
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// Sets [`jitter`](Self::jitter).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Sets [`max_elapsed`](Self::max_elapsed) (`None`: never give up).
+    pub fn max_elapsed(mut self, budget: Option<Duration>) -> Self {
+        self.max_elapsed = budget;
+        self
+    }
+
     /// The `backoff` crate's schedule for this policy, starting now.
     pub(crate) fn schedule(&self) -> ExponentialBackoff<TokioClock> {
         let mut b = ExponentialBackoff {

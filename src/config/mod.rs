@@ -104,6 +104,7 @@ pub enum SaslMechanism {
 
 /// SASL credentials. `Debug` never shows the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaslCredentials {
     /// The mechanism.
     pub mechanism: SaslMechanism,
