@@ -178,13 +178,19 @@ impl Client {
         names.sort();
         names.dedup();
         let shared = Shared::new();
+        let callbacks = Callbacks::default();
+        if !self.config().consumer().enable_auto_offset_store {
+            callbacks
+                .manual_processed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let inner = Arc::new(Inner {
             client: self.clone(),
             topics: names,
             coordinator: Coordinator::new(Arc::clone(self.wire()?), &group),
             fetcher: Fetcher::new(self.clone(), Arc::clone(&shared)),
             shared,
-            callbacks: Callbacks::default(),
+            callbacks,
             tasks: Mutex::new(Vec::new()),
             close_done: tokio::sync::Mutex::new(false),
         });
@@ -579,6 +585,24 @@ impl Consumer {
             .callbacks
             .manual_processed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stores `record` as processed (librdkafka's `rd_kafka_offset_store`): auto-commit, a
+    /// rebalance and [`close`](Self::close) commit up to the offset after it. Meant for
+    /// `enable.auto.offset.store = false`, where only stored records are committed; with the
+    /// default (true) the next poll stores everything polled anyway. A record of a partition
+    /// no longer assigned is ignored (the new owner reads it again). Offsets never move back.
+    pub fn store_offset(&self, record: &ConsumedRecord) {
+        self.mark_processed([(
+            TopicPartition::new(Arc::clone(&record.topic), record.partition),
+            record.offset + 1,
+        )]);
+    }
+
+    /// Stores `offsets` (the next offset to read, per partition) as processed, as
+    /// [`store_offset`](Self::store_offset) does for one record.
+    pub fn store_offsets(&self, offsets: impl IntoIterator<Item = (TopicPartition, i64)>) {
+        self.mark_processed(offsets);
     }
 
     /// Records `offsets` (next offset, per partition) as processed; partitions no longer

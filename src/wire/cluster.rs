@@ -199,11 +199,16 @@ impl Cluster {
                 .brokers
                 .get(&node_id)
                 .cloned()
+                // A broker that is down drops out of metadata: it cannot be reached now, which
+                // is retriable (the producer retries until delivery.timeout.ms, as Java's
+                // waits for a leader), not the broker's BROKER_NOT_AVAILABLE verdict.
                 .ok_or_else(|| {
-                    Error::broker(
-                        ErrorCode::BrokerNotAvailable.code(),
-                        format!("broker {node_id} is not in metadata"),
-                        None,
+                    Error::io(
+                        format!("node {node_id}"),
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotConnected,
+                            format!("broker {node_id} is not in metadata (down?)"),
+                        ),
                     )
                 })?,
         };
