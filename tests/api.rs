@@ -123,3 +123,76 @@ async fn flush_timeout_ends_the_wait_not_the_records() {
     assert_eq!(delivery.offset, 1);
     producer.close().await;
 }
+
+/// One listener call: its kind and the partitions' ids.
+type Event = (&'static str, Vec<i32>);
+
+/// Records listener events.
+#[derive(Clone, Default)]
+struct Events(std::sync::Arc<std::sync::Mutex<Vec<Event>>>);
+
+impl Events {
+    fn push(&self, kind: &'static str, ps: &[TopicPartition]) {
+        let parts = ps.iter().map(|tp| tp.partition).collect();
+        self.0.lock().unwrap().push((kind, parts));
+    }
+    fn kinds(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().iter().map(|e| e.0).collect()
+    }
+}
+
+impl purekafka::RebalanceListener for Events {
+    fn on_assigned(&self, ps: &[TopicPartition]) {
+        self.push("assigned", ps);
+    }
+    fn on_revoked(&self, ps: &[TopicPartition]) {
+        self.push("revoked", ps);
+    }
+    fn on_lost(&self, ps: &[TopicPartition]) {
+        self.push("lost", ps);
+    }
+}
+
+async fn poll_until(consumer: &Consumer, events: &Events, kind: &str, nth: usize, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while events.kinds().iter().filter(|k| **k == kind).count() < nth {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} #{nth}: events {:?}",
+            events.kinds()
+        );
+        let _ = consumer.poll(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_listener_sees_partitions_lost_when_the_session_runs_out() {
+    if Backend::from_env().is_some() {
+        return; // needs the mock cluster's fault injection
+    }
+    support::init_tracing();
+    let cluster = support::start(Backend::MockCluster);
+    let topic = unique_name("listener");
+    let group = unique_name("listener-group");
+    cluster.create_topic(&topic, 2).await.unwrap();
+    cluster.set_coordinator(&group, 1).unwrap();
+    cluster.set_leader(&topic, 0, 2).unwrap();
+    cluster.set_leader(&topic, 1, 3).unwrap();
+    let c = support::client(&cluster, &group, &[]).await;
+    let consumer = c.consumer(&[&topic]).unwrap();
+    let events = Events::default();
+    consumer.set_rebalance_listener(events.clone());
+    poll_until(&consumer, &events, "assigned", 1, Duration::from_secs(30)).await;
+    assert_eq!(events.0.lock().unwrap()[0], ("assigned", vec![0, 1]));
+
+    // The coordinator is unreachable for longer than session.timeout.ms (6 s): the member
+    // cannot know whether it still owns its partitions, so they are lost, not revoked.
+    cluster.broker_down(1).unwrap();
+    poll_until(&consumer, &events, "lost", 1, Duration::from_secs(60)).await;
+    cluster.broker_up(1).unwrap();
+    poll_until(&consumer, &events, "assigned", 2, Duration::from_secs(60)).await;
+    let kinds = events.kinds();
+    assert_eq!(&kinds[..3], &["assigned", "lost", "assigned"], "{kinds:?}");
+    assert_eq!(events.0.lock().unwrap()[1], ("lost", vec![0, 1]));
+    consumer.close().await.unwrap();
+}

@@ -160,17 +160,21 @@ struct Polling {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Counts non-empty revokes (lost partitions included, the listener's default).
+struct CountRevokes(Arc<AtomicUsize>);
+
+impl purekafka::consumer::RebalanceListener for CountRevokes {
+    fn on_revoked(&self, partitions: &[TopicPartition]) {
+        if !partitions.is_empty() {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 fn spawn_polling(consumer: Consumer) -> Polling {
     let consumer = Arc::new(consumer);
     let revokes = Arc::new(AtomicUsize::new(0));
-    {
-        let revokes = Arc::clone(&revokes);
-        consumer.on_revoked(move |ps: &[TopicPartition]| {
-            if !ps.is_empty() {
-                revokes.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-    }
+    consumer.set_rebalance_listener(CountRevokes(Arc::clone(&revokes)));
     let stop = Arc::new(tokio::sync::Notify::new());
     let task = {
         let consumer = Arc::clone(&consumer);

@@ -157,7 +157,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         };
         assign(&inner, &me, assignment).await;
         let exit = heartbeat(&inner, &me).await;
-        revoke(&inner).await;
+        // Fenced or timed out (Reset): the partitions are lost, not handed over.
+        revoke(&inner, matches!(exit, Exit::Reset)).await;
         match exit {
             Exit::Rejoin => {}
             Exit::Reset => {
@@ -348,9 +349,10 @@ async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPar
     inner.shared.data_ready.notify_waiters();
 }
 
-/// Gives up every partition: commits what was processed (unless disabled), calls
-/// `on_revoked`, drops buffered records.
-async fn revoke(inner: &Inner) {
+/// Gives up every partition: commits what was processed (unless disabled) and calls
+/// `on_revoked`, or, when they were `lost` (session ran out, member fenced), commits nothing
+/// and calls `on_lost`; drops buffered records.
+async fn revoke(inner: &Inner, lost: bool) {
     let (partitions, processed) = {
         let state = inner.shared.lock();
         let processed = state.uncommitted_processed();
@@ -358,7 +360,7 @@ async fn revoke(inner: &Inner) {
         partitions.sort();
         (partitions, processed)
     };
-    if inner.callbacks.commit_on_revoke() && !processed.is_empty() {
+    if !lost && inner.callbacks.commit_on_revoke() && !processed.is_empty() {
         if let Err(e) =
             super::offsets::commit(&inner.client, &inner.coordinator, &inner.shared, processed)
                 .await
@@ -366,7 +368,11 @@ async fn revoke(inner: &Inner) {
             tracing::warn!(group = %inner.coordinator.group(), error = %e, "committing processed offsets on revoke failed; their records will be delivered again");
         }
     }
-    inner.callbacks.revoked(&partitions);
+    if lost {
+        inner.callbacks.lost(&partitions);
+    } else {
+        inner.callbacks.revoked(&partitions);
+    }
     let mut state = inner.shared.lock();
     state.partitions.clear();
     state.buffer.clear();

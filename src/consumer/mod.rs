@@ -61,13 +61,42 @@ use state::Shared;
 /// Most records one `poll` returns (whole fetched chunks are split at this size).
 const MAX_POLL_RECORDS: usize = 10_000;
 
-type Callback = Arc<dyn Fn(&[TopicPartition]) + Send + Sync>;
+/// Told about rebalances: which partitions this member got, gave up, or lost. Set one with
+/// [`Consumer::set_rebalance_listener`]. Runs on the membership task: keep it short.
+///
+/// ```no_run
+/// use purekafka::consumer::RebalanceListener;
+/// use purekafka::TopicPartition;
+///
+/// struct Log;
+/// impl RebalanceListener for Log {
+///     fn on_assigned(&self, partitions: &[TopicPartition]) {
+///         println!("assigned {partitions:?}");
+///     }
+///     fn on_lost(&self, partitions: &[TopicPartition]) {
+///         println!("lost {partitions:?}: another member may already process them");
+///     }
+/// }
+/// # fn demo(consumer: &purekafka::Consumer) { consumer.set_rebalance_listener(Log); }
+/// ```
+pub trait RebalanceListener: Send + Sync + 'static {
+    /// A new assignment, after its start positions are known.
+    fn on_assigned(&self, _partitions: &[TopicPartition]) {}
+    /// Partitions given up in an orderly rebalance (or on close), after the offsets of
+    /// processed records were committed (unless [`Consumer::commit_on_revoke`] is off).
+    fn on_revoked(&self, _partitions: &[TopicPartition]) {}
+    /// Partitions lost without a rebalance: the session ran out or the coordinator fenced
+    /// this member (unknown member, illegal generation). Nothing was committed: another
+    /// member may own them already. By default the same as [`on_revoked`](Self::on_revoked).
+    fn on_lost(&self, partitions: &[TopicPartition]) {
+        self.on_revoked(partitions);
+    }
+}
 
-/// Rebalance callbacks and options.
+/// Rebalance listener and options.
 #[derive(Default)]
 struct Callbacks {
-    on_assigned: Mutex<Option<Callback>>,
-    on_revoked: Mutex<Option<Callback>>,
+    listener: Mutex<Option<Arc<dyn RebalanceListener>>>,
     no_commit_on_revoke: std::sync::atomic::AtomicBool,
     /// Set by the runtime (`worker`): a poll does not count the previous poll's records as
     /// processed; only [`Consumer::mark_processed`] does, so that revoke and close commit
@@ -76,24 +105,25 @@ struct Callbacks {
 }
 
 impl Callbacks {
-    fn assigned(&self, partitions: &[TopicPartition]) {
-        let cb = self
-            .on_assigned
+    fn listener(&self) -> Option<Arc<dyn RebalanceListener>> {
+        self.listener
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(cb) = cb {
-            cb(partitions);
+            .clone()
+    }
+    fn assigned(&self, partitions: &[TopicPartition]) {
+        if let Some(l) = self.listener() {
+            l.on_assigned(partitions);
         }
     }
     fn revoked(&self, partitions: &[TopicPartition]) {
-        let cb = self
-            .on_revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(cb) = cb {
-            cb(partitions);
+        if let Some(l) = self.listener() {
+            l.on_revoked(partitions);
+        }
+    }
+    fn lost(&self, partitions: &[TopicPartition]) {
+        if let Some(l) = self.listener() {
+            l.on_lost(partitions);
         }
     }
     fn commit_on_revoke(&self) -> bool {
@@ -531,26 +561,15 @@ impl Consumer {
             .collect())
     }
 
-    /// Calls `f` with the partitions of each new assignment (after their start positions are
-    /// known). Runs on the membership task: keep it short.
-    pub fn on_assigned(&self, f: impl Fn(&[TopicPartition]) + Send + Sync + 'static) {
+    /// Sets the [`RebalanceListener`] told about assigned, revoked and lost partitions
+    /// (replacing any earlier one).
+    pub fn set_rebalance_listener(&self, listener: impl RebalanceListener) {
         *self
             .inner
             .callbacks
-            .on_assigned
+            .listener
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
-    }
-
-    /// Calls `f` with the partitions given up before each rebalance, after the offsets of
-    /// processed records were committed (unless [`commit_on_revoke(false)`](Self::commit_on_revoke)).
-    pub fn on_revoked(&self, f: impl Fn(&[TopicPartition]) + Send + Sync + 'static) {
-        *self
-            .inner
-            .callbacks
-            .on_revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(listener));
     }
 
     /// Whether processed offsets are committed when partitions are revoked (default true).
