@@ -27,7 +27,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::client::Client;
 use crate::consumer::TopicPartition;
@@ -90,7 +89,7 @@ impl NewTopic {
 }
 
 /// What happened to one topic of a create or delete request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TopicOutcome {
     /// The topic.
@@ -176,7 +175,7 @@ pub struct ConfigEntry {
 }
 
 /// The configs of one resource, or why they could not be read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ResourceConfigs {
     /// The resource.
@@ -255,7 +254,7 @@ pub struct GroupDescription {
 }
 
 /// The description of one group, or why it could not be described.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GroupOutcome {
     /// The group id.
@@ -547,7 +546,7 @@ impl Admin {
                 None,
             )?;
             if offset >= 0 {
-                out.insert((Arc::from(topic.as_str()), partition), offset);
+                out.insert(TopicPartition::new(topic.as_str(), partition), offset);
             }
         }
         Ok(out)

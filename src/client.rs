@@ -330,7 +330,7 @@ impl Client {
             .get_or_try_init(|| async {
                 self.retry("connect rskafka client", || {
                     let builder = rskafka_builder(config);
-                    async move { builder.build().await.map_err(Error::from) }
+                    async move { builder.build().await.map_err(from_rskafka) }
                 })
                 .await
             })
@@ -352,9 +352,9 @@ impl Client {
         let rs = self.rskafka().await?;
         let pc = self
             .retry(&format!("connect to {topic}/{partition}"), || async move {
-                Ok(rs
-                    .partition_client(topic, partition, UnknownTopicHandling::Error)
-                    .await?)
+                rs.partition_client(topic, partition, UnknownTopicHandling::Error)
+                    .await
+                    .map_err(from_rskafka)
             })
             .await?;
         let pc = Arc::new(pc);
@@ -422,6 +422,33 @@ impl Client {
             },
         )
         .await
+    }
+}
+
+/// An rskafka error as purekafka's: a broker's code keeps its [`ErrorCode`](crate::ErrorCode),
+/// connection trouble is retriable [`Error::Io`], anything else [`Error::Protocol`]. No
+/// rskafka type reaches purekafka's own error.
+pub(crate) fn from_rskafka(e: rskafka::client::error::Error) -> Error {
+    use rskafka::client::error::{Error as Rs, ProtocolError};
+    match e {
+        Rs::ServerError {
+            protocol_error,
+            error_message,
+            ..
+        } => {
+            let code = match protocol_error {
+                ProtocolError::Unknown(code) => code,
+                // rskafka's code table is private; `ProtocolError::new` maps codes to it.
+                known => (-1i16..=300)
+                    .find(|c| ProtocolError::new(*c) == Some(known))
+                    .unwrap_or(-1),
+            };
+            Error::broker(code, "rskafka request", error_message)
+        }
+        e @ (Rs::Connection(_) | Rs::Request(_) | Rs::RetryFailed(_) | Rs::Timeout) => {
+            Error::io("rskafka", std::io::Error::other(e.to_string()))
+        }
+        other => Error::Protocol(format!("rskafka: {other}")),
     }
 }
 

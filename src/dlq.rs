@@ -41,7 +41,7 @@ pub const DEFAULT_TEMPLATE: &str = "{topic}.dlq";
 /// record is too large, the topic does not exist or is invalid, or writing is not
 /// authorized.
 pub fn is_permanent(error: &Error) -> bool {
-    use kafka_protocol::ResponseError as E;
+    use crate::ErrorCode as E;
     match error {
         Error::RecordTooLarge { .. } | Error::UnknownTopic(_) => true,
         e => matches!(
@@ -136,9 +136,7 @@ impl DeadLetterRouter {
             .create_topic(topic, partitions, create.replication)
             .await
         {
-            Err(e) if e.kafka_code() == Some(kafka_protocol::ResponseError::TopicAlreadyExists) => {
-                Ok(())
-            }
+            Err(e) if e.kafka_code() == Some(crate::ErrorCode::TopicAlreadyExists) => Ok(()),
             other => other,
         }
     }
@@ -202,7 +200,7 @@ impl DeadLetterRouter {
                 Err(e) => e,
             };
             let missing = matches!(e, Error::UnknownTopic(_))
-                || e.kafka_code() == Some(kafka_protocol::ResponseError::UnknownTopicOrPartition);
+                || e.kafka_code() == Some(crate::ErrorCode::UnknownTopicOrPartition);
             if let (true, false, Some(create)) = (missing, created, &self.create) {
                 created = true;
                 match self

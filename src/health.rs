@@ -211,7 +211,7 @@ mod tests {
     fn refused() -> Error {
         Error::Io {
             broker: "b:1".into(),
-            source: std::io::ErrorKind::ConnectionRefused.into(),
+            source: std::sync::Arc::new(std::io::ErrorKind::ConnectionRefused.into()),
         }
     }
 

@@ -554,7 +554,7 @@ impl<P: Process> Dispatcher<'_, P> {
     }
 
     fn send_run(&mut self, mut run: Vec<ConsumedRecord>) {
-        let tp: TopicPartition = (Arc::clone(&run[0].topic), run[0].partition);
+        let tp = TopicPartition::new(Arc::clone(&run[0].topic), run[0].partition);
         let slot = match self.slots.get_mut(&tp) {
             Some(s) if s.tx.as_ref().is_some_and(|t| !t.is_closed()) => s,
             _ => {
@@ -643,8 +643,8 @@ impl<P: Process> Dispatcher<'_, P> {
             });
             let want = open || behind;
             match (want, paused.contains(tp)) {
-                (true, false) => to_pause.push((&*tp.0, tp.1)),
-                (false, true) => to_resume.push((&*tp.0, tp.1)),
+                (true, false) => to_pause.push((&*tp.topic, tp.partition)),
+                (false, true) => to_resume.push((&*tp.topic, tp.partition)),
                 _ => {}
             }
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use purekafka::admin::{AlterConfigOp, ConfigResource, NewTopic, OffsetSpec};
-use purekafka::{Client, Config, ConsumedRecord, Consumer, Error};
+use purekafka::{Client, Config, ConsumedRecord, Consumer, Error, TopicPartition};
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 
 #[macro_use]
@@ -165,7 +165,10 @@ on_each_backend!(
         assert_eq!(got.len(), 20);
         let t: Arc<str> = Arc::from(topic.as_str());
         consumer
-            .commit_offsets(HashMap::from([((t.clone(), 0), 4), ((t.clone(), 1), 10)]))
+            .commit_offsets(HashMap::from([
+                (TopicPartition::new(t.clone(), 0), 4),
+                (TopicPartition::new(t.clone(), 1), 10),
+            ]))
             .await
             .expect("commit");
 
@@ -173,9 +176,15 @@ on_each_backend!(
         let committed = admin.group_offsets(&group).await.expect("group offsets");
         assert_eq!(
             committed,
-            BTreeMap::from([((t.clone(), 0), 4), ((t.clone(), 1), 10)])
+            BTreeMap::from([
+                (TopicPartition::new(t.clone(), 0), 4),
+                (TopicPartition::new(t.clone(), 1), 10)
+            ])
         );
-        let partitions = [(t.clone(), 0), (t.clone(), 1)];
+        let partitions = [
+            TopicPartition::new(t.clone(), 0),
+            TopicPartition::new(t.clone(), 1),
+        ];
         let earliest = admin
             .list_offsets(&partitions, OffsetSpec::Earliest)
             .await
@@ -189,7 +198,7 @@ on_each_backend!(
         let lag = admin.group_lag(&group).await.expect("lag");
         let lags: Vec<(i32, i64, i64, i64)> = lag
             .iter()
-            .map(|l| (l.partition.1, l.committed, l.end, l.lag))
+            .map(|l| (l.partition.partition, l.committed, l.end, l.lag))
             .collect();
         assert_eq!(lags, vec![(0, 4, 10, 6), (1, 10, 10, 0)]);
         assert!(admin

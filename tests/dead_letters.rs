@@ -36,12 +36,10 @@ async fn client(cluster: &TestCluster, group: Option<&str>, extra: &[(&str, &str
 fn runner_config(policy: DlqFailurePolicy, template: &str, create: bool) -> RunnerConfig {
     RunnerConfig {
         dlq_topic_template: template.to_string(),
-        dlq_retry: ReconnectPolicy {
-            initial_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(200),
-            max_elapsed: None,
-            ..ReconnectPolicy::default()
-        },
+        dlq_retry: ReconnectPolicy::default()
+            .initial_delay(Duration::from_millis(50))
+            .max_delay(Duration::from_millis(200))
+            .max_elapsed(None),
         dlq_permanent_failure: policy,
         dlq_create_topic: create,
         breaker: BreakerConfig {
@@ -201,8 +199,7 @@ async fn topic_missing(backend: Backend, policy: DlqFailurePolicy, create: bool)
                 let err = result.expect_err("the run stops");
                 assert!(
                     matches!(err, Error::UnknownTopic(_))
-                        || err.kafka_code()
-                            == Some(kafka_protocol::ResponseError::UnknownTopicOrPartition),
+                        || err.kafka_code() == Some(purekafka::ErrorCode::UnknownTopicOrPartition),
                     "{err}"
                 );
                 assert_eq!(committed, -1, "nothing committed");
@@ -264,7 +261,7 @@ async fn not_authorized_stops_the_run() {
     let err = result.expect_err("the run stops");
     assert_eq!(
         err.kafka_code(),
-        Some(kafka_protocol::ResponseError::TopicAuthorizationFailed),
+        Some(purekafka::ErrorCode::TopicAuthorizationFailed),
         "{err}"
     );
     assert_eq!(committed, -1, "the record stays uncommitted");

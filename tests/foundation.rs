@@ -102,13 +102,14 @@ async fn nothing_listening_gives_growing_delays_then_a_clear_error() {
     let seen = Arc::clone(&delays);
     let config = Config::builder()
         .brokers([broker.clone()])
-        .reconnect(ReconnectPolicy {
-            initial_delay: Duration::from_millis(50),
-            multiplier: 2.0,
-            max_delay: Duration::from_millis(800),
-            jitter: 0.0,
-            max_elapsed: Some(Duration::from_secs(3)),
-        })
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(50))
+                .multiplier(2.0)
+                .max_delay(Duration::from_millis(800))
+                .jitter(0.0)
+                .max_elapsed(Some(Duration::from_secs(3))),
+        )
         .on_retry(move |e| seen.lock().unwrap().push((e.attempt, e.delay)))
         .build()
         .unwrap();
@@ -155,12 +156,12 @@ async fn broker_started_two_seconds_after_connect_is_found() {
     let seen = Arc::clone(&retries);
     let config = Config::builder()
         .brokers([format!("127.0.0.1:{port}")])
-        .reconnect(ReconnectPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(500),
-            max_elapsed: Some(Duration::from_secs(60)),
-            ..ReconnectPolicy::default()
-        })
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_millis(500))
+                .max_elapsed(Some(Duration::from_secs(60))),
+        )
         .on_retry(move |_| *seen.lock().unwrap() += 1)
         .build()
         .unwrap();
@@ -197,12 +198,12 @@ async fn brokers_down_and_up_health_follows_and_callers_see_no_error() {
     let config = config_for(&cluster)
         .set("health.check.interval.ms", "100")
         .set("request.timeout.ms", "2000")
-        .reconnect(ReconnectPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(500),
-            max_elapsed: Some(Duration::from_secs(60)),
-            ..ReconnectPolicy::default()
-        })
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_millis(500))
+                .max_elapsed(Some(Duration::from_secs(60))),
+        )
         .build()
         .unwrap();
     let client = Client::connect(config).await.unwrap();
@@ -370,12 +371,12 @@ async fn producer_leader_down_health_reconnecting_then_connected() {
             .set("health.check.interval.ms", "200")
             .set("request.timeout.ms", "3000")
             .set("delivery.timeout.ms", "120000")
-            .reconnect(ReconnectPolicy {
-                initial_delay: Duration::from_millis(100),
-                max_delay: Duration::from_millis(500),
-                max_elapsed: Some(Duration::from_secs(120)),
-                ..ReconnectPolicy::default()
-            })
+            .reconnect(
+                ReconnectPolicy::default()
+                    .initial_delay(Duration::from_millis(100))
+                    .max_delay(Duration::from_millis(500))
+                    .max_elapsed(Some(Duration::from_secs(120))),
+            )
             .build()
             .unwrap(),
     )

@@ -249,7 +249,7 @@ async fn consume_through(fault: Option<Fault>) {
     // The last commit after the fault covers everything processed.
     let mut last = BTreeMap::new();
     for (p, next) in &processed {
-        last.insert((std::sync::Arc::<str>::from(topic.as_str()), *p), *next);
+        last.insert(purekafka::TopicPartition::new(topic.as_str(), *p), *next);
     }
     let offsets = last.clone().into_iter().collect();
     consumer
@@ -265,7 +265,7 @@ async fn consume_through(fault: Option<Fault>) {
             PER_PARTITION,
             "partition {p} fully processed"
         );
-        let c = committed[&(std::sync::Arc::<str>::from(topic.as_str()), p)];
+        let c = committed[&purekafka::TopicPartition::new(topic.as_str(), p)];
         assert!(
             c <= processed[&p],
             "partition {p}: committed {c} beyond processed {}",

@@ -45,6 +45,7 @@
 //! | `max.poll.interval.ms` | 300000 | longest gap between polls |
 //! | `auto.offset.reset` | `latest` | `earliest` (`smallest`, `beginning`), `latest` (`largest`, `end`), `error` (`none`) |
 //! | `enable.auto.commit` | `false` | background commits of polled offsets |
+//! | `enable.auto.offset.store` | `true` | polled records count as processed at the next poll; `false`: only `store_offset(s)` |
 //! | `auto.commit.interval.ms` | 5000 | auto-commit period |
 //! | `partition.assignment.strategy` | `range,roundrobin` | assignors by preference |
 //! | `fetch.min.bytes` | 1 | smallest fetch response |
@@ -203,6 +204,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             }
         }
         "enable.auto.commit" => c.consumer.enable_auto_commit = parse_bool(key, v)?,
+        "enable.auto.offset.store" => c.consumer.enable_auto_offset_store = parse_bool(key, v)?,
         "auto.commit.interval.ms" => c.consumer.auto_commit_interval = parse_positive_ms(key, v)?,
         "partition.assignment.strategy" => {
             let names = split_list(v);

@@ -141,6 +141,7 @@ pub type OAuthBearerTokenProvider =
 
 /// SASL credentials. `Debug` never shows the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaslCredentials {
     /// The mechanism.
     pub mechanism: SaslMechanism,
@@ -320,6 +321,12 @@ pub struct ConsumerConfig {
     /// Commit polled offsets in the background (`enable.auto.commit`, default **false**:
     /// commit after processing, so nothing unprocessed is marked done).
     pub enable_auto_commit: bool,
+    /// Count polled records as processed at the next poll (`enable.auto.offset.store`,
+    /// default true, as librdkafka). With false, only what the application stores with
+    /// [`Consumer::store_offset`](crate::Consumer::store_offset) /
+    /// [`store_offsets`](crate::Consumer::store_offsets) is committed by auto-commit, by a
+    /// rebalance and by close.
+    pub enable_auto_offset_store: bool,
     /// Period of auto-commit (`auto.commit.interval.ms`, default 5 s).
     pub auto_commit_interval: Duration,
     /// Assignment strategies in order of preference (`partition.assignment.strategy`,
@@ -353,6 +360,7 @@ impl Default for ConsumerConfig {
             max_poll_interval: Duration::from_secs(300),
             auto_offset_reset: OffsetReset::Latest,
             enable_auto_commit: false,
+            enable_auto_offset_store: true,
             auto_commit_interval: Duration::from_secs(5),
             assignment_strategies: vec!["range".into(), "roundrobin".into()],
             fetch_min_bytes: 1,

@@ -351,52 +351,9 @@ impl Future for DeliveryFuture {
     }
 }
 
-/// A copy of a batch's error for one of its records (errors are not `Clone`: their causes
-/// are kept as they are where possible, as text where not).
+/// A copy of a batch's error for one of its records.
 pub(crate) fn duplicate(e: &Error) -> Error {
-    match e {
-        Error::Broker {
-            code,
-            context,
-            message,
-        } => Error::Broker {
-            code: *code,
-            context: context.clone(),
-            message: message.clone(),
-        },
-        Error::RecordTooLarge { topic, size, max } => Error::RecordTooLarge {
-            topic: topic.clone(),
-            size: *size,
-            max: *max,
-        },
-        Error::RetriesExhausted {
-            operation,
-            attempts,
-            elapsed,
-            last_error,
-        } => Error::RetriesExhausted {
-            operation: operation.clone(),
-            attempts: *attempts,
-            elapsed: *elapsed,
-            last_error: Box::new(duplicate(last_error)),
-        },
-        Error::Io { broker, source } => Error::Io {
-            broker: broker.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        Error::Timeout { operation, after } => Error::Timeout {
-            operation: operation.clone(),
-            after: *after,
-        },
-        Error::Disabled => Error::Disabled,
-        Error::Closed(what) => Error::Closed(what),
-        Error::UnknownTopic(t) => Error::UnknownTopic(t.clone()),
-        Error::QueueFull { buffered, limit } => Error::QueueFull {
-            buffered: *buffered,
-            limit: *limit,
-        },
-        other => Error::Protocol(other.to_string()),
-    }
+    e.clone()
 }
 
 #[cfg(test)]

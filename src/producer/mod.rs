@@ -339,6 +339,18 @@ impl Producer {
         }
     }
 
+    /// [`flush`](Self::flush), waiting at most `timeout` (rust-rdkafka's `flush(timeout)`):
+    /// [`Error::Timeout`] when records are still unacknowledged then. They stay queued and
+    /// are still delivered (or fail) within `delivery.timeout.ms`; only the wait ends.
+    pub async fn flush_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.flush())
+            .await
+            .map_err(|_| Error::Timeout {
+                operation: "flush".into(),
+                after: timeout,
+            })
+    }
+
     /// Flushes and stops: afterwards sends fail with [`Error::Closed`]. Nothing that was
     /// enqueued is dropped; when `close` returns, every record's future is resolved.
     pub async fn close(&self) {

@@ -15,7 +15,7 @@ const DELETE_TOPICS_MAX: i16 = 5;
 const CREATE_TOPICS_MAX: i16 = 4;
 
 /// NOT_CONTROLLER: the controller moved; look it up again.
-const NOT_CONTROLLER: i16 = 41;
+const NOT_CONTROLLER: i16 = crate::error::ErrorCode::NotController.code();
 
 /// One topic to create.
 #[derive(Debug, Clone)]

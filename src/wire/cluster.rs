@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::connection::BrokerConnection;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::health::HealthState;
 
 /// One partition's metadata.
@@ -167,7 +167,11 @@ impl Cluster {
             Some(id) => id,
             None => self.refresh(Some(&[])).await?.controller.ok_or_else(|| {
                 // NOT_CONTROLLER: retriable, the next refresh may name one.
-                Error::broker(41, "metadata names no controller", None)
+                Error::broker(
+                    ErrorCode::NotController.code(),
+                    "metadata names no controller",
+                    None,
+                )
             })?,
         };
         if !self.metadata().brokers.contains_key(&id) {
@@ -222,8 +226,17 @@ impl Cluster {
                 .brokers
                 .get(&node_id)
                 .cloned()
+                // A broker that is down drops out of metadata: it cannot be reached now, which
+                // is retriable (the producer retries until delivery.timeout.ms, as Java's
+                // waits for a leader), not the broker's BROKER_NOT_AVAILABLE verdict.
                 .ok_or_else(|| {
-                    Error::broker(8, format!("broker {node_id} is not in metadata"), None)
+                    Error::io(
+                        format!("node {node_id}"),
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotConnected,
+                            format!("broker {node_id} is not in metadata (down?)"),
+                        ),
+                    )
                 })?,
         };
         self.connection_to(&addr).await
@@ -382,7 +395,9 @@ impl Cluster {
         let md = self.refresh(Some(&[topic])).await?;
         match md.topics.get(topic) {
             Some(t) if t.error == 0 && !t.partitions.is_empty() => Ok(t.clone()),
-            Some(t) if t.error == 3 || t.error == 0 => Err(Error::UnknownTopic(topic.to_string())),
+            Some(t) if t.error == 0 || t.error == ErrorCode::UnknownTopicOrPartition.code() => {
+                Err(Error::UnknownTopic(topic.to_string()))
+            }
             Some(t) => Err(Error::broker(
                 t.error,
                 format!("metadata of topic {topic}"),

@@ -77,10 +77,10 @@ impl Shared {
     }
 
     fn io_error(&self, kind: std::io::ErrorKind, why: &str) -> Error {
-        Error::Io {
-            broker: self.addr.clone(),
-            source: std::io::Error::new(kind, why.to_string()),
-        }
+        Error::io(
+            self.addr.clone(),
+            std::io::Error::new(kind, why.to_string()),
+        )
     }
 
     fn forget(&self, correlation_id: i32) {
@@ -233,25 +233,28 @@ impl BrokerConnection {
     /// The highest version of `R` both sides support, capped at `cap` when given.
     pub(crate) fn version_for<R: Request>(&self, cap: Option<i16>) -> Result<i16> {
         let ours = R::VERSIONS;
-        let addr = self.addr();
-        let (their_min, their_max) = self.versions.get(&R::KEY).copied().ok_or_else(|| {
-            Error::Protocol(format!(
-                "broker {addr} does not support API key {} ({:?})",
-                R::KEY,
-                ApiKey::try_from(R::KEY).ok()
-            ))
-        })?;
+        let (their_min, their_max) =
+            self.versions
+                .get(&R::KEY)
+                .copied()
+                .ok_or_else(|| Error::Unsupported {
+                    broker: self.addr().to_string(),
+                    what: format!("{} (API key {})", api_name(R::KEY), R::KEY),
+                })?;
         let max = ours.max.min(their_max).min(cap.unwrap_or(i16::MAX));
         let min = ours.min.max(their_min);
         if max < min {
-            return Err(Error::Protocol(format!(
-                "no common version for API key {}: ours {}..={}, broker {addr} has {}..={}",
-                R::KEY,
-                ours.min,
-                ours.max,
-                their_min,
-                their_max
-            )));
+            return Err(Error::Unsupported {
+                broker: self.addr().to_string(),
+                what: format!(
+                    "{} in a version we speak: ours {}..={}, the broker's {}..={}",
+                    api_name(R::KEY),
+                    ours.min,
+                    ours.max,
+                    their_min,
+                    their_max
+                ),
+            });
         }
         Ok(max)
     }
@@ -514,10 +517,7 @@ impl BrokerConnection {
             Ok(Err(source)) => {
                 let why = format!("write failed: {source}");
                 self.shared.poison(source.kind(), &why);
-                Err(Error::Io {
-                    broker: self.addr().to_string(),
-                    source,
-                })
+                Err(Error::io(self.addr(), source))
             }
             Err(_) => {
                 self.shared.poison(

@@ -44,10 +44,7 @@ pub(crate) async fn connect(addr: &str, config: &Config) -> Result<Transport> {
 }
 
 async fn open(addr: &str, config: &Config) -> Result<Transport> {
-    let io = |source| Error::Io {
-        broker: addr.to_string(),
-        source,
-    };
+    let io = |source| Error::io(addr, source);
     let stream = TcpStream::connect(addr).await.map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
     // Keepalive finds a peer that vanished without a FIN on a connection with nothing to send.
@@ -106,7 +103,7 @@ pub(crate) fn bad_frame_length(len: i32) -> String {
         )
     } else {
         // The length is a signed i32 on the wire: show it as the peer sent it.
-        format!("response frame of {} bytes", len as i32)
+        format!("response frame of {len} bytes")
     }
 }
 
@@ -136,13 +133,13 @@ pub(crate) fn first_request_failed(e: Error, config: &Config) -> Error {
                     | io::ErrorKind::ConnectionAborted
             ) =>
         {
-            Error::Io {
-                source: io::Error::new(
+            Error::io(
+                broker,
+                io::Error::new(
                     source.kind(),
                     format!("{source} on the first request (ApiVersions): {hint}"),
                 ),
-                broker,
-            }
+            )
         }
         other => other,
     }
@@ -207,10 +204,10 @@ fn tls_error(addr: &str, e: io::Error) -> Error {
                 other => other.to_string(),
             },
         },
-        None => Error::Io {
-            broker: addr.to_string(),
-            source: io::Error::new(e.kind(), format!("during the TLS handshake: {e}")),
-        },
+        None => Error::io(
+            addr,
+            io::Error::new(e.kind(), format!("during the TLS handshake: {e}")),
+        ),
     }
 }
 
