@@ -839,8 +839,7 @@ mod tests {
         // A negative frame size.
         let err = connect_err(Peer::Bytes(b"\xff\xff\xff\xfegarbage")).await;
         assert!(
-            err.to_string()
-                .contains("response frame of 4294967294 bytes"),
+            err.to_string().contains("response frame of -2 bytes"),
             "{err}"
         );
     }
