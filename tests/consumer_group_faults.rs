@@ -126,3 +126,32 @@ async fn the_leader_rejoins_when_a_subscribed_topic_appears() {
     assert_eq!(consumer.assignment().len(), 3);
     consumer.close().await.unwrap();
 }
+
+/// The start-position lookup fails (OffsetFetch answered UNKNOWN_SERVER_ERROR, then
+/// COORDINATOR_LOAD_IN_PROGRESS): it is tried again while the heartbeats go on, and every
+/// partition gets a position and is consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_start_position_lookups_are_retried_beside_the_heartbeats() {
+    support::init_tracing();
+    let cluster = support::start(Backend::MockCluster);
+    let topic = unique_name("group-positions");
+    cluster.create_topic(&topic, 3).await.unwrap();
+    let client = support::client(&cluster, &unique_name("group-positions"), &[]).await;
+    support::produce(&client, &topic, 3, 10, 10).await;
+    cluster.push_request_errors(9, &[-1, 14, 14]).unwrap();
+    let consumer = client.consumer(&[&topic]).unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen < 30 {
+        assert!(
+            Instant::now() < deadline,
+            "{seen} of 30 records: a partition was left without a position"
+        );
+        match consumer.poll(Duration::from_millis(200)).await {
+            Ok(batch) => seen += batch.len(),
+            // The first failure is reported once; the lookup goes on.
+            Err(e) => assert_eq!(e.kafka_code().map(|c| c.code()), Some(-1), "{e}"),
+        }
+    }
+    consumer.close().await.unwrap();
+}

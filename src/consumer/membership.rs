@@ -221,8 +221,20 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 continue;
             }
         };
-        assign(&inner, &me, assignment).await;
-        let exit = heartbeat(&inner, &me).await;
+        // Heartbeats start at once and go on while the start positions are looked up, so a
+        // slow or retried lookup cannot cost the membership.
+        let exit = {
+            let work = assign(&inner, &me, assignment);
+            let beat = heartbeat(&inner, &me);
+            tokio::pin!(work, beat);
+            let mut assigned = false;
+            loop {
+                tokio::select! {
+                    () = &mut work, if !assigned => assigned = true,
+                    exit = &mut beat => break exit,
+                }
+            }
+        };
         revoke(&inner).await;
         match exit {
             Exit::Rejoin => {}
@@ -407,15 +419,30 @@ async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPar
         if let Err(e) = inner.fetcher.start(&topics).await {
             inner.shared.fail(e);
         }
-        if let Err(e) = super::offsets::initial_positions(
-            &inner.client,
-            &inner.coordinator,
-            &inner.shared,
-            &assignment,
-        )
-        .await
-        {
-            inner.shared.fail(e);
+        // Runs beside the heartbeats (see `run`); a failed lookup is tried again until
+        // every partition has a position (only `auto.offset.reset = error` gives up).
+        let mut attempt = 0u32;
+        loop {
+            match super::offsets::initial_positions(
+                &inner.client,
+                &inner.coordinator,
+                &inner.shared,
+                &assignment,
+            )
+            .await
+            {
+                Ok(()) => break,
+                Err(e @ Error::Config { .. }) => {
+                    inner.shared.fail(e);
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let delay = Duration::from_millis(200 * u64::from(attempt.min(10)));
+                    tracing::warn!(group = %inner.coordinator.group(), attempt, delay_ms = delay.as_millis() as u64, error = %e, "looking up start positions failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
         }
     }
     inner.callbacks.assigned(&assignment);
