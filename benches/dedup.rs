@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench dedup`
 //!
-//! - `claim_complete_new`: a new key each time (claim + complete: two cache operations),
+//! - `claim_complete_new`: a new key each time (claim: one cache operation; complete: an
+//!   atomic store on the claimed slot),
 //!   cycling over 2 M keys, so the cache stays full and evicts;
 //! - `duplicate_hit`: keys already marked done (the skip path);
 //! - `claim_complete_new_2_threads`: two threads claiming distinct new keys at once.

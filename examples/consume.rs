@@ -141,7 +141,10 @@ async fn run(args: Args) -> purekafka::Result<()> {
                 return if e.kind() == std::io::ErrorKind::BrokenPipe {
                     Ok(())
                 } else {
-                    Err(Error::Protocol(format!("writing to stdout: {e}")))
+                    Err(Error::Io {
+                        broker: "stdout".into(),
+                        source: std::sync::Arc::new(e),
+                    })
                 };
             }
         }

@@ -11,7 +11,10 @@
 //! ```
 //!
 //! In an empty root there is no /etc/hosts and no /etc/resolv.conf: give brokers as IP
-//! literals (`127.0.0.1:9092`); see the README's "Static builds" section.
+//! literals (`127.0.0.1:9092`); see the README's "Static builds" section. TLS needs nothing
+//! from the root either: `KAFKA_SSL=true KAFKA_SSL_CA_LOCATION=/ca.pem` with the CA file
+//! beside the binary (or no CA at all for a broker with a public certificate: the Mozilla
+//! roots are compiled in). `--create PARTITIONS` creates the topic first.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -22,12 +25,14 @@ struct Args {
     topic: String,
     group: String,
     count: usize,
+    create: Option<i32>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut topic = std::env::var("KAFKA_TOPIC").ok();
     let mut group = std::env::var("KAFKA_GROUP_ID").ok();
     let mut count = 100;
+    let mut create = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
@@ -40,6 +45,13 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--count {v}: not a number"))?
             }
+            "--create" => {
+                let v = value()?;
+                create = Some(
+                    v.parse()
+                        .map_err(|_| format!("--create {v}: not a number of partitions"))?,
+                )
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -48,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         group: group.unwrap_or_else(|| format!("{topic}-static-service")),
         topic,
         count,
+        create,
     })
 }
 
@@ -58,6 +71,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .set("session.timeout.ms", "10000")
         .build()?;
     let client = Client::connect(config).await?;
+    if let Some(partitions) = args.create {
+        client.create_topic(&args.topic, partitions, 1).await?;
+    }
 
     let producer = client.producer();
     let mut deliveries = Vec::with_capacity(args.count);

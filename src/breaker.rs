@@ -219,7 +219,7 @@ impl CircuitBreaker {
         }
     }
 
-    fn on_failure(&self) {
+    pub(crate) fn on_failure(&self) {
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         let threshold = self.config.failure_threshold;
         match self.state() {

@@ -2,7 +2,7 @@
 //!
 //! A key goes through three steps: **claimed** (in progress) → **done** (the handler
 //! succeeded) or **released** (it failed; a redelivery is processed again). The claim is one
-//! atomic step on the cache's entry ([`Deduplicator::check_and_mark`]), so two tasks cannot
+//! atomic step for the key ([`Deduplicator::check_and_mark`]), so two tasks cannot
 //! both claim the same key. A claim that is dropped without [`Claim::complete`] is released,
 //! so a cancelled handler (shutdown, crash of the run task) never leaves a key stuck "in
 //! progress".
@@ -19,21 +19,25 @@
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
 
 use crate::record::ConsumedRecord;
 
-/// What the cache holds for a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mark {
-    /// Claimed by the claim with this token; its handler is running.
-    InProgress(u64),
-    /// Processed successfully.
-    Done,
+/// `Slot::state` of a key whose handler succeeded.
+const DONE: u64 = 0;
+/// `Slot::state` of a key whose claim was released (failed or dropped): claimable again.
+const RELEASED: u64 = u64::MAX;
+
+/// What the cache holds for a key: its state, shared with the claim that inserted it, so
+/// that completing a claim is one atomic store instead of a second cache operation. The
+/// state is the claim's token while its handler runs, [`DONE`] or [`RELEASED`] after.
+#[derive(Debug)]
+struct Slot {
+    state: AtomicU64,
 }
 
 /// The answer of [`Deduplicator::check_and_mark`].
@@ -52,11 +56,21 @@ pub enum Check {
 /// A bounded, time-limited cache of processed keys. Cheap to clone (clones share the cache):
 /// share one between runners of the same process so that a successor skips what its
 /// predecessor processed.
+///
+/// Cost: a lookup and, for a new key, one insert (completing a claim is an atomic store on
+/// the key's slot); claims of one key are made atomic by a small striped lock rather than
+/// moka's entry API (whose per-call initialisation bookkeeping cost more than the cache
+/// itself). Keys are copied into their own allocation, so that the cache never keeps a
+/// fetched record batch alive.
 #[derive(Clone)]
 pub struct Deduplicator {
-    cache: moka::sync::Cache<Bytes, Mark>,
+    cache: moka::sync::Cache<Bytes, Arc<Slot>>,
+    stripes: Arc<[Mutex<()>]>,
     next_token: Arc<AtomicU64>,
 }
+
+/// Lock stripes: claims of keys in different stripes never wait for each other.
+const STRIPES: usize = 64;
 
 impl std::fmt::Debug for Deduplicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,8 +81,8 @@ impl std::fmt::Debug for Deduplicator {
 }
 
 impl Deduplicator {
-    /// A cache of at most `capacity` keys (least recently used ones are evicted first, moka's
-    /// TinyLFU admission), each forgotten `ttl` after it was marked.
+    /// A cache of at most `capacity` keys (the least recently used ones are evicted first),
+    /// each forgotten `ttl` after it was claimed.
     ///
     /// Size the capacity to the number of distinct keys expected within `ttl` (the window in
     /// which a producer retry or a redelivery can repeat a record).
@@ -76,37 +90,64 @@ impl Deduplicator {
         Deduplicator {
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
+                // Sized up front (up to 1M keys): growing moka's hash table from empty
+                // rehashes every key at each doubling while a run fills it.
+                .initial_capacity(capacity.min(1 << 20) as usize)
                 .time_to_live(ttl)
+                // Plain LRU: every new key is admitted. (moka's default TinyLFU admission
+                // may turn away a new key while the cache is full, which would forget a
+                // key just processed; it also costs a frequency-sketch update per insert.)
+                .eviction_policy(EvictionPolicy::lru())
                 .build(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             next_token: Arc::new(AtomicU64::new(1)),
         }
     }
 
-    /// Claims `key` if it was neither processed nor claimed: one atomic step on the key's
-    /// cache entry.
+    /// The lock of `key`'s stripe (FNV-1a of the key: only spreads contention, so it need
+    /// not resist chosen keys; moka hashes with its own keyed hasher).
+    fn stripe(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in key.iter().take(64) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.stripes[(h % STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `key` if it was neither processed nor claimed: atomic for the key (one lock
+    /// stripe covers every change of its entry).
     pub fn check_and_mark(&self, key: impl Into<Bytes>) -> Check {
         let key = key.into();
+        let _stripe = self.stripe(&key);
+        if let Some(slot) = self.cache.get(&key) {
+            match slot.state.load(Ordering::Acquire) {
+                DONE => return Check::Duplicate,
+                RELEASED => {}
+                _ => return Check::InProgress,
+            }
+        }
+        // New, or released and not yet removed: claim it with a fresh slot.
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let entry = self
-            .cache
-            .entry(key.clone())
-            .or_insert_with(|| Mark::InProgress(token));
-        if entry.is_fresh() {
-            return Check::Claimed(Claim {
-                dedup: self.clone(),
-                key: Some(key),
-                token,
-            });
-        }
-        match entry.into_value() {
-            Mark::Done => Check::Duplicate,
-            Mark::InProgress(_) => Check::InProgress,
-        }
+        let slot = Arc::new(Slot {
+            state: AtomicU64::new(token),
+        });
+        let key = Bytes::copy_from_slice(&key);
+        self.cache.insert(key.clone(), Arc::clone(&slot));
+        Check::Claimed(Claim {
+            dedup: self.clone(),
+            key: Some(key),
+            slot,
+            token,
+        })
     }
 
     /// Whether `key` is marked done.
     pub fn is_done(&self, key: &[u8]) -> bool {
-        self.cache.get(key) == Some(Mark::Done)
+        self.cache
+            .get(key)
+            .is_some_and(|s| s.state.load(Ordering::Acquire) == DONE)
     }
 
     /// Forgets every key.
@@ -125,17 +166,16 @@ impl Deduplicator {
         self.len() == 0
     }
 
-    /// Sets `key` to `to` (or removes it) only while it still holds this claim's token.
-    fn settle(&self, key: Bytes, token: u64, to: Option<Mark>) {
-        self.cache
-            .entry(key)
-            .and_compute_with(|current| match current {
-                Some(e) if *e.value() == Mark::InProgress(token) => match to {
-                    Some(m) => Op::Put(m),
-                    None => Op::Remove,
-                },
-                _ => Op::Nop,
-            });
+    /// Forgets `key` if it still holds `slot` (a released claim's).
+    fn forget(&self, key: Bytes, slot: &Arc<Slot>) {
+        let _stripe = self.stripe(&key);
+        if self
+            .cache
+            .get(&key)
+            .is_some_and(|current| Arc::ptr_eq(&current, slot))
+        {
+            self.cache.invalidate(&key);
+        }
     }
 }
 
@@ -144,31 +184,46 @@ impl Deduplicator {
 pub struct Claim {
     dedup: Deduplicator,
     key: Option<Bytes>,
+    slot: Arc<Slot>,
     token: u64,
 }
 
 impl Claim {
     /// Marks the key processed (the handler succeeded): redeliveries within the TTL are
-    /// duplicates.
+    /// duplicates. An atomic store on the key's slot, no cache operation.
     pub fn complete(mut self) {
-        if let Some(key) = self.key.take() {
-            self.dedup.settle(key, self.token, Some(Mark::Done));
+        if self.key.take().is_some() {
+            let _ = self.slot.state.compare_exchange(
+                self.token,
+                DONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
     /// Releases the key (the handler failed): a redelivery is processed again.
     pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
         if let Some(key) = self.key.take() {
-            self.dedup.settle(key, self.token, None);
+            let released = self
+                .slot
+                .state
+                .compare_exchange(self.token, RELEASED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if released {
+                self.dedup.forget(key, &self.slot);
+            }
         }
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.dedup.settle(key, self.token, None);
-        }
+        self.release_now();
     }
 }
 
@@ -271,6 +326,42 @@ mod tests {
             });
             assert_eq!(winners.load(Ordering::SeqCst), 1);
         }
+    }
+
+    #[test]
+    fn keys_are_copied_out_of_the_record_buffer() {
+        let d = Deduplicator::new(100, Duration::from_secs(60));
+        let buffer = Bytes::from(vec![b'k'; 4096]);
+        let key = buffer.slice(0..8);
+        let Check::Claimed(c) = d.check_and_mark(key.clone()) else {
+            panic!()
+        };
+        c.complete();
+        drop(key);
+        // Only `buffer` itself refers to the 4 KiB allocation now.
+        assert!(buffer.is_unique());
+        assert!(d.is_done(b"kkkkkkkk"));
+    }
+
+    #[test]
+    fn a_released_key_can_be_claimed_once_more_by_one_of_many() {
+        let d = Deduplicator::new(1000, Duration::from_secs(60));
+        let Check::Claimed(c) = d.check_and_mark("r") else {
+            panic!()
+        };
+        c.release();
+        let winners = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    if let Check::Claimed(c) = d.check_and_mark("r") {
+                        winners.fetch_add(1, Ordering::SeqCst);
+                        std::mem::forget(c);
+                    }
+                });
+            }
+        });
+        assert_eq!(winners.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -6,12 +6,16 @@
 //! `dlq.failed.at` (RFC 3339, UTC). [`DeadLetterRouter::send`] does not return before the
 //! broker acknowledged the record: a failed write is retried with backoff (each retry logged)
 //! until it lands, so that the runner commits the original offset only once its dead letter
-//! is safe.
+//! is safe. A *permanent* failure (the record is too large, the topic is missing, writing is
+//! not authorized: see [`is_permanent`]) is not retried: `send` returns it, and the runner
+//! applies the user's [`DlqFailurePolicy`](crate::DlqFailurePolicy). A missing dead-letter
+//! topic is created first when [`DeadLetterRouter::create_missing_topics`] allows it.
 
 use std::sync::Arc;
 
 use chrono::SecondsFormat;
 
+use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::producer::{Delivery, Producer};
 use crate::reconnect::ReconnectPolicy;
@@ -33,12 +37,43 @@ pub const HEADER_FAILED_AT: &str = "dlq.failed.at";
 /// Default topic template: `{topic}` is replaced by the original topic.
 pub const DEFAULT_TEMPLATE: &str = "{topic}.dlq";
 
+/// Whether a failed dead-letter write will fail again however often it is retried: the
+/// record is too large, the topic does not exist or is invalid, or writing is not
+/// authorized.
+pub fn is_permanent(error: &Error) -> bool {
+    use crate::ErrorCode as E;
+    match error {
+        Error::RecordTooLarge { .. } | Error::UnknownTopic(_) => true,
+        e => matches!(
+            e.kafka_code(),
+            Some(
+                E::MessageTooLarge
+                    | E::RecordListTooLarge
+                    | E::InvalidTopicException
+                    | E::UnknownTopicOrPartition
+                    | E::TopicAuthorizationFailed
+                    | E::ClusterAuthorizationFailed
+                    | E::TransactionalIdAuthorizationFailed
+            )
+        ),
+    }
+}
+
+/// How missing dead-letter topics are created.
+#[derive(Clone)]
+struct Create {
+    client: Client,
+    partitions: Option<i32>,
+    replication: i16,
+}
+
 /// Writes dead-letter records and waits until they are acknowledged.
 #[derive(Clone)]
 pub struct DeadLetterRouter {
     producer: Producer,
     template: Arc<str>,
     retry: ReconnectPolicy,
+    create: Option<Create>,
 }
 
 impl std::fmt::Debug for DeadLetterRouter {
@@ -63,6 +98,46 @@ impl DeadLetterRouter {
                 max_elapsed: None,
                 ..retry
             },
+            create: None,
+        }
+    }
+
+    /// Creates a missing dead-letter topic (CreateTopics through `client`) before writing to
+    /// it, with `partitions` partitions (`None`: as many as the original topic has) and
+    /// `replication` replicas (-1: the broker's default, `default.replication.factor`).
+    pub fn create_missing_topics(
+        mut self,
+        client: Client,
+        partitions: Option<i32>,
+        replication: i16,
+    ) -> Self {
+        self.create = Some(Create {
+            client,
+            partitions,
+            replication,
+        });
+        self
+    }
+
+    /// Creates `topic` as configured; an existing topic is fine.
+    async fn create_topic(&self, create: &Create, topic: &str, original: &str) -> Result<()> {
+        let partitions = match create.partitions {
+            Some(p) => p,
+            None => create.client.partition_count(original).await? as i32,
+        };
+        tracing::info!(
+            topic,
+            partitions,
+            replication = create.replication,
+            "creating the missing dead-letter topic"
+        );
+        match create
+            .client
+            .create_topic(topic, partitions, create.replication)
+            .await
+        {
+            Err(e) if e.kafka_code() == Some(crate::ErrorCode::TopicAlreadyExists) => Ok(()),
+            other => other,
         }
     }
 
@@ -96,7 +171,9 @@ impl DeadLetterRouter {
 
     /// Writes the dead letter of `original` and waits for the acknowledgement, retrying
     /// failed writes with backoff until one lands or `stop` says to give up (shutdown: the
-    /// original is then not committed and will be delivered again).
+    /// original is then not committed and will be delivered again; the error is
+    /// [`Error::Closed`]). A permanent failure ([`is_permanent`]) is returned at once, after
+    /// creating a missing topic and trying once more when that is allowed.
     ///
     /// `on_retry` is called with each failed write's error (for metrics).
     pub async fn send(
@@ -110,6 +187,7 @@ impl DeadLetterRouter {
         let record = self.dead_letter(original, error, attempts);
         let mut schedule = self.retry.schedule();
         let mut attempt = 0u32;
+        let mut created = false;
         loop {
             attempt += 1;
             let e = match self.producer.send(record.clone()).await {
@@ -121,6 +199,32 @@ impl DeadLetterRouter {
                 }
                 Err(e) => e,
             };
+            let missing = matches!(e, Error::UnknownTopic(_))
+                || e.kafka_code() == Some(crate::ErrorCode::UnknownTopicOrPartition);
+            if let (true, false, Some(create)) = (missing, created, &self.create) {
+                created = true;
+                match self
+                    .create_topic(create, &record.topic, &original.topic)
+                    .await
+                {
+                    Ok(()) => continue,
+                    Err(c) => {
+                        tracing::error!(topic = %record.topic, error = %c, "creating the dead-letter topic failed");
+                        if is_permanent(&c) || !c.is_retriable() {
+                            return Err(c);
+                        }
+                    }
+                }
+            }
+            if is_permanent(&e) {
+                tracing::error!(
+                    topic = %record.topic,
+                    original = %format_args!("{}/{}@{}", original.topic, original.partition, original.offset),
+                    error = %e,
+                    "dead-letter write failed for good"
+                );
+                return Err(e);
+            }
             on_retry(&e);
             let delay = backoff::backoff::Backoff::next_backoff(&mut schedule)
                 .unwrap_or(self.retry.max_delay);

@@ -3,17 +3,23 @@
 //! Every error carries its cause: a broker error keeps the Kafka error code and what the
 //! request was about, a give-up after retries keeps what was tried and the last cause, and a
 //! configuration error names the key and the value. [`Error::is_retriable`] tells whether the
-//! same operation may succeed when tried again.
+//! same operation may succeed when tried again, [`Error::is_fatal`] whether the client can go
+//! on at all, and [`Error::kind`] sorts every error into an [`ErrorKind`].
+//!
+//! `Error` is `Clone` (causes that are not, I/O and JSON errors, are shared behind an `Arc`)
+//! and `#[non_exhaustive]`; Kafka's error codes are purekafka's own [`ErrorCode`], so no
+//! protocol crate's type is part of this API.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use kafka_protocol::error::ResponseError;
+pub use crate::error_code::ErrorCode;
 
 /// Result type used throughout purekafka.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in purekafka.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A configuration key has a value that cannot be used, or the key is unknown.
@@ -59,31 +65,62 @@ pub enum Error {
     },
 
     /// The broker answered with a Kafka error code.
-    #[error("broker error {code:?} ({}) for {context}", code.code())]
+    #[error("broker error {code} ({}) for {context}{}", code.code(), message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Broker {
         /// The Kafka error code.
-        code: ResponseError,
+        code: ErrorCode,
         /// What the request was about (topic, partition, group, ...).
         context: String,
         /// The broker's error message, when it sent one.
         message: Option<String>,
     },
 
-    /// An error reported by the rskafka data-path client.
-    #[error("kafka client error: {0}")]
-    Client(#[from] rskafka::client::error::Error),
-
-    /// A network error on a connection we manage ourselves.
+    /// A network error on a connection to a broker (refused, reset, closed).
     #[error("i/o error talking to {broker}: {source}")]
     Io {
         /// The broker address.
         broker: String,
-        /// The underlying error.
+        /// The underlying error (shared, so that the error can be cloned).
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 
-    /// A response could not be decoded, or did not match the request.
+    /// The TLS handshake with a broker failed: certificate rejected, alert, or the peer does
+    /// not speak TLS. Not retried: the same handshake fails the same way.
+    #[error("TLS with {broker} failed: {reason}")]
+    Tls {
+        /// The broker address.
+        broker: String,
+        /// What went wrong and what to check.
+        reason: String,
+    },
+
+    /// The broker refused SASL authentication: wrong password, unknown user, or a mechanism
+    /// it does not enable. Not retried.
+    #[error("SASL {mechanism} authentication of user {user:?} with {broker} failed: {reason}")]
+    Authentication {
+        /// The broker address.
+        broker: String,
+        /// The SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, ...).
+        mechanism: String,
+        /// The user name (never the password).
+        user: String,
+        /// The broker's answer.
+        reason: String,
+    },
+
+    /// The broker does not support a request purekafka needs (an API it lacks, or no
+    /// version both sides speak). Not retried.
+    #[error("broker {broker} does not support {what}")]
+    Unsupported {
+        /// The broker address.
+        broker: String,
+        /// The request and versions (`CreateTopics (API key 19)`, ...).
+        what: String,
+    },
+
+    /// Bytes from the network could not be decoded (a malformed response or record batch),
+    /// or a response did not match its request.
     #[error("protocol error: {0}")]
     Protocol(String),
 
@@ -118,7 +155,7 @@ pub enum Error {
 
     /// A value could not be serialized to or deserialized from JSON.
     #[error("JSON error: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(#[source] Arc<serde_json::Error>),
 
     /// Kafka is disabled (`KAFKA_ENABLED=false`): nothing was sent.
     #[error("kafka is disabled (KAFKA_ENABLED=false): nothing was sent")]
@@ -150,19 +187,25 @@ impl Error {
     /// Builds an [`Error::Broker`] from a Kafka error code.
     pub(crate) fn broker(code: i16, context: impl Into<String>, message: Option<String>) -> Self {
         Error::Broker {
-            code: ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code)),
+            code: ErrorCode::from_code(code),
             context: context.into(),
             message,
         }
     }
 
-    /// The Kafka error code behind this error, if a broker sent one.
-    pub fn kafka_code(&self) -> Option<ResponseError> {
+    /// Builds an [`Error::Io`].
+    pub(crate) fn io(broker: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            broker: broker.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// The Kafka error code behind this error, if a broker sent one (also inside a give-up
+    /// after retries).
+    pub fn kafka_code(&self) -> Option<ErrorCode> {
         match self {
             Error::Broker { code, .. } => Some(*code),
-            Error::Client(rskafka::client::error::Error::ServerError {
-                protocol_error, ..
-            }) => Some(response_error_of(*protocol_error)),
             Error::RetriesExhausted { last_error, .. } | Error::Connect { last_error, .. } => {
                 last_error.kafka_code()
             }
@@ -170,15 +213,41 @@ impl Error {
         }
     }
 
+    /// What kind of error this is (a give-up after retries has its last cause's kind).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config { .. } => ErrorKind::Config,
+            Error::Connect { .. } | Error::Io { .. } => ErrorKind::Connection,
+            Error::RetriesExhausted { last_error, .. } => last_error.kind(),
+            Error::Broker { code, .. } => match code {
+                c if c.is_authentication() => ErrorKind::Authentication,
+                c if c.is_authorization() => ErrorKind::Authorization,
+                ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => {
+                    ErrorKind::RecordTooLarge
+                }
+                ErrorCode::RequestTimedOut => ErrorKind::Timeout,
+                ErrorCode::UnknownTopicOrPartition => ErrorKind::UnknownTopic,
+                ErrorCode::UnsupportedVersion => ErrorKind::Unsupported,
+                _ => ErrorKind::Broker,
+            },
+            Error::Tls { .. } | Error::Authentication { .. } => ErrorKind::Authentication,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Protocol(_) => ErrorKind::Protocol,
+            Error::RecordTooLarge { .. } => ErrorKind::RecordTooLarge,
+            Error::QueueFull { .. } => ErrorKind::QueueFull,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Json(_) => ErrorKind::Serialization,
+            Error::Disabled => ErrorKind::Disabled,
+            Error::Closed(_) => ErrorKind::Closed,
+            Error::UnknownTopic(_) => ErrorKind::UnknownTopic,
+        }
+    }
+
     /// Whether this error says the cluster could not be reached (refused or dropped
     /// connection, timeout), as opposed to the broker answering with an error.
     pub fn is_connection_error(&self) -> bool {
-        use rskafka::client::error::Error as Rs;
         match self {
             Error::Io { .. } | Error::Timeout { .. } | Error::Connect { .. } => true,
-            Error::Client(
-                Rs::Connection(_) | Rs::Request(_) | Rs::Timeout | Rs::RetryFailed(_),
-            ) => true,
             Error::RetriesExhausted { last_error, .. } => last_error.is_connection_error(),
             _ => false,
         }
@@ -189,35 +258,70 @@ impl Error {
     /// coordinator moved, ...). Configuration errors, oversized records, JSON errors and
     /// give-ups after retries are not.
     pub fn is_retriable(&self) -> bool {
-        use rskafka::client::error::Error as Rs;
         match self {
             Error::Broker { code, .. } => code.is_retriable(),
             Error::Io { .. } | Error::Timeout { .. } => true,
-            Error::Client(e) => match e {
-                Rs::Connection(_) | Rs::Request(_) | Rs::Timeout | Rs::RetryFailed(_) => true,
-                Rs::ServerError { protocol_error, .. } => {
-                    response_error_of(*protocol_error).is_retriable()
-                }
-                _ => false,
-            },
             _ => false,
+        }
+    }
+
+    /// Whether the client (or producer, or group member) cannot go on as configured:
+    /// authentication or authorization refused, TLS failed, an unsupported broker, an
+    /// invalid configuration, or a fatal Kafka code (fenced producer or instance, ...).
+    /// Unlike a record that is too large, no later request can succeed either.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Error::Broker { code, .. } => code.is_fatal(),
+            Error::RetriesExhausted { last_error, .. } => last_error.is_fatal(),
+            other => matches!(
+                other.kind(),
+                ErrorKind::Config
+                    | ErrorKind::Authentication
+                    | ErrorKind::Authorization
+                    | ErrorKind::Unsupported
+            ),
         }
     }
 }
 
-/// Maps rskafka's protocol error enum onto kafka-protocol's, by error code.
-///
-/// rskafka keeps its code conversion private but exposes `ProtocolError::new(code)`, so the
-/// code is found by searching the (small, fixed) range of Kafka error codes.
-fn response_error_of(e: rskafka::client::error::ProtocolError) -> ResponseError {
-    use rskafka::client::error::ProtocolError;
-    if let ProtocolError::Unknown(code) = e {
-        return ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code));
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Json(Arc::new(e))
     }
-    (-1i16..=200)
-        .find(|code| ProtocolError::new(*code) == Some(e))
-        .and_then(ResponseError::try_from_code)
-        .unwrap_or(ResponseError::UnknownServerError)
+}
+
+/// The kind of an [`Error`], for callers that decide by category rather than by variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A configuration key or value was rejected.
+    Config,
+    /// The cluster or a broker could not be reached, or the connection broke.
+    Connection,
+    /// Something did not complete in time (including the broker's REQUEST_TIMED_OUT).
+    Timeout,
+    /// Who the client is was refused: SASL or TLS.
+    Authentication,
+    /// The client may not do this (a `*_AUTHORIZATION_FAILED` code).
+    Authorization,
+    /// A record or batch is larger than the client's or the broker's limit.
+    RecordTooLarge,
+    /// The producer's buffer is full.
+    QueueFull,
+    /// The topic or partition does not exist.
+    UnknownTopic,
+    /// The broker lacks an API or version purekafka needs.
+    Unsupported,
+    /// Malformed bytes from the network.
+    Protocol,
+    /// Another Kafka error code (see [`Error::kafka_code`]).
+    Broker,
+    /// A value could not be serialized or deserialized.
+    Serialization,
+    /// The component was closed.
+    Closed,
+    /// Kafka is disabled by configuration.
+    Disabled,
 }
 
 #[cfg(test)]
@@ -230,7 +334,19 @@ mod tests {
         assert!(not_leader.is_retriable());
         let too_large = Error::broker(10, "orders/0", None);
         assert!(!too_large.is_retriable());
-        assert_eq!(too_large.kafka_code(), Some(ResponseError::MessageTooLarge));
+        assert_eq!(too_large.kafka_code(), Some(ErrorCode::MessageTooLarge));
+        assert_eq!(too_large.kind(), ErrorKind::RecordTooLarge);
+        assert!(!too_large.is_fatal());
+        assert!(
+            too_large.to_string().contains("MESSAGE_TOO_LARGE"),
+            "{too_large}"
+        );
+        let denied = Error::broker(29, "orders", None);
+        assert_eq!(denied.kind(), ErrorKind::Authorization);
+        assert!(denied
+            .clone()
+            .to_string()
+            .contains("TOPIC_AUTHORIZATION_FAILED"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Connection health, as reported by [`Client::health`](crate::Client::health) to a service's
 //! health endpoint.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -40,11 +41,18 @@ impl Health {
     }
 }
 
-/// Shared, updated health state. One small lock, touched only on failures, recoveries and
-/// reads; the hot path never takes it.
+/// Shared, updated health state. One small lock, touched only on connects, failures,
+/// recoveries and reads; the hot path never takes it.
+///
+/// Every connection the client opens (the shared per-broker connections of the producer and
+/// metadata, the fetchers' and the group coordinator's own connections) reports its connect
+/// outcome here, keyed by broker address, and so does the background probe. Health returns
+/// to `Connected` only when no broker the client needs is failing.
 #[derive(Debug)]
 pub(crate) struct HealthState {
     state: Mutex<Health>,
+    /// Broker addresses whose last connect or probe failed with a connection error.
+    failing: Mutex<HashSet<String>>,
     /// After this long without success, `Reconnecting` becomes `Down`.
     down_after: Option<Duration>,
 }
@@ -53,12 +61,56 @@ impl HealthState {
     pub(crate) fn new(initial: Health, down_after: Option<Duration>) -> Self {
         HealthState {
             state: Mutex::new(initial),
+            failing: Mutex::new(HashSet::new()),
             down_after,
         }
     }
 
     pub(crate) fn get(&self) -> Health {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn failing(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The broker addresses currently failing (for the probe, which retries them).
+    pub(crate) fn failing_brokers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.failing().iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A connection to `addr` failed (connect, or a probe on an open connection).
+    pub(crate) fn connection_failed(&self, addr: &str, error: &Error) {
+        if !error.is_connection_error() {
+            return;
+        }
+        self.failing().insert(addr.to_string());
+        self.failed(error);
+    }
+
+    /// A connection to `addr` was opened, or answered a probe.
+    pub(crate) fn connection_ok(&self, addr: &str) {
+        let none_failing = {
+            let mut failing = self.failing();
+            failing.remove(addr);
+            failing.is_empty()
+        };
+        if none_failing {
+            self.recovered();
+        }
+    }
+
+    /// Stops tracking `addr` (the broker left the cluster's metadata).
+    pub(crate) fn forget(&self, addr: &str) {
+        let none_failing = {
+            let mut failing = self.failing();
+            failing.remove(addr) && failing.is_empty()
+        };
+        if none_failing {
+            self.recovered();
+        }
     }
 
     fn update(&self, f: impl FnOnce(&mut Health)) {
@@ -109,8 +161,11 @@ impl HealthState {
         });
     }
 
-    /// Records a successful request.
+    /// Records a successful request; health stays `Reconnecting` while a broker is failing.
     pub(crate) fn recovered(&self) {
+        if !self.failing().is_empty() {
+            return;
+        }
         self.update(|h| {
             if matches!(h, Health::Reconnecting { .. } | Health::Down { .. }) {
                 tracing::info!(previous = ?h, "connection to the cluster re-established");
@@ -156,7 +211,7 @@ mod tests {
     fn refused() -> Error {
         Error::Io {
             broker: "b:1".into(),
-            source: std::io::ErrorKind::ConnectionRefused.into(),
+            source: std::sync::Arc::new(std::io::ErrorKind::ConnectionRefused.into()),
         }
     }
 
@@ -177,6 +232,25 @@ mod tests {
     fn broker_application_errors_do_not_touch_health() {
         let h = HealthState::new(Health::Connected, None);
         h.failed(&Error::broker(6, "t/0", None));
+        assert_eq!(h.get(), Health::Connected);
+    }
+
+    #[test]
+    fn connected_again_only_when_no_broker_is_failing() {
+        let h = HealthState::new(Health::Connected, None);
+        h.connection_failed("a:1", &refused());
+        h.connection_failed("b:1", &refused());
+        h.connection_ok("a:1");
+        h.recovered();
+        assert!(
+            matches!(h.get(), Health::Reconnecting { .. }),
+            "{:?}",
+            h.get()
+        );
+        h.connection_ok("b:1");
+        assert_eq!(h.get(), Health::Connected);
+        h.connection_failed("c:1", &refused());
+        h.forget("c:1");
         assert_eq!(h.get(), Health::Connected);
     }
 

@@ -3,9 +3,12 @@
 //! A pure-Rust Apache Kafka client: no librdkafka, no C toolchain for the default build, and a
 //! static (musl) binary that runs in a `FROM scratch` container.
 //!
-//! Built on [`rskafka`] for the data path, with configuration from the environment or
-//! librdkafka-style keys ([`Config`]), a reconnecting [`Client`] with exponential backoff
-//! ([`ReconnectPolicy`]) and a health view ([`Health`]) for service health endpoints.
+//! Every connection is purekafka's own (`kafka-protocol` codecs over tokio): bootstrap,
+//! metadata, producing, fetching, consumer groups, administration and the health probe.
+//! Configuration comes from the environment or librdkafka-style keys ([`Config`]); the
+//! [`Client`] reconnects with exponential backoff ([`ReconnectPolicy`]) and keeps a health
+//! view ([`Health`]) for service health endpoints. [`rskafka`] is only the raw escape hatch
+//! behind [`Client::rskafka`], built on its first call.
 //!
 //! ```no_run
 //! use purekafka::{Client, Config};
@@ -51,42 +54,49 @@
 //!
 //! ## Features
 //!
-//! The default build is pure Rust: plaintext and SASL (PLAIN, SCRAM), gzip and snappy.
-//! `tls`, `lz4` and `zstd` are opt-in and each needs a C compiler to build.
+//! The default build is pure Rust and needs no C compiler: plaintext, TLS (rustls with the
+//! `rustls-graviola` provider, see [`tls`]), SASL (PLAIN, SCRAM), and gzip, snappy, lz4
+//! (`lz4_flex`) and zstd (`ruzstd`). `tls-ring` / `tls-aws-lc-rs` choose another TLS provider
+//! (C compiler needed); `rskafka-tls` gives the raw rskafka client TLS.
 
 #![deny(rust_2018_idioms, unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod breaker;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod consumer;
 pub(crate) mod coordinator;
 pub mod dedup;
 pub mod dlq;
 pub mod error;
+mod error_code;
 pub mod handler;
 pub mod health;
 pub mod producer;
 pub mod reconnect;
 pub mod record;
-#[cfg(feature = "tls")]
-mod tls;
+pub mod tls;
 pub(crate) mod wire;
 pub mod worker;
 
+pub use admin::Admin;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};
 pub use config::{Config, ConfigBuilder};
-pub use consumer::{Consumer, TopicPartition};
+pub use consumer::{Consumer, RebalanceListener, TopicPartition};
 pub use dedup::{DedupKey, Deduplicator};
 pub use dlq::DeadLetterRouter;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorCode, ErrorKind, Result};
 pub use handler::HandlerError;
 pub use health::Health;
 pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics};
 pub use reconnect::{ReconnectPolicy, RetryEvent};
 pub use record::{ConsumedRecord, Headers, Record};
 pub use rskafka;
-pub use worker::{DecodeErrorPolicy, RetryPolicy, RunHandle, RunMetrics, Runner, RunnerConfig};
+pub use worker::{
+    DecodeErrorPolicy, DlqFailurePolicy, RetryPolicy, RunHandle, RunMetrics, Runner, RunnerConfig,
+};

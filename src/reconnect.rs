@@ -27,14 +27,13 @@ use crate::error::{Error, Result};
 /// use std::time::Duration;
 /// use purekafka::ReconnectPolicy;
 ///
-/// let policy = ReconnectPolicy {
-///     initial_delay: Duration::from_millis(50),
-///     max_elapsed: Some(Duration::from_secs(10)),
-///     ..ReconnectPolicy::default()
-/// };
+/// let policy = ReconnectPolicy::default()
+///     .initial_delay(Duration::from_millis(50))
+///     .max_elapsed(Some(Duration::from_secs(10)));
 /// assert_eq!(policy.multiplier, 2.0);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ReconnectPolicy {
     /// First delay after a failure. Default 100 ms (`reconnect.backoff.ms`, as librdkafka):
     /// short enough that a broker restart is barely noticed.
@@ -66,6 +65,36 @@ impl Default for ReconnectPolicy {
 }
 
 impl ReconnectPolicy {
+    /// Sets [`initial_delay`](Self::initial_delay).
+    pub fn initial_delay(mut self, delay: Duration) -> Self {
+        self.initial_delay = delay;
+        self
+    }
+
+    /// Sets [`multiplier`](Self::multiplier).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Sets [`max_delay`](Self::max_delay).
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// Sets [`jitter`](Self::jitter).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Sets [`max_elapsed`](Self::max_elapsed) (`None`: never give up).
+    pub fn max_elapsed(mut self, budget: Option<Duration>) -> Self {
+        self.max_elapsed = budget;
+        self
+    }
+
     /// The `backoff` crate's schedule for this policy, starting now.
     pub(crate) fn schedule(&self) -> ExponentialBackoff<TokioClock> {
         let mut b = ExponentialBackoff {
@@ -80,6 +109,25 @@ impl ReconnectPolicy {
         };
         b.reset();
         b
+    }
+
+    /// The delay before retry number `attempt` (from 1) of a loop that never gives up (the
+    /// producer's batch retries, fetch workers, group re-joins): `initial_delay ×
+    /// multiplier^(attempt − 1)`, at most `max_delay`, randomised by ±`jitter` by the
+    /// `backoff` crate, the same schedule as the retry loop's.
+    pub(crate) fn delay_for_attempt(&self, attempt: u32) -> Duration {
+        let base = self.initial_delay.as_secs_f64()
+            * self
+                .multiplier
+                .max(1.0)
+                .powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = Duration::from_secs_f64(base.min(self.max_delay.as_secs_f64()));
+        let mut b = ExponentialBackoff {
+            current_interval: base,
+            max_elapsed_time: None,
+            ..self.schedule()
+        };
+        b.next_backoff().unwrap_or(base)
     }
 }
 
@@ -195,7 +243,7 @@ mod tests {
     fn io_error() -> Error {
         Error::Io {
             broker: "127.0.0.1:1".into(),
-            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            source: Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
         }
     }
 
@@ -232,6 +280,29 @@ mod tests {
                 assert_eq!(operation, "test op");
             }
             other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn delay_for_attempt_grows_to_the_cap_within_the_jitter() {
+        let policy = ReconnectPolicy {
+            initial_delay: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(1),
+            jitter: 0.0,
+            max_elapsed: Some(Duration::from_secs(3)),
+        };
+        let delays: Vec<u128> = (1..=6)
+            .map(|a| policy.delay_for_attempt(a).as_millis())
+            .collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+        let jittered = ReconnectPolicy {
+            jitter: 0.5,
+            ..policy
+        };
+        for _ in 0..100 {
+            let d = jittered.delay_for_attempt(2).as_millis();
+            assert!((100..=300).contains(&d), "{d}");
         }
     }
 

@@ -71,6 +71,20 @@ pub enum DecodeErrorPolicy {
     Drop,
 }
 
+/// What the runner does when a dead letter cannot be written for good (the record is too
+/// large for the dead-letter topic, the topic is missing and may not be created, writing is
+/// not authorized). Either way the failure is counted ([`RunMetrics::dlq_permanent_failures`])
+/// and reported to the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DlqFailurePolicy {
+    /// Stop the run: the record stays uncommitted (delivered again after the fix) and `run`
+    /// returns the write's error. The default: nothing is lost silently.
+    #[default]
+    Stop,
+    /// Skip the record (commit past it, counted in [`RunMetrics::dlq_skipped`]) and go on.
+    Skip,
+}
+
 /// How a retriable handler failure is retried.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
@@ -111,8 +125,19 @@ pub struct RunnerConfig {
     /// Dead-letter topic name; `{topic}` is the original topic. Default `{topic}.dlq`.
     pub dlq_topic_template: String,
     /// Delays between attempts to write a dead letter. Default: 100 ms doubling up to 10 s;
-    /// never given up (the original record stays uncommitted until its dead letter lands).
+    /// never given up while the failure is transient (the original record stays uncommitted
+    /// until its dead letter lands); permanent failures follow `dlq_permanent_failure`.
     pub dlq_retry: ReconnectPolicy,
+    /// A dead letter that cannot be written for good: stop the run (default) or skip it.
+    pub dlq_permanent_failure: DlqFailurePolicy,
+    /// Create a missing dead-letter topic (default false: topics are usually provisioned,
+    /// and a typo in the template should not create topics).
+    pub dlq_create_topic: bool,
+    /// Partitions of a created dead-letter topic. Default `None`: as many as the original.
+    pub dlq_topic_partitions: Option<i32>,
+    /// Replicas of a created dead-letter topic. Default -1: the broker's
+    /// `default.replication.factor`.
+    pub dlq_topic_replication: i16,
     /// Undecodable payloads: dead-letter (default) or drop.
     pub decode_errors: DecodeErrorPolicy,
     /// The circuit breaker (default: opens after 10 consecutive failures, 30 s cool-down).
@@ -140,6 +165,10 @@ impl Default for RunnerConfig {
                 jitter: 0.2,
                 max_elapsed: None,
             },
+            dlq_permanent_failure: DlqFailurePolicy::Stop,
+            dlq_create_topic: false,
+            dlq_topic_partitions: None,
+            dlq_topic_replication: -1,
             decode_errors: DecodeErrorPolicy::DeadLetter,
             breaker: BreakerConfig::default(),
             commit_interval: Duration::from_secs(1),
@@ -164,6 +193,11 @@ pub struct RunMetrics {
     pub dropped: u64,
     /// Failed dead-letter writes (each was retried).
     pub dlq_write_failures: u64,
+    /// Dead letters that could not be written for good (too large, topic missing, not
+    /// authorized); see [`DlqFailurePolicy`].
+    pub dlq_permanent_failures: u64,
+    /// Records skipped after such a failure ([`DlqFailurePolicy::Skip`]).
+    pub dlq_skipped: u64,
     /// The circuit breaker's state.
     pub breaker_state: BreakerState,
     /// How many times the breaker opened.
@@ -178,10 +212,14 @@ struct Counters {
     dead_lettered: AtomicU64,
     dropped: AtomicU64,
     dlq_failures: AtomicU64,
+    dlq_permanent: AtomicU64,
+    dlq_skipped: AtomicU64,
 }
 
 struct RunShared {
     counters: Counters,
+    /// Why the run stopped on its own ([`DlqFailurePolicy::Stop`]); `run` returns it.
+    fatal: std::sync::Mutex<Option<Error>>,
     breaker: OnceLock<Arc<CircuitBreaker>>,
     stop: watch::Sender<bool>,
 }
@@ -226,6 +264,8 @@ impl RunHandle {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             dlq_write_failures: c.dlq_failures.load(Ordering::Relaxed),
+            dlq_permanent_failures: c.dlq_permanent.load(Ordering::Relaxed),
+            dlq_skipped: c.dlq_skipped.load(Ordering::Relaxed),
             breaker_state,
             breaker_opened,
         }
@@ -264,6 +304,7 @@ impl Consumer {
             handle: RunHandle {
                 shared: Arc::new(RunShared {
                     counters: Counters::default(),
+                    fatal: std::sync::Mutex::new(None),
                     breaker: OnceLock::new(),
                     stop,
                 }),
@@ -323,7 +364,8 @@ impl Runner {
     /// Runs `handler(record)` for every record until shutdown; returns the final counters.
     ///
     /// A consumer closed elsewhere ends the run normally; the error returned is that of the
-    /// final commit / leave (`Consumer::close`).
+    /// final commit / leave (`Consumer::close`), or, with [`DlqFailurePolicy::Stop`], the
+    /// error of a dead letter that could not be written for good.
     pub async fn run<F, Fut>(self, handler: F) -> Result<RunMetrics>
     where
         F: Fn(ConsumedRecord) -> Fut + Send + Sync + 'static,
@@ -356,11 +398,18 @@ impl Runner {
         let breaker = Arc::new(CircuitBreaker::new(config.breaker.clone()));
         let _ = handle.shared.breaker.set(Arc::clone(&breaker));
         let producer = producer.unwrap_or_else(|| consumer.client().producer());
-        let router = DeadLetterRouter::new(
+        let mut router = DeadLetterRouter::new(
             producer,
             config.dlq_topic_template.clone(),
             config.dlq_retry.clone(),
         );
+        if config.dlq_create_topic {
+            router = router.create_missing_topics(
+                consumer.client().clone(),
+                config.dlq_topic_partitions,
+                config.dlq_topic_replication,
+            );
+        }
         let signal_task = config.shutdown_on_signal.then(|| {
             let h = handle.clone();
             tokio::spawn(async move {
@@ -396,6 +445,15 @@ impl Runner {
         }
         let metrics = handle.metrics();
         tracing::info!(?metrics, "runner stopped");
+        let fatal = handle
+            .shared
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(e) = fatal {
+            return Err(e);
+        }
         result.and(close).map(|()| metrics)
     }
 }
@@ -496,7 +554,7 @@ impl<P: Process> Dispatcher<'_, P> {
     }
 
     fn send_run(&mut self, mut run: Vec<ConsumedRecord>) {
-        let tp: TopicPartition = (Arc::clone(&run[0].topic), run[0].partition);
+        let tp = TopicPartition::new(Arc::clone(&run[0].topic), run[0].partition);
         let slot = match self.slots.get_mut(&tp) {
             Some(s) if s.tx.as_ref().is_some_and(|t| !t.is_closed()) => s,
             _ => {
@@ -585,8 +643,8 @@ impl<P: Process> Dispatcher<'_, P> {
             });
             let want = open || behind;
             match (want, paused.contains(tp)) {
-                (true, false) => to_pause.push((&*tp.0, tp.1)),
-                (false, true) => to_resume.push((&*tp.0, tp.1)),
+                (true, false) => to_pause.push((&*tp.topic, tp.partition)),
+                (false, true) => to_resume.push((&*tp.topic, tp.partition)),
                 _ => {}
             }
         }
@@ -761,7 +819,28 @@ async fn handle_one<P: Process>(
             tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, dlq = %d.topic, error = %error, "record dead-lettered");
             Outcome::Done
         }
-        Err(_) => Outcome::Abandoned,
+        Err(Error::Closed(_)) => Outcome::Abandoned,
+        Err(e) => {
+            counters.dlq_permanent.fetch_add(1, Ordering::Relaxed);
+            ctx.breaker.on_failure();
+            match ctx.config.dlq_permanent_failure {
+                DlqFailurePolicy::Skip => {
+                    counters.dlq_skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %e, "dead letter could not be written; record skipped (DlqFailurePolicy::Skip)");
+                    Outcome::Done
+                }
+                DlqFailurePolicy::Stop => {
+                    tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %e, "dead letter could not be written; stopping the run (DlqFailurePolicy::Stop)");
+                    ctx.shared
+                        .fatal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                    ctx.shared.stop.send_replace(true);
+                    Outcome::Abandoned
+                }
+            }
+        }
     }
 }
 

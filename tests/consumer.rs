@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use purekafka::{Client, Config, ConsumedRecord, Consumer};
+use purekafka::{Client, Config, ConsumedRecord, Consumer, TopicPartition};
 use purekafka_testkit::{unique_name, Backend};
 use tokio::time::Instant;
 
@@ -173,7 +173,13 @@ async fn three_members_split_and_take_over(backend: Backend) {
     loop {
         let sets: Vec<Vec<i32>> = members
             .iter()
-            .map(|m| m.consumer.assignment().iter().map(|(_, p)| *p).collect())
+            .map(|m| {
+                m.consumer
+                    .assignment()
+                    .iter()
+                    .map(|tp| tp.partition)
+                    .collect()
+            })
             .collect();
         let all: Vec<i32> = sets.iter().flatten().copied().collect();
         let unique: HashSet<i32> = all.iter().copied().collect();
@@ -202,7 +208,13 @@ async fn three_members_split_and_take_over(backend: Backend) {
     loop {
         let sets: Vec<Vec<i32>> = members
             .iter()
-            .map(|m| m.consumer.assignment().iter().map(|(_, p)| *p).collect())
+            .map(|m| {
+                m.consumer
+                    .assignment()
+                    .iter()
+                    .map(|tp| tp.partition)
+                    .collect()
+            })
             .collect();
         let unique: HashSet<i32> = sets.iter().flatten().copied().collect();
         if unique.len() == 6 && sets.iter().map(Vec::len).sum::<usize>() == 6 {
@@ -281,8 +293,8 @@ async fn seek_pause_resume_and_lag(backend: Backend) {
     consumer.seek(&topic, 0, 40).unwrap();
     assert_eq!(consumer.position(&topic, 0), Some(40));
     let lag = consumer.lag().await.unwrap();
-    assert_eq!(lag[&(Arc::from(topic.as_str()), 0)], 60);
-    assert_eq!(lag[&(Arc::from(topic.as_str()), 1)], 0);
+    assert_eq!(lag[&TopicPartition::new(topic.as_str(), 0)], 60);
+    assert_eq!(lag[&TopicPartition::new(topic.as_str(), 1)], 0);
     let mut again = Vec::new();
     while again.len() < 60 {
         for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
@@ -295,10 +307,10 @@ async fn seek_pause_resume_and_lag(backend: Backend) {
 
     // Commit an exact offset and read it back.
     let mut offsets = HashMap::new();
-    offsets.insert((Arc::from(topic.as_str()), 0), 55);
+    offsets.insert(TopicPartition::new(topic.as_str(), 0), 55);
     consumer.commit_offsets(offsets).await.unwrap();
     let committed = consumer.committed(&[(&topic, 0)]).await.unwrap();
-    assert_eq!(committed[&(Arc::from(topic.as_str()), 0)], 55);
+    assert_eq!(committed[&TopicPartition::new(topic.as_str(), 0)], 55);
 
     // Pause partition 0 at 90: new records of partition 0 wait, partition 1's flow.
     consumer.seek(&topic, 0, 90).unwrap();
@@ -315,8 +327,8 @@ async fn seek_pause_resume_and_lag(backend: Backend) {
     assert_eq!(p1, (100..110).collect::<Vec<_>>());
     assert_eq!(consumer.position(&topic, 0), Some(90));
     let lag = consumer.lag().await.unwrap();
-    assert_eq!(lag[&(Arc::from(topic.as_str()), 0)], 20);
-    assert_eq!(lag[&(Arc::from(topic.as_str()), 1)], 0);
+    assert_eq!(lag[&TopicPartition::new(topic.as_str(), 0)], 20);
+    assert_eq!(lag[&TopicPartition::new(topic.as_str(), 1)], 0);
 
     consumer.resume(&[(&topic, 0)]).unwrap();
     let mut p0 = Vec::new();
@@ -481,7 +493,11 @@ async fn mock_mixed_group_with_kcat() {
         // range over two members: three partitions each.
         let early = wait_for_assignment(&consumer, 3, Duration::from_secs(60)).await;
         assert!(early.is_empty(), "records before anything was produced");
-        let mine: HashSet<i32> = consumer.assignment().iter().map(|(_, p)| *p).collect();
+        let mine: HashSet<i32> = consumer
+            .assignment()
+            .iter()
+            .map(|tp| tp.partition)
+            .collect();
         produce(&c, &topic, 6, 100, 100).await;
         let mut seen: HashSet<(i32, i64)> = HashSet::new();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -59,7 +59,11 @@ async fn wait_committed(
 }
 
 fn partitions_of(consumer: &Consumer) -> Vec<i32> {
-    consumer.assignment().iter().map(|(_, p)| *p).collect()
+    consumer
+        .assignment()
+        .iter()
+        .map(|tp| tp.partition)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,7 +133,7 @@ on_each_backend!(
             .cloned()
             .collect();
         let mut offsets = std::collections::HashMap::new();
-        offsets.insert((Arc::from(topic.as_str()), 0), 0);
+        offsets.insert(TopicPartition::new(topic.as_str(), 0), 0);
         consumer.commit_offsets(offsets).await.unwrap();
         consumer.commit_async(&part);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -156,17 +160,21 @@ struct Polling {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Counts non-empty revokes (lost partitions included, the listener's default).
+struct CountRevokes(Arc<AtomicUsize>);
+
+impl purekafka::consumer::RebalanceListener for CountRevokes {
+    fn on_revoked(&self, partitions: &[TopicPartition]) {
+        if !partitions.is_empty() {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 fn spawn_polling(consumer: Consumer) -> Polling {
     let consumer = Arc::new(consumer);
     let revokes = Arc::new(AtomicUsize::new(0));
-    {
-        let revokes = Arc::clone(&revokes);
-        consumer.on_revoked(move |ps: &[TopicPartition]| {
-            if !ps.is_empty() {
-                revokes.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-    }
+    consumer.set_rebalance_listener(CountRevokes(Arc::clone(&revokes)));
     let stop = Arc::new(tokio::sync::Notify::new());
     let task = {
         let consumer = Arc::clone(&consumer);
@@ -348,8 +356,9 @@ on_each_backend!(
         // a's LeaveGroup starts a rebalance; the mock cluster refuses b's final commit while
         // it lasts (Kafka accepts commits of the current generation then).
         if let Err(e) = b.stop().await.close().await {
-            assert!(
-                e.to_string().contains("RebalanceInProgress"),
+            assert_eq!(
+                e.kafka_code(),
+                Some(purekafka::ErrorCode::RebalanceInProgress),
                 "closing b: {e}"
             );
         }
@@ -456,11 +465,14 @@ async fn sigterm_commits_leaves_and_exits_zero(cluster: TestCluster) {
         log.join("\n")
     );
 
-    // Everything printed is committed, and (on tansu) a new member takes both partitions
-    // long before the example's 45 s session would have expired.
+    // Everything printed is committed, and (on the mock cluster) a new member takes both
+    // partitions long before the example's session would have expired. tansu 0.6.0 lets no
+    // new member in before a left member's session runs out, even after answering its
+    // LeaveGroup (confluent-kafka members see the same), so there only the commits and the
+    // LeaveGroup in the log are checked.
     let next = c.consumer(&[&topic]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(if mock { 40 } else { 20 });
-    while partitions_of(&next).len() != 2 {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while mock && partitions_of(&next).len() != 2 {
         assert!(
             Instant::now() < deadline,
             "the new member has {:?}: the example did not leave",

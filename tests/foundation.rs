@@ -102,13 +102,14 @@ async fn nothing_listening_gives_growing_delays_then_a_clear_error() {
     let seen = Arc::clone(&delays);
     let config = Config::builder()
         .brokers([broker.clone()])
-        .reconnect(ReconnectPolicy {
-            initial_delay: Duration::from_millis(50),
-            multiplier: 2.0,
-            max_delay: Duration::from_millis(800),
-            jitter: 0.0,
-            max_elapsed: Some(Duration::from_secs(3)),
-        })
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(50))
+                .multiplier(2.0)
+                .max_delay(Duration::from_millis(800))
+                .jitter(0.0)
+                .max_elapsed(Some(Duration::from_secs(3))),
+        )
         .on_retry(move |e| seen.lock().unwrap().push((e.attempt, e.delay)))
         .build()
         .unwrap();
@@ -155,12 +156,12 @@ async fn broker_started_two_seconds_after_connect_is_found() {
     let seen = Arc::clone(&retries);
     let config = Config::builder()
         .brokers([format!("127.0.0.1:{port}")])
-        .reconnect(ReconnectPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(500),
-            max_elapsed: Some(Duration::from_secs(60)),
-            ..ReconnectPolicy::default()
-        })
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_millis(500))
+                .max_elapsed(Some(Duration::from_secs(60))),
+        )
         .on_retry(move |_| *seen.lock().unwrap() += 1)
         .build()
         .unwrap();
@@ -197,12 +198,12 @@ async fn brokers_down_and_up_health_follows_and_callers_see_no_error() {
     let config = config_for(&cluster)
         .set("health.check.interval.ms", "100")
         .set("request.timeout.ms", "2000")
-        .reconnect(ReconnectPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(500),
-            max_elapsed: Some(Duration::from_secs(60)),
-            ..ReconnectPolicy::default()
-        })
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_millis(500))
+                .max_elapsed(Some(Duration::from_secs(60))),
+        )
         .build()
         .unwrap();
     let client = Client::connect(config).await.unwrap();
@@ -239,8 +240,9 @@ async fn brokers_down_and_up_health_follows_and_callers_see_no_error() {
         .unwrap()
         .expect("the operation succeeds once brokers are back");
     assert!(topics.iter().any(|t| t.name == topic));
+    // Connected once every broker is reachable again (the probe reconnects each one).
     let mut connected = false;
-    for _ in 0..100 {
+    for _ in 0..600 {
         if client.health() == Health::Connected {
             connected = true;
             break;
@@ -257,4 +259,175 @@ async fn disabled_client_connects_to_nothing() {
     assert_eq!(client.health(), Health::Disabled);
     assert!(client.health().is_ok());
     assert!(matches!(client.list_topics().await, Err(Error::Disabled)));
+}
+
+/// The number of established TCP connections this process holds to `ports` (sockets found
+/// through /proc/self/fd, matched against /proc/self/net/tcp{,6} by inode).
+fn sockets_to(ports: &[u16]) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            let t = target.to_string_lossy();
+            if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let mut count = 0;
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" {
+                continue; // not ESTABLISHED
+            }
+            let remote_port = f[2]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if remote_port.is_some_and(|p| ports.contains(&p)) && inodes.contains(f[9]) {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+fn broker_ports(cluster: &TestCluster) -> Vec<u16> {
+    cluster
+        .bootstrap_list()
+        .iter()
+        .filter_map(|b| b.rsplit(':').next()?.parse().ok())
+        .collect()
+}
+
+on_each_backend!(
+    no_rskafka_connection_until_rskafka_is_called,
+    |cluster: TestCluster| async move {
+        let ports = broker_ports(&cluster);
+        assert_eq!(sockets_to(&ports), 0, "no client yet");
+        let client = Client::connect(
+            config_for(&cluster)
+                .set("health.check.interval.ms", "0")
+                .build()
+                .unwrap(),
+        )
+        .await
+        .expect("connect");
+        client.list_topics().await.expect("list topics");
+        if !matches!(cluster.backend(), Backend::MockCluster) {
+            // Topic administration and producing go through purekafka's own connections.
+            let topic = unique_name("foundation-lazy");
+            client.create_topic(&topic, 1, 1).await.expect("create");
+            let producer = client.producer();
+            producer
+                .send(purekafka::Record::new(topic.clone(), "v"))
+                .await
+                .expect("produce");
+            producer.close().await;
+            client.delete_topic(&topic).await.expect("delete");
+        }
+        let before = sockets_to(&ports);
+        // Bootstrap, metadata and admin share one connection per broker; on the single tansu
+        // broker that is exactly one socket.
+        assert!(before >= 1, "purekafka's own connection is open");
+        if !matches!(cluster.backend(), Backend::MockCluster) {
+            assert_eq!(before, 1, "one wire connection to the one broker");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            sockets_to(&ports),
+            before,
+            "nothing opened in the background"
+        );
+
+        let rs = client.rskafka().await.expect("rskafka client");
+        rs.list_topics().await.expect("rskafka lists topics");
+        let after = sockets_to(&ports);
+        assert!(
+            after > before,
+            "rskafka() opened its connection only now ({before} before, {after} after)"
+        );
+        // The escape hatch is built once.
+        client.rskafka().await.expect("rskafka client again");
+        assert_eq!(sockets_to(&ports), after);
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_leader_down_health_reconnecting_then_connected() {
+    if Backend::from_env().is_some() {
+        return; // needs the mock cluster's fault injection
+    }
+    support::init_tracing();
+    let cluster = TestCluster::start_mock(3).expect("mock cluster");
+    let topic = unique_name("foundation-leader-down");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    cluster.set_leader(&topic, 0, 2).unwrap();
+    let client = Client::connect(
+        config_for(&cluster)
+            .set("health.check.interval.ms", "200")
+            .set("request.timeout.ms", "3000")
+            .set("delivery.timeout.ms", "120000")
+            .reconnect(
+                ReconnectPolicy::default()
+                    .initial_delay(Duration::from_millis(100))
+                    .max_delay(Duration::from_millis(500))
+                    .max_elapsed(Some(Duration::from_secs(120))),
+            )
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let producer = client.producer();
+    let first = producer
+        .send(purekafka::Record::new(topic.clone(), "before"))
+        .await
+        .expect("produce to the leader");
+    assert_eq!(first.partition, 0);
+    assert_eq!(client.health(), Health::Connected);
+
+    cluster.broker_down(2).unwrap();
+    let during = {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            producer
+                .send(purekafka::Record::new(topic.clone(), "during"))
+                .await
+        })
+    };
+    let mut saw = None;
+    for _ in 0..400 {
+        if let h @ Health::Reconnecting { .. } = client.health() {
+            saw = Some(h);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let saw = saw.unwrap_or_else(|| panic!("health stayed {:?}", client.health()));
+    if let Health::Reconnecting { last_error, .. } = &saw {
+        assert!(!last_error.is_empty());
+    }
+
+    cluster.broker_up(2).unwrap();
+    let mut connected = false;
+    for _ in 0..400 {
+        if client.health() == Health::Connected {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connected, "health stayed {:?}", client.health());
+    let delivered = tokio::time::timeout(Duration::from_secs(60), during)
+        .await
+        .expect("the send completes once the leader is back")
+        .unwrap()
+        .expect("delivered");
+    assert!(delivered.offset > first.offset);
+    producer.close().await;
 }

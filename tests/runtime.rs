@@ -43,20 +43,16 @@ async fn client(cluster: &TestCluster, group: &str) -> Client {
 fn test_config() -> RunnerConfig {
     RunnerConfig {
         retry: RetryPolicy {
-            backoff: ReconnectPolicy {
-                initial_delay: Duration::from_millis(10),
-                max_delay: Duration::from_millis(50),
-                max_elapsed: Some(Duration::from_secs(10)),
-                ..ReconnectPolicy::default()
-            },
+            backoff: ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(10))
+                .max_delay(Duration::from_millis(50))
+                .max_elapsed(Some(Duration::from_secs(10))),
             max_attempts: 5,
         },
-        dlq_retry: ReconnectPolicy {
-            initial_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(200),
-            max_elapsed: None,
-            ..ReconnectPolicy::default()
-        },
+        dlq_retry: ReconnectPolicy::default()
+            .initial_delay(Duration::from_millis(50))
+            .max_delay(Duration::from_millis(200))
+            .max_elapsed(None),
         commit_interval: Duration::from_millis(100),
         shutdown_on_signal: false,
         ..RunnerConfig::default()
@@ -98,7 +94,7 @@ async fn committed(client: &Client, topic: &str, partitions: i32) -> BTreeMap<i3
         .await
         .unwrap()
         .into_iter()
-        .map(|((_, p), o)| (p, o))
+        .map(|(tp, o)| (tp.partition, o))
         .collect()
 }
 
@@ -142,7 +138,7 @@ on_each_backend!(
         let c = client(&cluster, &group).await;
 
         // 1 in 100 is poison (not JSON); 1 in 50 (others) fails twice before succeeding.
-        let poison = |n: u64| n % 100 == 0;
+        let poison = |n: u64| n.is_multiple_of(100);
         let flaky = |n: u64| n % 50 == 25;
         let records: Vec<Record> = (0..N)
             .map(|n| {
@@ -507,12 +503,10 @@ on_each_backend!(
                     cool_down: Duration::from_millis(800),
                 },
                 retry: RetryPolicy {
-                    backoff: ReconnectPolicy {
-                        initial_delay: Duration::from_millis(10),
-                        max_delay: Duration::from_millis(20),
-                        max_elapsed: None,
-                        ..ReconnectPolicy::default()
-                    },
+                    backoff: ReconnectPolicy::default()
+                        .initial_delay(Duration::from_millis(10))
+                        .max_delay(Duration::from_millis(20))
+                        .max_elapsed(None),
                     max_attempts: u32::MAX,
                 },
                 ..test_config()

@@ -10,6 +10,13 @@
 //! | `KAFKA_SASL_USERNAME` | `sasl.username` | `svc-orders` |
 //! | `KAFKA_SASL_PASSWORD` | `sasl.password` | never printed |
 //! | `KAFKA_SSL` | `security.protocol` = `ssl` / `sasl_ssl` when `true` | `true` |
+//! | `KAFKA_SSL_CA_LOCATION` | `ssl.ca.location` | `/etc/kafka/ca.pem` |
+//! | `KAFKA_SSL_CA_PEM` | `ssl.ca.pem` | `-----BEGIN CERTIFICATE-----...` |
+//! | `KAFKA_SSL_CERTIFICATE_LOCATION` | `ssl.certificate.location` | `/etc/kafka/client.pem` |
+//! | `KAFKA_SSL_CERTIFICATE_PEM` | `ssl.certificate.pem` | PEM text |
+//! | `KAFKA_SSL_KEY_LOCATION` | `ssl.key.location` | `/etc/kafka/client.key` |
+//! | `KAFKA_SSL_KEY_PEM` | `ssl.key.pem` | never printed |
+//! | `KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM` | `ssl.endpoint.identification.algorithm` | `none` |
 //!
 //! Setting `KAFKA_SASL_USERNAME` selects SASL (`sasl_plaintext`, or `sasl_ssl` with
 //! `KAFKA_SSL=true`). Unset and empty variables are ignored. Other `KAFKA_*` variables are left
@@ -27,6 +34,16 @@ const VARIABLES: &[(&str, &str)] = &[
     ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
     ("KAFKA_SASL_USERNAME", "sasl.username"),
     ("KAFKA_SASL_PASSWORD", "sasl.password"),
+    ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+    ("KAFKA_SSL_CA_PEM", "ssl.ca.pem"),
+    ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
+    ("KAFKA_SSL_CERTIFICATE_PEM", "ssl.certificate.pem"),
+    ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+    ("KAFKA_SSL_KEY_PEM", "ssl.key.pem"),
+    (
+        "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+        "ssl.endpoint.identification.algorithm",
+    ),
 ];
 
 impl ConfigBuilder {
@@ -143,6 +160,47 @@ mod tests {
         assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
         assert_eq!(sasl.password.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn ssl_variables_set_the_tls_keys_and_a_missing_ca_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("purekafka-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("no-such-ca.pem").display().to_string();
+        let e = ConfigBuilder::from_env_vars([
+            ("KAFKA_BROKERS", "a:1"),
+            ("KAFKA_SSL", "true"),
+            ("KAFKA_SSL_CA_LOCATION", missing.as_str()),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "none"),
+        ])
+        .build()
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Config { key, value, .. } if key == "ssl.ca.location" && value == &missing),
+            "{e}"
+        );
+        // With no CA given, the Mozilla roots are used and the configuration builds.
+        let c = ConfigBuilder::from_env_vars([
+            ("KAFKA_BROKERS", "a:1"),
+            ("KAFKA_SSL", "true"),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "none"),
+            ("KAFKA_SSL_KEY_PEM", "-----BEGIN PRIVATE KEY-----secret"),
+        ])
+        .build();
+        // A key without a certificate is refused, naming the key but not its contents.
+        let e = c.unwrap_err();
+        assert!(e.to_string().contains("ssl.key"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let c = ConfigBuilder::from_env_vars([
+            ("KAFKA_BROKERS", "a:1"),
+            ("KAFKA_SSL", "true"),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "none"),
+        ])
+        .build()
+        .unwrap();
+        assert_eq!(c.security_protocol(), SecurityProtocol::Ssl);
+        assert!(!c.tls().verify_hostname);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

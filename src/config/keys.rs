@@ -9,8 +9,14 @@
 //! | `client.id` | `purekafka` | id sent to brokers, `service` header |
 //! | `enabled` | `true` | `false`: no broker, sends are logged and dropped |
 //! | `security.protocol` | `plaintext` | `plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl` |
-//! | `sasl.mechanism` (`sasl.mechanisms`) | `PLAIN` | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` |
+//! | `sasl.mechanism` (`sasl.mechanisms`) | `PLAIN` | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER` |
 //! | `sasl.username`, `sasl.password` | — | credentials (the password is never printed) |
+//! | `enable.sasl.oauthbearer.unsecure.jwt` | `false` | OAUTHBEARER without a token provider: send an unsecured JWT (development only) |
+//! | `sasl.oauthbearer.config` | — | that JWT, as librdkafka: `principal=alice scope=a,b lifeSeconds=3600 extension_K=V` |
+//! | `ssl.ca.location` / `ssl.ca.pem` | Mozilla roots | CA certificate(s) to trust: PEM file / PEM text |
+//! | `ssl.certificate.location` / `ssl.certificate.pem` | — | client certificate (mutual TLS) |
+//! | `ssl.key.location` / `ssl.key.pem` | — | client private key, unencrypted PEM (never printed) |
+//! | `ssl.endpoint.identification.algorithm` | `https` | `https`: verify the broker's name / IP; `none`: don't |
 //! | `reconnect.backoff.ms` | 100 | first delay after a failed attempt |
 //! | `reconnect.backoff.max.ms` | 10000 | largest delay |
 //! | `reconnect.backoff.multiplier` | 2.0 | growth per attempt |
@@ -20,6 +26,7 @@
 //! | `metadata.max.age.ms` (`topic.metadata.refresh.interval.ms`) | 300000 | metadata refresh |
 //! | `health.check.interval.ms` | 10000 | background connectivity probe; 0 = off |
 //! | `message.max.bytes` (`max.request.size`) | 1048576 | largest record accepted |
+//! | `receive.message.max.bytes` | 100000000 | largest response frame read from a broker |
 //! | `linger.ms` (`queue.buffering.max.ms`) | 5 | batch wait |
 //! | `batch.size` | 1048576 | largest batch per partition |
 //! | `queue.buffering.max.kbytes` | 65536 | producer buffer bound (KiB) |
@@ -38,6 +45,7 @@
 //! | `max.poll.interval.ms` | 300000 | longest gap between polls |
 //! | `auto.offset.reset` | `latest` | `earliest` (`smallest`, `beginning`), `latest` (`largest`, `end`), `error` (`none`) |
 //! | `enable.auto.commit` | `false` | background commits of polled offsets |
+//! | `enable.auto.offset.store` | `true` | polled records count as processed at the next poll; `false`: only `store_offset(s)` |
 //! | `auto.commit.interval.ms` | 5000 | auto-commit period |
 //! | `partition.assignment.strategy` | `range,roundrobin` | assignors by preference |
 //! | `fetch.min.bytes` | 1 | smallest fetch response |
@@ -45,8 +53,9 @@
 //! | `max.partition.fetch.bytes` | 1048576 | per-partition fetch size |
 //! | `fetch.wait.max.ms` (`fetch.max.wait.ms`) | 500 | broker-side fetch wait |
 //! | `queued.max.messages.kbytes` | 65536 | prefetch bound (KiB) |
+//! | `check.crcs` | `true` | verify fetched batches' CRC32C |
 //!
-//! \* with the `lz4` / `zstd` features, which need a C compiler.
+//! \* with the `lz4` / `zstd` features (on by default, pure Rust).
 //!
 //! [`ConfigBuilder::set`]: super::ConfigBuilder::set
 
@@ -91,11 +100,12 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
                 "PLAIN" => SaslMechanism::Plain,
                 "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
                 "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+                "OAUTHBEARER" => SaslMechanism::OAuthBearer,
                 _ => {
                     return Err(Error::config(
                         key,
                         value,
-                        "expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                        "expected PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
                     ))
                 }
             };
@@ -103,6 +113,26 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         }
         "sasl.username" => sasl_entry(c).username = v.to_string(),
         "sasl.password" => sasl_entry(c).password = Secret::new(value),
+        "sasl.oauthbearer.config" => c.oauthbearer_config = Some(v.to_string()),
+        "enable.sasl.oauthbearer.unsecure.jwt" => c.oauthbearer_unsecure_jwt = parse_bool(key, v)?,
+        "ssl.ca.location" => c.tls.ca_location = Some(non_empty(key, v)?),
+        "ssl.ca.pem" => c.tls.ca_pem = Some(non_empty(key, v)?),
+        "ssl.certificate.location" => c.tls.certificate_location = Some(non_empty(key, v)?),
+        "ssl.certificate.pem" => c.tls.certificate_pem = Some(non_empty(key, v)?),
+        "ssl.key.location" => c.tls.key_location = Some(non_empty(key, v)?),
+        "ssl.key.pem" => {
+            if v.is_empty() {
+                return Err(Error::config(key, "", "must not be empty"));
+            }
+            c.tls.key_pem = Some(Secret::new(v))
+        }
+        "ssl.endpoint.identification.algorithm" => {
+            c.tls.verify_hostname = match v.to_ascii_lowercase().as_str() {
+                "https" => true,
+                "none" | "" => false,
+                _ => return Err(Error::config(key, value, "expected https or none")),
+            }
+        }
         "reconnect.backoff.ms" => c.reconnect.initial_delay = parse_ms(key, v)?,
         "reconnect.backoff.max.ms" => c.reconnect.max_delay = parse_ms(key, v)?,
         "reconnect.backoff.multiplier" => c.reconnect.multiplier = parse_f64(key, v)?,
@@ -122,6 +152,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             c.health_check_interval = (!d.is_zero()).then_some(d);
         }
         "message.max.bytes" | "max.request.size" => c.message_max_bytes = parse_size(key, v)?,
+        "receive.message.max.bytes" => c.receive_message_max_bytes = parse_size(key, v)?,
         "linger.ms" | "queue.buffering.max.ms" => c.producer.linger = parse_ms(key, v)?,
         "batch.size" => c.producer.batch_max_bytes = parse_size(key, v)?,
         "queue.buffering.max.kbytes" => {
@@ -173,6 +204,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
             }
         }
         "enable.auto.commit" => c.consumer.enable_auto_commit = parse_bool(key, v)?,
+        "enable.auto.offset.store" => c.consumer.enable_auto_offset_store = parse_bool(key, v)?,
         "auto.commit.interval.ms" => c.consumer.auto_commit_interval = parse_positive_ms(key, v)?,
         "partition.assignment.strategy" => {
             let names = split_list(v);
@@ -191,6 +223,7 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         "fetch.max.bytes" => c.consumer.fetch_max_bytes = parse_size(key, v)?,
         "max.partition.fetch.bytes" => c.consumer.max_partition_fetch_bytes = parse_size(key, v)?,
         "fetch.wait.max.ms" | "fetch.max.wait.ms" => c.consumer.fetch_max_wait = parse_ms(key, v)?,
+        "check.crcs" => c.consumer.check_crcs = parse_bool(key, v)?,
         "queued.max.messages.kbytes" => {
             c.consumer.prefetch_max_bytes = parse_size(key, v)?
                 .checked_mul(1024)
@@ -307,10 +340,11 @@ fn parse_compression(key: &str, v: &str) -> Result<Compression> {
         "lz4" => Ok(Compression::Lz4),
         #[cfg(feature = "zstd")]
         "zstd" => Ok(Compression::Zstd),
+        #[allow(unreachable_patterns)] // reachable when a codec feature is off
         "lz4" | "zstd" => Err(Error::config(
             key,
             v,
-            format!("{v} needs purekafka's `{v}` feature (which needs a C compiler)"),
+            format!("{v} needs purekafka's `{v}` feature (on by default, pure Rust)"),
         )),
         _ => Err(Error::config(
             key,

@@ -69,11 +69,11 @@ pub enum SecurityProtocol {
     /// Plain TCP. The default: what a local or in-cluster broker speaks.
     #[default]
     Plaintext,
-    /// TLS (needs the `tls` feature, which needs a C compiler).
+    /// TLS on every connection (the `tls` feature, on by default).
     Ssl,
     /// SASL authentication over plain TCP.
     SaslPlaintext,
-    /// SASL authentication over TLS (needs the `tls` feature).
+    /// SASL authentication over TLS (the `tls` feature, on by default).
     SaslSsl,
 }
 
@@ -100,10 +100,48 @@ pub enum SaslMechanism {
     ScramSha256,
     /// `SCRAM-SHA-512`.
     ScramSha512,
+    /// `OAUTHBEARER` (KIP-255): a token from [`ConfigBuilder::oauthbearer_token_provider`], or
+    /// for development an unsecured JWT built from `sasl.oauthbearer.config`.
+    OAuthBearer,
 }
+
+impl SaslMechanism {
+    /// The mechanism's name on the wire (`PLAIN`, `SCRAM-SHA-256`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
+/// An OAUTHBEARER token, as a token provider returns it. `Debug` never shows the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthBearerToken {
+    /// The token (a JWT, usually) sent as `auth=Bearer <value>`.
+    pub value: Secret,
+    /// The principal the token names (for errors and logs only).
+    pub principal: String,
+    /// SASL extensions sent with the token (KIP-342), e.g. Confluent Cloud's
+    /// `logicalCluster` and `identityPoolId`.
+    pub extensions: Vec<(String, String)>,
+}
+
+/// The future an OAUTHBEARER token provider returns.
+pub type OAuthBearerTokenFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<OAuthBearerToken, String>> + Send>,
+>;
+
+/// Called for a token on every OAUTHBEARER login (each new connection and each
+/// re-authentication); it should cache and refresh tokens itself.
+pub type OAuthBearerTokenProvider =
+    std::sync::Arc<dyn Fn() -> OAuthBearerTokenFuture + Send + Sync>;
 
 /// SASL credentials. `Debug` never shows the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaslCredentials {
     /// The mechanism.
     pub mechanism: SaslMechanism,
@@ -111,6 +149,42 @@ pub struct SaslCredentials {
     pub username: String,
     /// The password.
     pub password: Secret,
+}
+
+/// TLS settings, by librdkafka's `ssl.*` keys. `Debug` never shows a private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsSettings {
+    /// PEM file of the CA certificate(s) to trust (`ssl.ca.location`, `KAFKA_SSL_CA_LOCATION`);
+    /// with neither this nor `ca_pem`, the Mozilla root store is used.
+    pub ca_location: Option<String>,
+    /// CA certificate(s) as PEM text (`ssl.ca.pem`, `KAFKA_SSL_CA_PEM`).
+    pub ca_pem: Option<String>,
+    /// PEM file of the client certificate chain for mutual TLS (`ssl.certificate.location`).
+    pub certificate_location: Option<String>,
+    /// The client certificate chain as PEM text (`ssl.certificate.pem`).
+    pub certificate_pem: Option<String>,
+    /// PEM file of the client's unencrypted private key (`ssl.key.location`).
+    pub key_location: Option<String>,
+    /// The client's unencrypted private key as PEM text (`ssl.key.pem`; never printed).
+    pub key_pem: Option<Secret>,
+    /// Verify the broker's host name or IP address against its certificate
+    /// (`ssl.endpoint.identification.algorithm`: `https`, the default, or `none`).
+    pub verify_hostname: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            ca_location: None,
+            ca_pem: None,
+            certificate_location: None,
+            certificate_pem: None,
+            key_location: None,
+            key_pem: None,
+            verify_hostname: true,
+        }
+    }
 }
 
 /// The acknowledgement a produce request waits for (`acks`).
@@ -147,10 +221,11 @@ pub enum Compression {
     Gzip,
     /// snappy (pure Rust).
     Snappy,
-    /// lz4 (the `lz4` feature; needs a C compiler).
+    /// lz4, LZ4 frame format (the `lz4` feature, on by default; pure Rust, `lz4_flex`).
     #[cfg(feature = "lz4")]
     Lz4,
-    /// zstd (the `zstd` feature; needs a C compiler).
+    /// zstd (the `zstd` feature, on by default; pure Rust, `ruzstd`). Every level is written
+    /// at ruzstd's only encoder level, "fastest" (about zstd level 1).
     #[cfg(feature = "zstd")]
     Zstd,
 }
@@ -246,6 +321,12 @@ pub struct ConsumerConfig {
     /// Commit polled offsets in the background (`enable.auto.commit`, default **false**:
     /// commit after processing, so nothing unprocessed is marked done).
     pub enable_auto_commit: bool,
+    /// Count polled records as processed at the next poll (`enable.auto.offset.store`,
+    /// default true, as librdkafka). With false, only what the application stores with
+    /// [`Consumer::store_offset`](crate::Consumer::store_offset) /
+    /// [`store_offsets`](crate::Consumer::store_offsets) is committed by auto-commit, by a
+    /// rebalance and by close.
+    pub enable_auto_offset_store: bool,
     /// Period of auto-commit (`auto.commit.interval.ms`, default 5 s).
     pub auto_commit_interval: Duration,
     /// Assignment strategies in order of preference (`partition.assignment.strategy`,
@@ -264,6 +345,9 @@ pub struct ConsumerConfig {
     /// Bound on prefetched, not yet polled bytes (`queued.max.messages.kbytes`, default
     /// 64 MiB).
     pub prefetch_max_bytes: usize,
+    /// Verify each fetched batch's CRC32C (`check.crcs`, default true as in the Java
+    /// client); a mismatch is an error for that partition only.
+    pub check_crcs: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -276,6 +360,7 @@ impl Default for ConsumerConfig {
             max_poll_interval: Duration::from_secs(300),
             auto_offset_reset: OffsetReset::Latest,
             enable_auto_commit: false,
+            enable_auto_offset_store: true,
             auto_commit_interval: Duration::from_secs(5),
             assignment_strategies: vec!["range".into(), "roundrobin".into()],
             fetch_min_bytes: 1,
@@ -283,6 +368,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1 << 20,
             fetch_max_wait: Duration::from_millis(500),
             prefetch_max_bytes: 64 << 20,
+            check_crcs: true,
         }
     }
 }
@@ -296,11 +382,21 @@ pub struct Config {
     pub(crate) enabled: bool,
     pub(crate) security_protocol: SecurityProtocol,
     pub(crate) sasl: Option<SaslCredentials>,
+    pub(crate) tls: TlsSettings,
+    pub(crate) oauthbearer_provider: Option<OAuthBearerTokenProvider>,
+    /// librdkafka's `sasl.oauthbearer.config` (unsecured JWT settings).
+    pub(crate) oauthbearer_config: Option<String>,
+    pub(crate) oauthbearer_unsecure_jwt: bool,
+    /// The rustls configuration built from `tls` by `build()` when the protocol uses TLS.
+    #[cfg(feature = "tls-core")]
+    pub(crate) tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub(crate) reconnect: ReconnectPolicy,
     pub(crate) request_timeout: Duration,
     pub(crate) metadata_max_age: Duration,
     pub(crate) health_check_interval: Option<Duration>,
     pub(crate) message_max_bytes: usize,
+    /// Largest response frame accepted from a broker (`receive.message.max.bytes`).
+    pub(crate) receive_message_max_bytes: usize,
     pub(crate) producer: ProducerConfig,
     pub(crate) consumer: ConsumerConfig,
     pub(crate) on_retry: Option<RetryHook>,
@@ -314,11 +410,17 @@ impl fmt::Debug for Config {
             .field("enabled", &self.enabled)
             .field("security_protocol", &self.security_protocol)
             .field("sasl", &self.sasl)
+            .field("tls", &self.tls)
+            .field(
+                "oauthbearer_provider",
+                &self.oauthbearer_provider.as_ref().map(|_| "<provider>"),
+            )
             .field("reconnect", &self.reconnect)
             .field("request_timeout", &self.request_timeout)
             .field("metadata_max_age", &self.metadata_max_age)
             .field("health_check_interval", &self.health_check_interval)
             .field("message_max_bytes", &self.message_max_bytes)
+            .field("receive_message_max_bytes", &self.receive_message_max_bytes)
             .field("producer", &self.producer)
             .field("consumer", &self.consumer)
             .field("on_retry", &self.on_retry.as_ref().map(|_| "<hook>"))
@@ -334,11 +436,18 @@ impl Default for Config {
             enabled: true,
             security_protocol: SecurityProtocol::Plaintext,
             sasl: None,
+            tls: TlsSettings::default(),
+            oauthbearer_provider: None,
+            oauthbearer_config: None,
+            oauthbearer_unsecure_jwt: false,
+            #[cfg(feature = "tls-core")]
+            tls_client: None,
             reconnect: ReconnectPolicy::default(),
             request_timeout: Duration::from_secs(30),
             metadata_max_age: Duration::from_secs(300),
             health_check_interval: Some(Duration::from_secs(10)),
             message_max_bytes: 1 << 20,
+            receive_message_max_bytes: 100_000_000,
             producer: ProducerConfig::default(),
             consumer: ConsumerConfig::default(),
             on_retry: None,
@@ -383,6 +492,10 @@ impl Config {
     /// SASL credentials, when `security.protocol` uses SASL.
     pub fn sasl(&self) -> Option<&SaslCredentials> {
         self.sasl.as_ref()
+    }
+    /// TLS settings (`ssl.*`), used when `security.protocol` is `ssl` or `sasl_ssl`.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
     }
     /// The backoff policy for connecting, reconnecting and retrying.
     pub fn reconnect(&self) -> &ReconnectPolicy {
@@ -480,6 +593,49 @@ impl ConfigBuilder {
         self
     }
 
+    /// Authenticates with SASL OAUTHBEARER, asking `provider` for a token on every login (sets
+    /// `sasl.mechanism` and, unless TLS was chosen, `security.protocol` = `sasl_plaintext`).
+    ///
+    /// ```
+    /// use purekafka::config::{OAuthBearerToken, Secret};
+    ///
+    /// let config = purekafka::Config::builder()
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .oauthbearer_token_provider(|| async {
+    ///         Ok(OAuthBearerToken {
+    ///             value: Secret::new("eyJ..."), // fetched from the identity provider
+    ///             principal: "svc-orders".into(),
+    ///             extensions: Vec::new(),
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// assert_eq!(config.sasl().unwrap().mechanism.name(), "OAUTHBEARER");
+    /// # Ok::<(), purekafka::Error>(())
+    /// ```
+    pub fn oauthbearer_token_provider<F, Fut>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<OAuthBearerToken, String>>
+            + Send
+            + 'static,
+    {
+        self.config.oauthbearer_provider = Some(std::sync::Arc::new(move || {
+            Box::pin(provider()) as OAuthBearerTokenFuture
+        }));
+        let sasl = self.config.sasl.get_or_insert_with(|| SaslCredentials {
+            mechanism: SaslMechanism::OAuthBearer,
+            username: String::new(),
+            password: Secret::new(""),
+        });
+        sasl.mechanism = SaslMechanism::OAuthBearer;
+        self.config.security_protocol = if self.config.security_protocol.uses_tls() {
+            SecurityProtocol::SaslSsl
+        } else {
+            SecurityProtocol::SaslPlaintext
+        };
+        self
+    }
+
     /// Replaces the reconnect / retry policy.
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.config.reconnect = policy;
@@ -546,11 +702,18 @@ impl ConfigBuilder {
                 "must not be empty",
             ));
         }
-        if c.security_protocol.uses_tls() && !cfg!(feature = "tls") {
+        #[allow(unused_mut)]
+        let mut c = c;
+        if c.security_protocol.uses_tls() {
+            #[cfg(feature = "tls-core")]
+            {
+                c.tls_client = Some(crate::tls::client_config(&c.tls)?);
+            }
+            #[cfg(not(feature = "tls-core"))]
             return Err(Error::config(
                 "security.protocol",
                 format!("{:?}", c.security_protocol).to_lowercase(),
-                "TLS needs purekafka's `tls` feature (which needs a C compiler)",
+                "this build has no TLS: enable purekafka's `tls` feature (on by default)",
             ));
         }
         match (&c.sasl, c.security_protocol.uses_sasl()) {
@@ -561,7 +724,22 @@ impl ConfigBuilder {
                     "security.protocol uses SASL but no sasl.username / sasl.password is set",
                 ))
             }
-            (Some(s), _) if s.username.is_empty() => {
+            (Some(s), _)
+                if s.mechanism == SaslMechanism::OAuthBearer
+                    && c.oauthbearer_provider.is_none() =>
+            {
+                if !c.oauthbearer_unsecure_jwt {
+                    return Err(Error::config(
+                        "sasl.mechanism",
+                        "OAUTHBEARER",
+                        "needs a token provider (ConfigBuilder::oauthbearer_token_provider), or \
+                         enable.sasl.oauthbearer.unsecure.jwt=true with sasl.oauthbearer.config \
+                         for development",
+                    ));
+                }
+                crate::wire::unsecured_jwt(c.oauthbearer_config.as_deref().unwrap_or(""))?;
+            }
+            (Some(s), _) if s.username.is_empty() && s.mechanism != SaslMechanism::OAuthBearer => {
                 return Err(Error::config("sasl.username", "", "SASL needs a user name"))
             }
             _ => {}
@@ -739,7 +917,7 @@ mod tests {
 
     #[test]
     fn tls_without_feature_is_explained() {
-        if cfg!(feature = "tls") {
+        if cfg!(feature = "tls-core") {
             return;
         }
         let e = base().set("security.protocol", "ssl").build().unwrap_err();

@@ -8,8 +8,42 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// A topic partition.
-pub type TopicPartition = (Arc<str>, i32);
+/// A topic partition: `orders/3`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic name.
+    pub topic: Arc<str>,
+    /// The partition id.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// `topic`/`partition`.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+impl From<(Arc<str>, i32)> for TopicPartition {
+    fn from((topic, partition): (Arc<str>, i32)) -> Self {
+        TopicPartition { topic, partition }
+    }
+}
+
+impl From<(&str, i32)> for TopicPartition {
+    fn from((topic, partition): (&str, i32)) -> Self {
+        TopicPartition::new(topic, partition)
+    }
+}
 
 /// One group member as the leader sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +123,9 @@ impl Assignor for RangeAssignor {
                 let start = per * i + i.min(extra);
                 let len = per + i32::from(i < extra);
                 let mine = out.entry(m.member_id.clone()).or_default();
-                mine.extend((start..start + len).map(|p| (Arc::clone(&topic), p)));
+                mine.extend(
+                    (start..start + len).map(|p| TopicPartition::new(Arc::clone(&topic), p)),
+                );
             }
         }
         out
@@ -134,7 +170,7 @@ impl Assignor for RoundRobinAssignor {
                     if m.topics.iter().any(|t| t == topic) {
                         out.entry(m.member_id.clone())
                             .or_default()
-                            .push((Arc::clone(&name), p));
+                            .push(TopicPartition::new(Arc::clone(&name), p));
                         break;
                     }
                 }
@@ -167,7 +203,9 @@ mod tests {
     }
 
     fn names(a: &[TopicPartition]) -> Vec<String> {
-        a.iter().map(|(t, p)| format!("{t}{p}")).collect()
+        a.iter()
+            .map(|tp| format!("{}{}", tp.topic, tp.partition))
+            .collect()
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Decoding fetched record batches (magic v2) into [`ConsumedRecord`]s without copying.
+//! Decoding fetched record batches into [`ConsumedRecord`]s without copying.
 //!
 //! Keys, values and header values are `Bytes` slices of the fetch response frame (or of the
 //! decompressed buffer of a compressed batch): no allocation per record beyond the record
@@ -6,6 +6,13 @@
 //! `RecordBatchDecoder` slices too, but builds its own record type (with an `IndexMap` of
 //! headers and producer fields) that would then be converted; decoding straight into
 //! `ConsumedRecord` skips that step.
+//!
+//! Input is untrusted: every length and count read off the wire is checked against the bytes
+//! actually present before use, nothing is allocated at a size read off the wire, offsets
+//! that overflow are errors, and (with `check.crcs`) each v2 batch's CRC32C is verified. An
+//! error concerns one partition: records of the complete batches before it are kept, the
+//! failing batch contributes none. Legacy message sets (magic 0 and 1, Kafka before 0.11)
+//! are decoded too, uncompressed or gzip/snappy-compressed, with their CRC32 checked.
 
 use std::sync::Arc;
 
@@ -18,7 +25,7 @@ use crate::record::{ConsumedRecord, Headers};
 const BATCH_HEADER: usize = 61;
 
 fn corrupt(what: &str) -> Error {
-    Error::Protocol(format!("corrupt record batch: {what}"))
+    Error::Protocol(what.to_string())
 }
 
 /// Reads a zig-zag varint.
@@ -65,115 +72,402 @@ pub(crate) struct Decoded {
     pub(crate) next_offset: Option<i64>,
 }
 
+/// Smallest encoded v2 record: length, attributes, timestamp delta, offset delta, key
+/// length, value length, header count (one byte each).
+const MIN_RECORD: usize = 7;
+
 /// Decodes the record batches of one partition's fetch response, keeping records with an
-/// offset of at least `from`.
+/// offset of at least `from`. On error, `out` holds what the complete batches before the
+/// failing one produced.
 pub(crate) fn decode_batches(
     mut data: Bytes,
     topic: &Arc<str>,
     partition: i32,
     from: i64,
+    check_crcs: bool,
     out: &mut Decoded,
 ) -> Result<()> {
-    while data.len() >= BATCH_HEADER {
+    // Offset, length, and the magic byte that says which layout follows.
+    while data.len() >= 17 {
         let base_offset = (&data[0..8]).get_i64();
         let batch_len = (&data[8..12]).get_i32();
-        if batch_len < 0 {
-            return Err(corrupt("negative batch length"));
+        let magic = data[16];
+        let at = |what: &str| {
+            Error::Protocol(format!(
+                "{topic}/{partition}: corrupt record batch at offset {base_offset}: {what}"
+            ))
+        };
+        let min_len = match magic {
+            2 => BATCH_HEADER - 12,
+            0 => 14,
+            1 => 22,
+            other => {
+                return Err(at(&format!(
+                    "unknown magic {other} (record batches v2, message sets v0 and v1 are known)"
+                )))
+            }
+        };
+        if batch_len < 0 || (batch_len as usize) < min_len {
+            return Err(at(&format!("length {batch_len} is below the header's")));
         }
         let total = 12 + batch_len as usize;
         if data.len() < total {
             // A partial batch at the end of the response (cut by max bytes): fetched again.
             break;
         }
-        let mut batch = data.split_to(total);
-        let magic = batch[16];
-        if magic != 2 {
-            return Err(Error::Protocol(format!(
-                "{topic}/{partition}: record batch magic {magic} at offset {base_offset} \
-                 (only v2 batches, Kafka 0.11+, are supported)"
-            )));
-        }
-        batch.advance(21); // base offset, length, leader epoch, magic, crc
-        let attributes = batch.get_i16();
-        let last_offset_delta = batch.get_i32();
-        let base_timestamp = batch.get_i64();
-        let max_timestamp = batch.get_i64();
-        batch.advance(8 + 2 + 4); // producer id, producer epoch, base sequence
-        let count = batch.get_i32();
-        out.next_offset = Some(base_offset + i64::from(last_offset_delta) + 1);
-        let is_control = attributes & 0x20 != 0;
-        if is_control || base_offset + i64::from(last_offset_delta) < from {
-            continue;
-        }
-        let log_append_time = attributes & 0x08 != 0;
-        let mut records = match attributes & 0x07 {
-            0 => batch,
-            codec => decompress(codec, batch, topic, partition)?,
+        let batch = data.split_to(total);
+        let kept = out.records.len();
+        let decoded = match magic {
+            2 => decode_v2(batch, topic, partition, from, check_crcs, out),
+            _ => decode_legacy(batch, topic, partition, from, check_crcs, 0, out),
         };
-        out.records.reserve(count.max(0) as usize);
-        for _ in 0..count {
-            let len = varint(&mut records)?;
-            if len < 0 || records.remaining() < len as usize {
-                return Err(corrupt("record longer than its batch"));
-            }
-            let mut rec = records.split_to(len as usize);
-            if !rec.has_remaining() {
-                return Err(corrupt("empty record"));
-            }
-            rec.advance(1); // attributes
-            let ts_delta = varint(&mut rec)?;
-            let offset_delta = varint(&mut rec)?;
-            let key = nullable_bytes(&mut rec)?;
-            let value = nullable_bytes(&mut rec)?;
-            let header_count = varint(&mut rec)?;
-            let mut headers = Headers::new();
-            for _ in 0..header_count.max(0) {
-                let name = nullable_bytes(&mut rec)?.unwrap_or_default();
-                let value = nullable_bytes(&mut rec)?.unwrap_or_default();
-                headers.insert(String::from_utf8_lossy(&name).into_owned(), value);
-            }
-            let offset = base_offset + offset_delta;
-            if offset < from {
-                continue;
-            }
-            out.records.push(ConsumedRecord {
-                topic: Arc::clone(topic),
-                partition,
-                offset,
-                key,
-                value,
-                headers,
-                timestamp: if log_append_time {
-                    max_timestamp
-                } else {
-                    base_timestamp + ts_delta
-                },
+        if let Err(e) = decoded {
+            out.records.truncate(kept);
+            return Err(match e {
+                Error::Protocol(m) if !m.starts_with(&**topic) => at(&m),
+                e => e,
             });
         }
     }
     Ok(())
 }
 
-fn decompress(codec: i16, mut batch: Bytes, topic: &str, partition: i32) -> Result<Bytes> {
-    use kafka_protocol::compression::Decompressor;
-    let failed = |e: anyhow::Error| {
-        Error::Protocol(format!(
-            "{topic}/{partition}: decompressing a batch (codec {codec}): {e}"
-        ))
-    };
-    let keep = |b: &mut Bytes| Ok(std::mem::take(b));
-    match codec {
-        1 => kafka_protocol::compression::Gzip::decompress(&mut batch, keep).map_err(failed),
-        2 => kafka_protocol::compression::Snappy::decompress(&mut batch, keep).map_err(failed),
-        #[cfg(feature = "lz4")]
-        3 => kafka_protocol::compression::Lz4::decompress(&mut batch, keep).map_err(failed),
-        #[cfg(feature = "zstd")]
-        4 => kafka_protocol::compression::Zstd::decompress(&mut batch, keep).map_err(failed),
-        other => Err(Error::Protocol(format!(
-            "{topic}/{partition}: batch compressed with codec {other}, which this build cannot \
-             decompress (lz4 and zstd need the `lz4` / `zstd` features)"
-        ))),
+/// One v2 record batch (its whole bytes, header included).
+fn decode_v2(
+    mut batch: Bytes,
+    topic: &Arc<str>,
+    partition: i32,
+    from: i64,
+    check_crcs: bool,
+    out: &mut Decoded,
+) -> Result<()> {
+    let base_offset = (&batch[0..8]).get_i64();
+    if check_crcs {
+        let stored = (&batch[17..21]).get_u32();
+        let computed = crc32c::crc32c(&batch[21..]);
+        if stored != computed {
+            return Err(Error::Protocol(format!(
+                "CRC32C mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            )));
+        }
     }
+    batch.advance(21); // base offset, length, leader epoch, magic, crc
+    let attributes = batch.get_i16();
+    let last_offset_delta = batch.get_i32();
+    let base_timestamp = batch.get_i64();
+    let max_timestamp = batch.get_i64();
+    batch.advance(8 + 2 + 4); // producer id, producer epoch, base sequence
+    let count = batch.get_i32();
+    let next = base_offset
+        .checked_add(i64::from(last_offset_delta))
+        .and_then(|o| o.checked_add(1))
+        .filter(|_| last_offset_delta >= 0 && base_offset >= 0)
+        .ok_or_else(|| corrupt("offsets out of range"))?;
+    if count < 0 {
+        return Err(corrupt("negative record count"));
+    }
+    let is_control = attributes & 0x20 != 0;
+    if is_control || next <= from {
+        out.next_offset = Some(next);
+        return Ok(());
+    }
+    let log_append_time = attributes & 0x08 != 0;
+    let mut records = match attributes & 0x07 {
+        0 => batch,
+        codec => decompress(codec, batch, topic, partition)?,
+    };
+    // Bounded by the bytes present, not by the count read off the wire.
+    out.records
+        .reserve((count as usize).min(records.len() / MIN_RECORD));
+    for _ in 0..count {
+        let len = varint(&mut records)?;
+        if len < 0 || records.remaining() < len as usize {
+            return Err(corrupt("record longer than its batch"));
+        }
+        let mut rec = records.split_to(len as usize);
+        if !rec.has_remaining() {
+            return Err(corrupt("empty record"));
+        }
+        rec.advance(1); // attributes
+        let ts_delta = varint(&mut rec)?;
+        let offset_delta = varint(&mut rec)?;
+        let key = nullable_bytes(&mut rec)?;
+        let value = nullable_bytes(&mut rec)?;
+        let header_count = varint(&mut rec)?;
+        let mut headers = Headers::new();
+        for _ in 0..header_count.max(0) {
+            let name = nullable_bytes(&mut rec)?.unwrap_or_default();
+            let value = nullable_bytes(&mut rec)?.unwrap_or_default();
+            headers.insert(String::from_utf8_lossy(&name).into_owned(), value);
+        }
+        let offset = base_offset
+            .checked_add(offset_delta)
+            .filter(|o| *o < next)
+            .ok_or_else(|| corrupt("record offset outside its batch"))?;
+        if offset < from {
+            continue;
+        }
+        out.records.push(ConsumedRecord {
+            topic: Arc::clone(topic),
+            partition,
+            offset,
+            key,
+            value,
+            headers,
+            timestamp: if log_append_time {
+                max_timestamp
+            } else {
+                base_timestamp.wrapping_add(ts_delta)
+            },
+        });
+    }
+    out.next_offset = Some(next);
+    Ok(())
+}
+
+/// A legacy message (magic 0 or 1) and, when it wraps a compressed message set, the messages
+/// inside it (`depth` 1; deeper nesting is corrupt).
+fn decode_legacy(
+    mut message: Bytes,
+    topic: &Arc<str>,
+    partition: i32,
+    from: i64,
+    check_crcs: bool,
+    depth: u8,
+    out: &mut Decoded,
+) -> Result<()> {
+    if message.len() < 12 + 14 {
+        return Err(corrupt("message shorter than its header"));
+    }
+    let offset = message.get_i64();
+    message.advance(4); // size
+    let stored = message.get_u32();
+    if check_crcs {
+        let mut crc = flate2::Crc::new();
+        crc.update(&message);
+        if crc.sum() != stored {
+            return Err(Error::Protocol(format!(
+                "CRC32 mismatch (stored {stored:#010x}, computed {:#010x})",
+                crc.sum()
+            )));
+        }
+    }
+    let magic = message.get_i8();
+    let attributes = message.get_i8();
+    if !(0..=1).contains(&magic) || (magic == 1 && message.remaining() < 8 + 8) {
+        return Err(corrupt(&format!("message of magic {magic} cut short")));
+    }
+    let timestamp = if magic == 1 { message.get_i64() } else { -1 };
+    let key = legacy_bytes(&mut message)?;
+    let value = legacy_bytes(&mut message)?;
+    let codec = attributes & 0x07;
+    if codec == 0 {
+        if offset < 0 {
+            return Err(corrupt("negative offset"));
+        }
+        if depth == 0 {
+            out.next_offset = Some(offset + 1);
+        }
+        if offset >= from {
+            out.records.push(ConsumedRecord {
+                topic: Arc::clone(topic),
+                partition,
+                offset,
+                key,
+                value,
+                headers: Headers::new(),
+                timestamp,
+            });
+        }
+        return Ok(());
+    }
+    if depth > 0 {
+        return Err(corrupt("compressed message inside a compressed message"));
+    }
+    let inner = value.ok_or_else(|| corrupt("compressed message without a value"))?;
+    let mut inner = decompress(i16::from(codec), inner, topic, partition)?;
+    // v1 wrappers carry the offset of their last inner message; inner offsets are relative
+    // (0..n). v0 inner offsets are absolute.
+    let mut messages = Vec::new();
+    while inner.len() >= 12 {
+        let len = (&inner[8..12]).get_i32();
+        if len < 14 || inner.len() < 12 + len as usize {
+            return Err(corrupt("inner message longer than its wrapper"));
+        }
+        messages.push(inner.split_to(12 + len as usize));
+    }
+    let last_relative = messages.last().map_or(0, |m| (&m[0..8]).get_i64());
+    let log_append_time = attributes & 0x08 != 0;
+    for mut m in messages {
+        if magic >= 1 {
+            let relative = (&m[0..8]).get_i64();
+            let absolute = offset
+                .checked_sub(last_relative)
+                .and_then(|o| o.checked_add(relative))
+                .ok_or_else(|| corrupt("offsets out of range"))?;
+            m = rewrite_offset(m, absolute);
+        }
+        let before = out.records.len();
+        decode_legacy(m, topic, partition, from, check_crcs, 1, out)?;
+        if log_append_time {
+            for r in &mut out.records[before..] {
+                r.timestamp = timestamp;
+            }
+        }
+    }
+    if offset < 0 {
+        return Err(corrupt("negative offset"));
+    }
+    out.next_offset = Some(offset + 1);
+    Ok(())
+}
+
+/// The message with its offset field replaced (the rest is shared, not copied).
+fn rewrite_offset(m: Bytes, offset: i64) -> Bytes {
+    let mut out = bytes::BytesMut::with_capacity(m.len());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&m[8..]);
+    out.freeze()
+}
+
+/// An i32-length-prefixed byte field of a legacy message; -1 is null.
+fn legacy_bytes(buf: &mut Bytes) -> Result<Option<Bytes>> {
+    if buf.remaining() < 4 {
+        return Err(corrupt("truncated message"));
+    }
+    let len = buf.get_i32();
+    if len < 0 {
+        return Ok(None);
+    }
+    if buf.remaining() < len as usize {
+        return Err(corrupt("field longer than its message"));
+    }
+    Ok(Some(buf.split_to(len as usize)))
+}
+
+/// One partition of a Fetch response (the fields the fetcher uses).
+#[derive(Debug)]
+pub(crate) struct FetchedPartition {
+    pub(crate) partition_index: i32,
+    pub(crate) error_code: i16,
+    pub(crate) high_watermark: i64,
+    pub(crate) records: Option<Bytes>,
+}
+
+/// One topic of a Fetch response.
+#[derive(Debug)]
+pub(crate) struct FetchedTopic {
+    pub(crate) topic: String,
+    pub(crate) partitions: Vec<FetchedPartition>,
+}
+
+/// A Fetch response (v4 to v11), decoded without trusting its counts: `kafka-protocol`
+/// reserves a vector of the announced length before reading the elements, so a corrupt or
+/// hostile count could abort the process on allocation; here vectors grow as elements are
+/// actually read, and record data stays a slice of the frame.
+#[derive(Debug)]
+pub(crate) struct FetchedResponse {
+    pub(crate) error_code: i16,
+    pub(crate) responses: Vec<FetchedTopic>,
+}
+
+fn need(buf: &Bytes, n: usize, what: &str) -> Result<()> {
+    if buf.remaining() < n {
+        return Err(Error::Protocol(format!(
+            "Fetch response cut short reading {what}"
+        )));
+    }
+    Ok(())
+}
+
+/// An i32 element count, checked against the bytes left (each element takes at least
+/// `min_size` bytes); -1 (null) reads as 0.
+fn count(buf: &mut Bytes, min_size: usize, what: &str) -> Result<usize> {
+    need(buf, 4, what)?;
+    let n = buf.get_i32();
+    if n < -1 {
+        return Err(Error::Protocol(format!("Fetch response: {what} count {n}")));
+    }
+    let n = n.max(0) as usize;
+    if n.saturating_mul(min_size) > buf.remaining() {
+        return Err(Error::Protocol(format!(
+            "Fetch response: {n} {what} announced, {} bytes left",
+            buf.remaining()
+        )));
+    }
+    Ok(n)
+}
+
+/// Decodes a Fetch response body of `version` (4..=11).
+pub(crate) fn decode_fetch_response(mut buf: Bytes, version: i16) -> Result<FetchedResponse> {
+    if !(4..=11).contains(&version) {
+        return Err(Error::Protocol(format!(
+            "Fetch v{version} responses are not decoded here (v4 to v11 are)"
+        )));
+    }
+    need(&buf, 4, "throttle time")?;
+    buf.advance(4);
+    let mut error_code = 0;
+    if version >= 7 {
+        need(&buf, 6, "error code and session id")?;
+        error_code = buf.get_i16();
+        buf.advance(4);
+    }
+    let topics = count(&mut buf, 6, "topics")?;
+    let mut responses = Vec::new();
+    for _ in 0..topics {
+        need(&buf, 2, "topic name")?;
+        let len = buf.get_i16();
+        if len < 0 {
+            return Err(Error::Protocol("Fetch response: null topic name".into()));
+        }
+        need(&buf, len as usize, "topic name")?;
+        let topic = String::from_utf8_lossy(&buf.split_to(len as usize)).into_owned();
+        // A partition: index, error, high watermark, last stable offset, (log start offset),
+        // aborted transactions, (preferred read replica), records.
+        let fixed = 4 + 2 + 8 + 8 + if version >= 5 { 8 } else { 0 };
+        let tail = if version >= 11 { 4 } else { 0 };
+        let partitions = count(&mut buf, fixed + 4 + tail + 4, "partitions")?;
+        let mut out = Vec::new();
+        for _ in 0..partitions {
+            need(&buf, fixed, "a partition")?;
+            let partition_index = buf.get_i32();
+            let error_code = buf.get_i16();
+            let high_watermark = buf.get_i64();
+            buf.advance(fixed - 14);
+            let aborted = count(&mut buf, 16, "aborted transactions")?;
+            buf.advance(aborted * 16);
+            need(&buf, tail + 4, "a partition's records")?;
+            buf.advance(tail);
+            let len = buf.get_i32();
+            let records = if len < 0 {
+                None
+            } else {
+                need(&buf, len as usize, "a partition's records")?;
+                Some(buf.split_to(len as usize))
+            };
+            out.push(FetchedPartition {
+                partition_index,
+                error_code,
+                high_watermark,
+                records,
+            });
+        }
+        responses.push(FetchedTopic {
+            topic,
+            partitions: out,
+        });
+    }
+    Ok(FetchedResponse {
+        error_code,
+        responses,
+    })
+}
+
+fn decompress(codec: i16, batch: Bytes, topic: &str, partition: i32) -> Result<Bytes> {
+    crate::codec::decompress(codec, &batch)
+        .map(|out| Bytes::from(out.into_owned()))
+        .map_err(|e| Error::Protocol(format!("{topic}/{partition}: {e}")))
 }
 
 #[cfg(test)]
@@ -236,7 +530,7 @@ mod tests {
             // A truncated trailing batch is left for the next fetch.
             let cut = whole.slice(..first.len() + 40);
             let mut out = Decoded::default();
-            decode_batches(cut, &topic, 0, 12, &mut out).unwrap();
+            decode_batches(cut, &topic, 0, 12, true, &mut out).unwrap();
             let offsets: Vec<i64> = out.records.iter().map(|r| r.offset).collect();
             assert_eq!(offsets, [12, 13, 14], "{compression:?}");
             assert_eq!(out.next_offset, Some(15));
@@ -246,11 +540,353 @@ mod tests {
             assert_eq!(r.timestamp, 1_002);
 
             let mut out = Decoded::default();
-            decode_batches(whole, &topic, 0, 0, &mut out).unwrap();
+            decode_batches(whole, &topic, 0, 0, true, &mut out).unwrap();
             assert_eq!(out.records.len(), 8);
             assert_eq!(out.records[1].headers.get_str("h"), Some("x"));
             assert_eq!(out.records[1].key, None);
             assert_eq!(out.next_offset, Some(18));
+        }
+    }
+
+    fn legacy_message(
+        magic: i8,
+        offset: i64,
+        codec: i8,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Bytes {
+        let mut body = BytesMut::new();
+        body.put_i8(magic);
+        body.put_i8(codec);
+        if magic == 1 {
+            body.put_i64(5_000 + offset);
+        }
+        match key {
+            Some(k) => {
+                body.put_i32(k.len() as i32);
+                body.extend_from_slice(k);
+            }
+            None => body.put_i32(-1),
+        }
+        body.put_i32(value.len() as i32);
+        body.extend_from_slice(value);
+        let mut crc = flate2::Crc::new();
+        crc.update(&body);
+        let mut m = BytesMut::new();
+        m.put_i64(offset);
+        m.put_i32(4 + body.len() as i32);
+        m.put_u32(crc.sum());
+        m.extend_from_slice(&body);
+        m.freeze()
+    }
+
+    use bytes::BufMut;
+
+    #[test]
+    fn legacy_message_sets_decode() {
+        let topic: Arc<str> = Arc::from("t");
+        for magic in [0, 1] {
+            let mut data = BytesMut::new();
+            for o in 0..3 {
+                data.extend_from_slice(&legacy_message(magic, o, 0, Some(b"k"), b"v"));
+            }
+            let mut out = Decoded::default();
+            decode_batches(data.freeze(), &topic, 0, 1, true, &mut out).unwrap();
+            let offsets: Vec<i64> = out.records.iter().map(|r| r.offset).collect();
+            assert_eq!(offsets, [1, 2], "magic {magic}");
+            assert_eq!(out.next_offset, Some(3));
+            assert_eq!(out.records[0].key.as_deref(), Some(&b"k"[..]));
+            let ts = if magic == 1 { 5_001 } else { -1 };
+            assert_eq!(out.records[0].timestamp, ts);
+        }
+        // A gzip wrapper (v1: inner offsets relative, the wrapper has the last one's).
+        let mut inner = BytesMut::new();
+        for o in 0..3 {
+            inner.extend_from_slice(&legacy_message(1, o, 0, None, format!("v{o}").as_bytes()));
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &inner).unwrap();
+        let wrapper = legacy_message(1, 12, 1, None, &gz.finish().unwrap());
+        let mut out = Decoded::default();
+        decode_batches(wrapper, &topic, 0, 0, true, &mut out).unwrap();
+        let offsets: Vec<i64> = out.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [10, 11, 12]);
+        assert_eq!(out.records[2].value.as_deref(), Some(&b"v2"[..]));
+        assert_eq!(out.next_offset, Some(13));
+    }
+
+    #[test]
+    fn crc_mismatch_is_an_error_and_keeps_earlier_batches() {
+        let topic: Arc<str> = Arc::from("t");
+        let first = encode(Compression::None, 0, 3);
+        let second = encode(Compression::None, 3, 3);
+        let mut data = BytesMut::new();
+        data.extend_from_slice(&first);
+        data.extend_from_slice(&second);
+        let n = data.len();
+        data[n - 2] ^= 0x55; // a byte of the second batch's last value
+        let data = data.freeze();
+        let mut out = Decoded::default();
+        let err = decode_batches(data.clone(), &topic, 7, 0, true, &mut out).unwrap_err();
+        assert!(err.to_string().contains("t/7"), "{err}");
+        assert!(err.to_string().contains("CRC32C mismatch"), "{err}");
+        // The encoder may split records into several batches: those before the altered one
+        // are kept (at least the first three records), none of the altered one.
+        let kept = out.records.len();
+        assert!((3..6).contains(&kept), "{kept} records kept");
+        assert_eq!(out.next_offset, Some(kept as i64));
+        // check.crcs=false: the altered value is delivered as it is.
+        let mut out = Decoded::default();
+        decode_batches(data, &topic, 7, 0, false, &mut out).unwrap();
+        assert_eq!(out.records.len(), 6);
+    }
+
+    #[test]
+    fn short_and_malformed_batches_are_errors() {
+        let topic: Arc<str> = Arc::from("t");
+        let good = encode(Compression::None, 0, 2);
+        let cases: Vec<(&str, Bytes)> = vec![
+            ("length below the header", {
+                let mut b = BytesMut::from(&good[..]);
+                b[8..12].copy_from_slice(&5i32.to_be_bytes());
+                b.freeze()
+            }),
+            ("unknown magic", {
+                let mut b = BytesMut::from(&good[..]);
+                b[16] = 7;
+                b.freeze()
+            }),
+            ("record count of 2^31 - 1", {
+                let mut b = BytesMut::from(&good[..]);
+                b[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+                b.freeze()
+            }),
+            ("offset overflow", {
+                let mut b = BytesMut::from(&good[..]);
+                b[0..8].copy_from_slice(&i64::MAX.to_be_bytes());
+                b.freeze()
+            }),
+        ];
+        for (what, data) in cases {
+            let mut out = Decoded::default();
+            let r = decode_batches(data, &topic, 0, 0, false, &mut out);
+            assert!(r.is_err(), "{what}: {r:?}");
+            assert!(out.records.is_empty(), "{what}");
+        }
+    }
+
+    /// The cost of `check.crcs`: decode 64 MiB of 1 KiB records with and without it.
+    /// `cargo test --release --lib crc_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check; run in release"]
+    fn crc_cost() {
+        let topic: Arc<str> = Arc::from("t");
+        let value = Bytes::from(vec![7u8; 1024]);
+        let mut data = BytesMut::new();
+        for b in 0..64 {
+            let records: Vec<Record> = (0..1000)
+                .map(|i| Record {
+                    transactional: false,
+                    control: false,
+                    partition_leader_epoch: 0,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: TimestampType::Creation,
+                    offset: b * 1000 + i,
+                    sequence: -1,
+                    delete_horizon: false,
+                    timestamp: 1_000,
+                    key: None,
+                    value: Some(value.clone()),
+                    headers: Default::default(),
+                })
+                .collect();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            };
+            RecordBatchEncoder::encode(&mut data, &records, &options).unwrap();
+        }
+        let data = data.freeze();
+        for check in [false, true, false, true] {
+            let mut best = std::time::Duration::MAX;
+            for _ in 0..5 {
+                let start = std::time::Instant::now();
+                let mut out = Decoded::default();
+                decode_batches(data.clone(), &topic, 0, 0, check, &mut out).unwrap();
+                assert_eq!(out.records.len(), 64_000);
+                best = best.min(start.elapsed());
+            }
+            let mib = data.len() as f64 / (1 << 20) as f64;
+            eprintln!(
+                "check.crcs={check}: {mib:.0} MiB in {best:?} ({:.0} MiB/s, {:.0} ns/record)",
+                mib / best.as_secs_f64(),
+                best.as_nanos() as f64 / 64_000.0
+            );
+        }
+    }
+
+    #[test]
+    fn fetch_response_decoder_agrees_with_kafka_protocol() {
+        use kafka_protocol::messages::fetch_response::{
+            AbortedTransaction, FetchableTopicResponse, PartitionData,
+        };
+        use kafka_protocol::messages::{FetchResponse, ProducerId, TopicName};
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        for version in [4, 5, 7, 11] {
+            let partitions: Vec<PartitionData> = (0..3)
+                .map(|p| {
+                    PartitionData::default()
+                        .with_partition_index(p)
+                        .with_error_code(if p == 1 { 6 } else { 0 })
+                        .with_high_watermark(100 + i64::from(p))
+                        .with_aborted_transactions(Some(vec![AbortedTransaction::default()
+                            .with_producer_id(ProducerId(7))
+                            .with_first_offset(3)]))
+                        .with_records((p != 2).then(|| encode(Compression::None, 0, 2)))
+                })
+                .collect();
+            let response =
+                FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("topic-a")))
+                    .with_partitions(partitions)]);
+            let mut body = BytesMut::new();
+            response.encode(&mut body, version).unwrap();
+            let decoded = decode_fetch_response(body.freeze(), version).unwrap();
+            assert_eq!(decoded.responses.len(), 1, "v{version}");
+            let t = &decoded.responses[0];
+            assert_eq!(t.topic, "topic-a");
+            assert_eq!(t.partitions.len(), 3);
+            for (i, p) in t.partitions.iter().enumerate() {
+                assert_eq!(p.partition_index, i as i32, "v{version}");
+                assert_eq!(p.error_code, if i == 1 { 6 } else { 0 });
+                assert_eq!(p.high_watermark, 100 + i as i64);
+                assert_eq!(
+                    p.records.as_ref().map(|r| r.to_vec()),
+                    (i != 2).then(|| encode(Compression::None, 0, 2).to_vec())
+                );
+            }
+        }
+        // A topic count of 2^31 - 1 with a few bytes behind it is an error, not an allocation.
+        let mut hostile = BytesMut::new();
+        hostile.put_i32(0);
+        hostile.put_i16(0);
+        hostile.put_i32(0);
+        hostile.put_i32(i32::MAX);
+        hostile.extend_from_slice(&[0; 32]);
+        assert!(decode_fetch_response(hostile.freeze(), 11).is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn valid() -> Bytes {
+            let mut data = BytesMut::new();
+            data.extend_from_slice(&encode(Compression::None, 0, 4));
+            data.extend_from_slice(&encode(Compression::Gzip, 4, 3));
+            data.extend_from_slice(&legacy_message(1, 7, 0, Some(b"k"), b"v"));
+            data.freeze()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400), crc in any::<bool>()) {
+                let mut out = Decoded::default();
+                let _ = decode_batches(Bytes::from(data), &Arc::from("t"), 0, 0, crc, &mut out);
+            }
+
+            #[test]
+            fn mutated_batches_never_panic(
+                flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<proptest::sample::Index>(),
+                crc in any::<bool>(),
+            ) {
+                let mut data = BytesMut::from(&valid()[..]);
+                for (at, byte) in flips {
+                    let i = at.index(data.len());
+                    data[i] = byte;
+                }
+                let len = data.len();
+                data.truncate(cut.index(len + 1));
+                let mut out = Decoded::default();
+                let r = decode_batches(data.freeze(), &Arc::from("t"), 0, 0, crc, &mut out);
+                // A corrupt batch contributes no record; without the CRC check a mutated
+                // batch may decode to anything, but never to more records than bytes.
+                prop_assert!(out.records.len() <= len);
+                if crc && r.is_ok() {
+                    // Only the header fields before the CRC can change unnoticed.
+                    prop_assert!(out.records.len() <= 8);
+                }
+            }
+
+            #[test]
+            fn truncation_keeps_whole_batches(cut in 0usize..2000) {
+                let data = valid();
+                let cut = cut.min(data.len());
+                let mut out = Decoded::default();
+                decode_batches(data.slice(..cut), &Arc::from("t"), 0, 0, true, &mut out).unwrap();
+                let mut all = Decoded::default();
+                decode_batches(data.clone(), &Arc::from("t"), 0, 0, true, &mut all).unwrap();
+                prop_assert_eq!(all.records.len(), 8);
+                // Whole batches only: a prefix of the full decode, and the next offset right
+                // after it.
+                let offsets: Vec<i64> = out.records.iter().map(|r| r.offset).collect();
+                let prefix: Vec<i64> = all.records.iter().take(offsets.len()).map(|r| r.offset).collect();
+                prop_assert_eq!(&offsets, &prefix);
+                prop_assert_eq!(out.next_offset, offsets.last().map(|o| o + 1));
+            }
+
+            /// The fetch-response path: a response frame with three partitions, mutated
+            /// and truncated, then decoded as the fetch worker does. No panic; a partition
+            /// whose bytes were not touched decodes in full.
+            #[test]
+            fn fetch_response_mutations_stay_per_partition(
+                at in any::<proptest::sample::Index>(),
+                byte in any::<u8>(),
+                cut in any::<proptest::sample::Index>(),
+            ) {
+                use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+                use kafka_protocol::messages::{FetchResponse, TopicName};
+                use kafka_protocol::protocol::{Encodable, StrBytes};
+                let partitions: Vec<PartitionData> = (0..3)
+                    .map(|p| PartitionData::default()
+                        .with_partition_index(p)
+                        .with_high_watermark(4)
+                        .with_records(Some(encode(Compression::None, 0, 4))))
+                    .collect();
+                let response = FetchResponse::default().with_responses(vec![
+                    FetchableTopicResponse::default()
+                        .with_topic(TopicName(StrBytes::from_static_str("t")))
+                        .with_partitions(partitions),
+                ]);
+                let mut frame = BytesMut::new();
+                response.encode(&mut frame, 11).unwrap();
+                let i = at.index(frame.len());
+                frame[i] = byte;
+                let len = frame.len();
+                frame.truncate(cut.index(len + 1).max(i + 1));
+                let frame = frame.freeze();
+                let Ok(decoded) = decode_fetch_response(frame, 11) else {
+                    return Ok(());
+                };
+                for t in decoded.responses {
+                    for p in t.partitions {
+                        let Some(records) = p.records else { continue };
+                        let mut out = Decoded::default();
+                        let r = decode_batches(records.clone(), &Arc::from("t"), p.partition_index, 0, true, &mut out);
+                        prop_assert!(t.topic.len() <= len);
+                        // A partition whose bytes were not touched decodes in full.
+                        let untouched = records == encode(Compression::None, 0, 4);
+                        if untouched {
+                            prop_assert!(r.is_ok());
+                            prop_assert_eq!(out.records.len(), 4);
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -17,18 +17,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::assignor::TopicPartition;
-use super::decode::{decode_batches, Decoded};
+use super::decode::{decode_batches, decode_fetch_response, Decoded};
 use super::offsets;
 use super::state::{Chunk, Shared};
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::wire::BrokerConnection;
 
 /// Fetch v13+ names topics by id; v12 is the last to use names, but tansu 0.6.0 sends a
 /// top-level tagged field in v12 responses that v12 does not define: v11 works on both.
 const FETCH_MAX: i16 = 11;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often an idle worker looks again (leaders may have moved to it).
 const IDLE_RECHECK: Duration = Duration::from_millis(200);
 
@@ -139,11 +137,11 @@ impl Fetcher {
             if p.backoff_until.is_some_and(|t| t > now) {
                 continue;
             }
-            match md.leader(&tp.0, tp.1) {
+            match md.leader(&tp.topic, tp.partition) {
                 Some(l) if l == node => {}
                 Some(_) => continue,
                 None => {
-                    leaderless.insert(Arc::clone(&tp.0));
+                    leaderless.insert(Arc::clone(&tp.topic));
                     continue;
                 }
             }
@@ -160,7 +158,7 @@ impl Fetcher {
     /// Marks planned partitions as no longer in flight, backing them off after a failure.
     fn release(&self, planned: &[Planned], failures: u32) {
         let mut state = self.shared.lock();
-        let until = (failures > 0).then(|| Instant::now() + backoff(failures));
+        let until = (failures > 0).then(|| Instant::now() + backoff(&self.client, failures));
         for f in planned {
             if let Some(p) = state.partitions.get_mut(&f.tp) {
                 p.in_flight = false;
@@ -195,10 +193,14 @@ impl Fetcher {
                         .get(&node)
                         .cloned()
                         .ok_or_else(|| {
-                            Error::broker(8, format!("broker {node} is not in metadata"), None)
+                            Error::broker(
+                                ErrorCode::BrokerNotAvailable.code(),
+                                format!("broker {node} is not in metadata"),
+                                None,
+                            )
                         })?,
                 };
-                let c = Arc::new(BrokerConnection::connect(&addr, self.client.config()).await?);
+                let c = cluster.open(&addr).await?;
                 *own = Some(Arc::clone(&c));
                 c
             }
@@ -207,16 +209,19 @@ impl Fetcher {
         let mut topics: Vec<FetchTopic> = Vec::new();
         for f in planned {
             let partition = FetchPartition::default()
-                .with_partition(f.tp.1)
+                .with_partition(f.tp.partition)
                 .with_current_leader_epoch(-1)
                 .with_fetch_offset(f.offset)
                 .with_log_start_offset(-1)
                 .with_partition_max_bytes(config.max_partition_fetch_bytes as i32);
-            match topics.iter_mut().find(|t| t.topic.0.as_str() == &*f.tp.0) {
+            match topics
+                .iter_mut()
+                .find(|t| t.topic.0.as_str() == &*f.tp.topic)
+            {
                 Some(t) => t.partitions.push(partition),
                 None => topics.push(
                     FetchTopic::default()
-                        .with_topic(TopicName(StrBytes::from_string(f.tp.0.to_string())))
+                        .with_topic(TopicName(StrBytes::from_string(f.tp.topic.to_string())))
                         .with_partitions(vec![partition]),
                 ),
             }
@@ -231,9 +236,8 @@ impl Fetcher {
             .with_session_epoch(-1)
             .with_topics(topics);
         let timeout = self.client.config().request_timeout() + config.fetch_max_wait;
-        let response = conn
-            .send_version_timeout(&request, version, timeout)
-            .await?;
+        let body = conn.send_version_raw(&request, version, timeout).await?;
+        let response = decode_fetch_response(body, version)?;
         if response.error_code != 0 {
             return Err(Error::broker(
                 response.error_code,
@@ -248,7 +252,7 @@ impl Fetcher {
             for p in t.partitions {
                 let Some(f) = planned
                     .iter()
-                    .find(|f| &*f.tp.0 == t.topic.0.as_str() && f.tp.1 == p.partition_index)
+                    .find(|f| *f.tp.topic == *t.topic && f.tp.partition == p.partition_index)
                 else {
                     continue;
                 };
@@ -258,15 +262,24 @@ impl Fetcher {
                         outcome.out_of_range.push((f.tp.clone(), f.epoch));
                         continue;
                     }
-                    3 | 5 | 6 | 56 | 74 | 75 => {
-                        tracing::debug!(topic = %f.tp.0, partition = f.tp.1, code = p.error_code, "leader changed; refreshing metadata");
-                        outcome.stale_leaders.insert(Arc::clone(&f.tp.0));
+                    c if matches!(
+                        ErrorCode::from_code(c),
+                        ErrorCode::UnknownTopicOrPartition
+                            | ErrorCode::LeaderNotAvailable
+                            | ErrorCode::NotLeaderOrFollower
+                            | ErrorCode::KafkaStorageError
+                            | ErrorCode::FencedLeaderEpoch
+                            | ErrorCode::UnknownLeaderEpoch
+                    ) =>
+                    {
+                        tracing::debug!(topic = %f.tp.topic, partition = f.tp.partition, code = p.error_code, "leader changed; refreshing metadata");
+                        outcome.stale_leaders.insert(Arc::clone(&f.tp.topic));
                         continue;
                     }
                     code => {
                         outcome.errors.push(Error::broker(
                             code,
-                            format!("fetch of {}/{}", f.tp.0, f.tp.1),
+                            format!("fetch of {}/{}", f.tp.topic, f.tp.partition),
                             None,
                         ));
                         continue;
@@ -275,7 +288,14 @@ impl Fetcher {
                 let mut decoded = Decoded::default();
                 let bytes = p.records.as_ref().map_or(0, |r| r.len());
                 if let Some(records) = p.records {
-                    decode_batches(records, &f.tp.0, f.tp.1, f.offset, &mut decoded)?;
+                    // A corrupt batch is this partition's error only: the batches before it
+                    // are delivered, the partition waits before fetching it again, and the
+                    // other partitions of the response go on.
+                    if let Err(e) = decode(records, f, config.check_crcs, &mut decoded) {
+                        tracing::warn!(topic = %f.tp.topic, partition = f.tp.partition, error = %e, "undecodable fetch data");
+                        outcome.errors.push(e);
+                        outcome.corrupt.push(f.tp.clone());
+                    }
                 }
                 chunks.push((f, decoded, bytes, p.high_watermark));
             }
@@ -315,16 +335,46 @@ impl Fetcher {
     }
 }
 
+/// Decodes one partition's records; a panic (a decoder bug) becomes that partition's error
+/// rather than ending the worker (with unwinding builds; release builds abort on panic, which
+/// is why the decoder is written and property-tested not to panic).
+fn decode(data: bytes::Bytes, f: &Planned, check_crcs: bool, out: &mut Decoded) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_batches(data, &f.tp.topic, f.tp.partition, f.offset, check_crcs, out)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::Protocol(format!(
+            "{}: the record batch decoder panicked",
+            f.tp
+        )))
+    })
+}
+
 #[derive(Default)]
 struct FetchOutcome {
     got_data: bool,
+    /// Partitions whose data did not decode: backed off before the next fetch.
+    corrupt: Vec<TopicPartition>,
     out_of_range: Vec<(TopicPartition, u64)>,
     stale_leaders: HashSet<Arc<str>>,
     errors: Vec<Error>,
 }
 
-fn backoff(failures: u32) -> Duration {
-    (BACKOFF_MIN * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(BACKOFF_MAX)
+/// The delay after `failures` failed fetches in a row: the client's reconnect policy.
+fn backoff(client: &Client, failures: u32) -> Duration {
+    client.config().reconnect.delay_for_attempt(failures)
+}
+
+/// Releases its planned partitions when dropped (forgotten once the fetch returned).
+struct InFlight<'a> {
+    fetcher: &'a Fetcher,
+    planned: &'a [Planned],
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.fetcher.release(self.planned, 1);
+    }
 }
 
 /// Refreshes metadata for `topics` and starts workers for brokers seen for the first time.
@@ -352,7 +402,15 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
             continue;
         }
         tracing::trace!(broker = node, partitions = planned.len(), "fetching");
-        match fetcher.fetch(node, &planned, &mut conn).await {
+        // Should this task end inside the fetch (aborted by `stop`, or a panic), its
+        // partitions must not stay marked in flight, or no worker would fetch them again.
+        let in_flight = InFlight {
+            fetcher: &fetcher,
+            planned: &planned,
+        };
+        let fetched = fetcher.fetch(node, &planned, &mut conn).await;
+        std::mem::forget(in_flight);
+        match fetched {
             Ok(outcome) => {
                 tracing::trace!(broker = node, got_data = outcome.got_data, "fetched");
                 failures = 0;
@@ -363,13 +421,15 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
                 if !outcome.stale_leaders.is_empty() {
                     let stale: Vec<&Planned> = planned
                         .iter()
-                        .filter(|f| outcome.stale_leaders.contains(&f.tp.0))
+                        .filter(|f| outcome.stale_leaders.contains(&f.tp.topic))
                         .collect();
+                    // A moved leader: pause these partitions for the policy's first delay.
+                    let pause = fetcher.client.config().reconnect.initial_delay;
                     {
                         let mut state = fetcher.shared.lock();
                         for f in stale {
                             if let Some(p) = state.partitions.get_mut(&f.tp) {
-                                p.backoff_until = Some(Instant::now() + BACKOFF_MIN);
+                                p.backoff_until = Some(Instant::now() + pause);
                             }
                         }
                     }
@@ -387,13 +447,23 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
                         fetcher.shared.fail(e);
                     }
                 }
+                if !outcome.corrupt.is_empty() {
+                    // Corrupt data rarely heals quickly: wait the policy's longest delay.
+                    let pause = fetcher.client.config().reconnect.max_delay;
+                    let mut state = fetcher.shared.lock();
+                    for tp in &outcome.corrupt {
+                        if let Some(p) = state.partitions.get_mut(tp) {
+                            p.backoff_until = Some(Instant::now() + pause);
+                        }
+                    }
+                }
                 for e in outcome.errors {
                     fetcher.shared.fail(e);
                 }
             }
             Err(e) => {
                 failures += 1;
-                let delay = backoff(failures);
+                let delay = backoff(&fetcher.client, failures);
                 tracing::warn!(
                     operation = "fetch",
                     broker = node,
@@ -407,9 +477,9 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
                 // transient, fetching resumes when it is back.
                 let transient = e.is_connection_error()
                     || e.is_retriable()
-                    || e.kafka_code().map(|c| c.code()) == Some(8);
+                    || e.kafka_code() == Some(ErrorCode::BrokerNotAvailable);
                 if transient {
-                    let topics = planned.iter().map(|f| Arc::clone(&f.tp.0)).collect();
+                    let topics = planned.iter().map(|f| Arc::clone(&f.tp.topic)).collect();
                     refresh(&fetcher, topics).await;
                 } else {
                     fetcher.shared.fail(e);

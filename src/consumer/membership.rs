@@ -75,7 +75,11 @@ pub(crate) fn decode_subscription(mut data: Bytes) -> Result<ConsumerProtocolSub
 /// Encodes one member's assignment for SyncGroup.
 pub(crate) fn encode_assignment(partitions: &[TopicPartition]) -> Bytes {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in partitions {
+    for TopicPartition {
+        topic: t,
+        partition: p,
+    } in partitions
+    {
         by_topic.entry(t).or_default().push(*p);
     }
     let a = ConsumerProtocolAssignment::default().with_assigned_partitions(
@@ -106,7 +110,11 @@ pub(crate) fn decode_assignment(mut data: Bytes) -> Result<Vec<TopicPartition>> 
     let mut out = Vec::new();
     for t in a.assigned_partitions {
         let topic: Arc<str> = Arc::from(t.topic.0.as_str());
-        out.extend(t.partitions.into_iter().map(|p| (Arc::clone(&topic), p)));
+        out.extend(
+            t.partitions
+                .into_iter()
+                .map(|p| TopicPartition::new(Arc::clone(&topic), p)),
+        );
     }
     out.sort();
     Ok(out)
@@ -212,7 +220,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             }
             Err(e) => {
                 failures += 1;
-                let delay = Duration::from_millis(200 * u64::from(failures.min(10)));
+                let delay = inner.client.config().reconnect.delay_for_attempt(failures);
                 tracing::warn!(group = %inner.coordinator.group(), attempt = failures, delay_ms = delay.as_millis() as u64, error = %e, "joining the group failed, retrying");
                 if !e.is_retriable() {
                     inner.shared.fail(e);
@@ -235,7 +243,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 }
             }
         };
-        revoke(&inner).await;
+        // Fenced or timed out (Reset): the partitions are lost, not handed over.
+        revoke(&inner, matches!(exit, Exit::Reset)).await;
         match exit {
             Exit::Rejoin => {}
             Exit::Reset => {
@@ -413,7 +422,7 @@ async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPar
             .map(|tp| (tp.clone(), PartitionState::new()))
             .collect();
     }
-    let mut topics: Vec<&str> = assignment.iter().map(|(t, _)| &**t).collect();
+    let mut topics: Vec<&str> = assignment.iter().map(|tp| &*tp.topic).collect();
     topics.dedup();
     if !assignment.is_empty() {
         if let Err(e) = inner.fetcher.start(&topics).await {
@@ -449,9 +458,10 @@ async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPar
     inner.shared.data_ready.notify_waiters();
 }
 
-/// Gives up every partition: commits what was processed (unless disabled), calls
-/// `on_revoked`, drops buffered records.
-async fn revoke(inner: &Inner) {
+/// Gives up every partition: commits what was processed (unless disabled) and calls
+/// `on_revoked`, or, when they were `lost` (session ran out, member fenced), commits nothing
+/// and calls `on_lost`; drops buffered records.
+async fn revoke(inner: &Inner, lost: bool) {
     let (partitions, processed) = {
         let state = inner.shared.lock();
         let processed = state.uncommitted_processed();
@@ -459,7 +469,7 @@ async fn revoke(inner: &Inner) {
         partitions.sort();
         (partitions, processed)
     };
-    if inner.callbacks.commit_on_revoke() && !processed.is_empty() {
+    if !lost && inner.callbacks.commit_on_revoke() && !processed.is_empty() {
         if let Err(e) = super::offsets::commit(
             &inner.client,
             &inner.coordinator,
@@ -472,7 +482,11 @@ async fn revoke(inner: &Inner) {
             tracing::warn!(group = %inner.coordinator.group(), error = %e, "committing processed offsets on revoke failed; their records will be delivered again");
         }
     }
-    inner.callbacks.revoked(&partitions);
+    if lost {
+        inner.callbacks.lost(&partitions);
+    } else {
+        inner.callbacks.revoked(&partitions);
+    }
     let mut state = inner.shared.lock();
     state.partitions.clear();
     state.buffer.clear();
@@ -601,9 +615,9 @@ mod tests {
             ["a", "b"]
         );
         let tps: Vec<TopicPartition> = vec![
-            (Arc::from("a"), 0),
-            (Arc::from("a"), 2),
-            (Arc::from("b"), 1),
+            TopicPartition::new("a", 0),
+            TopicPartition::new("a", 2),
+            TopicPartition::new("b", 1),
         ];
         assert_eq!(decode_assignment(encode_assignment(&tps)).unwrap(), tps);
         assert!(decode_assignment(Bytes::new()).unwrap().is_empty());

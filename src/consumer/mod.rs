@@ -37,8 +37,8 @@
 pub mod assignor;
 mod decode;
 mod fetcher;
-mod membership;
-mod offsets;
+pub(crate) mod membership;
+pub(crate) mod offsets;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,13 +62,42 @@ use state::Shared;
 /// Most records one `poll` returns (whole fetched chunks are split at this size).
 const MAX_POLL_RECORDS: usize = 10_000;
 
-type Callback = Arc<dyn Fn(&[TopicPartition]) + Send + Sync>;
+/// Told about rebalances: which partitions this member got, gave up, or lost. Set one with
+/// [`Consumer::set_rebalance_listener`]. Runs on the membership task: keep it short.
+///
+/// ```no_run
+/// use purekafka::consumer::RebalanceListener;
+/// use purekafka::TopicPartition;
+///
+/// struct Log;
+/// impl RebalanceListener for Log {
+///     fn on_assigned(&self, partitions: &[TopicPartition]) {
+///         println!("assigned {partitions:?}");
+///     }
+///     fn on_lost(&self, partitions: &[TopicPartition]) {
+///         println!("lost {partitions:?}: another member may already process them");
+///     }
+/// }
+/// # fn demo(consumer: &purekafka::Consumer) { consumer.set_rebalance_listener(Log); }
+/// ```
+pub trait RebalanceListener: Send + Sync + 'static {
+    /// A new assignment, after its start positions are known.
+    fn on_assigned(&self, _partitions: &[TopicPartition]) {}
+    /// Partitions given up in an orderly rebalance (or on close), after the offsets of
+    /// processed records were committed (unless [`Consumer::commit_on_revoke`] is off).
+    fn on_revoked(&self, _partitions: &[TopicPartition]) {}
+    /// Partitions lost without a rebalance: the session ran out or the coordinator fenced
+    /// this member (unknown member, illegal generation). Nothing was committed: another
+    /// member may own them already. By default the same as [`on_revoked`](Self::on_revoked).
+    fn on_lost(&self, partitions: &[TopicPartition]) {
+        self.on_revoked(partitions);
+    }
+}
 
-/// Rebalance callbacks and options.
+/// Rebalance listener and options.
 #[derive(Default)]
 struct Callbacks {
-    on_assigned: Mutex<Option<Callback>>,
-    on_revoked: Mutex<Option<Callback>>,
+    listener: Mutex<Option<Arc<dyn RebalanceListener>>>,
     no_commit_on_revoke: std::sync::atomic::AtomicBool,
     /// Set by the runtime (`worker`): a poll does not count the previous poll's records as
     /// processed; only [`Consumer::mark_processed`] does, so that revoke and close commit
@@ -77,24 +106,25 @@ struct Callbacks {
 }
 
 impl Callbacks {
-    fn assigned(&self, partitions: &[TopicPartition]) {
-        let cb = self
-            .on_assigned
+    fn listener(&self) -> Option<Arc<dyn RebalanceListener>> {
+        self.listener
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(cb) = cb {
-            cb(partitions);
+            .clone()
+    }
+    fn assigned(&self, partitions: &[TopicPartition]) {
+        if let Some(l) = self.listener() {
+            l.on_assigned(partitions);
         }
     }
     fn revoked(&self, partitions: &[TopicPartition]) {
-        let cb = self
-            .on_revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(cb) = cb {
-            cb(partitions);
+        if let Some(l) = self.listener() {
+            l.on_revoked(partitions);
+        }
+    }
+    fn lost(&self, partitions: &[TopicPartition]) {
+        if let Some(l) = self.listener() {
+            l.on_lost(partitions);
         }
     }
     fn commit_on_revoke(&self) -> bool {
@@ -179,13 +209,19 @@ impl Client {
         names.sort();
         names.dedup();
         let shared = Shared::new();
+        let callbacks = Callbacks::default();
+        if !self.config().consumer().enable_auto_offset_store {
+            callbacks
+                .manual_processed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let inner = Arc::new(Inner {
             client: self.clone(),
             topics: names,
             coordinator: Coordinator::new(Arc::clone(self.wire()?), &group),
             fetcher: Fetcher::new(self.clone(), Arc::clone(&shared)),
             shared,
-            callbacks: Callbacks::default(),
+            callbacks,
             tasks: Mutex::new(Vec::new()),
             close_done: tokio::sync::Mutex::new(false),
         });
@@ -433,7 +469,7 @@ impl Consumer {
     /// `offset`. Buffered records of the partition are dropped.
     pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
         let mut state = self.inner.shared.lock();
-        let tp: TopicPartition = (Arc::from(topic), partition);
+        let tp = TopicPartition::new(topic, partition);
         let p = state
             .partitions
             .get_mut(&tp)
@@ -452,7 +488,7 @@ impl Consumer {
     pub fn pause(&self, partitions: &[(&str, i32)]) -> Result<()> {
         let mut state = self.inner.shared.lock();
         for &(topic, partition) in partitions {
-            let tp: TopicPartition = (Arc::from(topic), partition);
+            let tp = TopicPartition::new(topic, partition);
             let p = state
                 .partitions
                 .get_mut(&tp)
@@ -470,7 +506,7 @@ impl Consumer {
     pub fn resume(&self, partitions: &[(&str, i32)]) -> Result<()> {
         let mut state = self.inner.shared.lock();
         for &(topic, partition) in partitions {
-            let tp: TopicPartition = (Arc::from(topic), partition);
+            let tp = TopicPartition::new(topic, partition);
             let p = state
                 .partitions
                 .get_mut(&tp)
@@ -501,7 +537,7 @@ impl Consumer {
         let state = self.inner.shared.lock();
         state
             .partitions
-            .get(&(Arc::from(topic), partition))
+            .get(&TopicPartition::new(topic, partition))
             .and_then(|p| p.position)
     }
 
@@ -519,7 +555,10 @@ impl Consumer {
         &self,
         partitions: &[(&str, i32)],
     ) -> Result<BTreeMap<TopicPartition, i64>> {
-        let tps: Vec<TopicPartition> = partitions.iter().map(|&(t, p)| (Arc::from(t), p)).collect();
+        let tps: Vec<TopicPartition> = partitions
+            .iter()
+            .map(|&(t, p)| TopicPartition::new(t, p))
+            .collect();
         let coordinator = &self.inner.coordinator;
         let found = self
             .inner
@@ -548,26 +587,15 @@ impl Consumer {
             .collect())
     }
 
-    /// Calls `f` with the partitions of each new assignment (after their start positions are
-    /// known). Runs on the membership task: keep it short.
-    pub fn on_assigned(&self, f: impl Fn(&[TopicPartition]) + Send + Sync + 'static) {
+    /// Sets the [`RebalanceListener`] told about assigned, revoked and lost partitions
+    /// (replacing any earlier one).
+    pub fn set_rebalance_listener(&self, listener: impl RebalanceListener) {
         *self
             .inner
             .callbacks
-            .on_assigned
+            .listener
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
-    }
-
-    /// Calls `f` with the partitions given up before each rebalance, after the offsets of
-    /// processed records were committed (unless [`commit_on_revoke(false)`](Self::commit_on_revoke)).
-    pub fn on_revoked(&self, f: impl Fn(&[TopicPartition]) + Send + Sync + 'static) {
-        *self
-            .inner
-            .callbacks
-            .on_revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(listener));
     }
 
     /// Whether processed offsets are committed when partitions are revoked (default true).
@@ -602,6 +630,24 @@ impl Consumer {
             .callbacks
             .manual_processed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stores `record` as processed (librdkafka's `rd_kafka_offset_store`): auto-commit, a
+    /// rebalance and [`close`](Self::close) commit up to the offset after it. Meant for
+    /// `enable.auto.offset.store = false`, where only stored records are committed; with the
+    /// default (true) the next poll stores everything polled anyway. A record of a partition
+    /// no longer assigned is ignored (the new owner reads it again). Offsets never move back.
+    pub fn store_offset(&self, record: &ConsumedRecord) {
+        self.mark_processed([(
+            TopicPartition::new(Arc::clone(&record.topic), record.partition),
+            record.offset + 1,
+        )]);
+    }
+
+    /// Stores `offsets` (the next offset to read, per partition) as processed, as
+    /// [`store_offset`](Self::store_offset) does for one record.
+    pub fn store_offsets(&self, offsets: impl IntoIterator<Item = (TopicPartition, i64)>) {
+        self.mark_processed(offsets);
     }
 
     /// Records `offsets` (next offset, per partition) as processed; partitions no longer
@@ -672,14 +718,26 @@ async fn close_inner(inner: &Inner) -> Result<()> {
         state.uncommitted_processed()
     };
     inner.fetcher.stop();
-    let commit = offsets::commit(
-        &inner.client,
-        &inner.coordinator,
-        &inner.shared,
-        processed,
-        false,
+    // Close has a deadline even when the coordinator never answers: the commit gets one
+    // request timeout (its retries included), the LeaveGroup two below.
+    let limit = inner.client.config().request_timeout();
+    let commit = tokio::time::timeout(
+        limit,
+        offsets::commit(
+            &inner.client,
+            &inner.coordinator,
+            &inner.shared,
+            processed,
+            false,
+        ),
     )
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::Timeout {
+            operation: "commit on close".into(),
+            after: limit,
+        })
+    });
     // Clear what revoke would commit again, then let the membership task leave.
     for p in inner.shared.lock().partitions.values_mut() {
         p.processed = p.committed;
@@ -739,7 +797,7 @@ fn next_offsets(records: &[ConsumedRecord]) -> HashMap<TopicPartition, i64> {
     let mut offsets: HashMap<TopicPartition, i64> = HashMap::new();
     for r in records {
         let e = offsets
-            .entry((Arc::clone(&r.topic), r.partition))
+            .entry(TopicPartition::new(Arc::clone(&r.topic), r.partition))
             .or_insert(r.offset + 1);
         *e = (*e).max(r.offset + 1);
     }

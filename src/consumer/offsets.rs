@@ -14,7 +14,7 @@ use super::state::Shared;
 use crate::client::Client;
 use crate::config::OffsetReset;
 use crate::coordinator::Coordinator;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 const LIST_OFFSETS_MAX: i16 = 7;
 
@@ -32,7 +32,11 @@ async fn list_offsets_once(
 ) -> Result<HashMap<TopicPartition, i64>> {
     let cluster = client.wire()?;
     let mut by_leader: HashMap<i32, HashMap<Arc<str>, Vec<i32>>> = HashMap::new();
-    for (t, p) in partitions {
+    for TopicPartition {
+        topic: t,
+        partition: p,
+    } in partitions
+    {
         let (leader, _) = cluster.leader(t, *p).await?;
         by_leader
             .entry(leader)
@@ -73,7 +77,14 @@ async fn list_offsets_once(
             };
             for p in t.partitions {
                 if p.error_code != 0 {
-                    if matches!(p.error_code, 3 | 5 | 6 | 74 | 75) {
+                    if matches!(
+                        ErrorCode::from_code(p.error_code),
+                        ErrorCode::UnknownTopicOrPartition
+                            | ErrorCode::LeaderNotAvailable
+                            | ErrorCode::NotLeaderOrFollower
+                            | ErrorCode::FencedLeaderEpoch
+                            | ErrorCode::UnknownLeaderEpoch
+                    ) {
                         // The leader moved: look again before the next attempt.
                         cluster.refresh(Some(&[topic])).await.ok();
                     }
@@ -83,7 +94,10 @@ async fn list_offsets_once(
                         None,
                     ));
                 }
-                out.insert((Arc::clone(topic), p.partition_index), p.offset);
+                out.insert(
+                    TopicPartition::new(Arc::clone(topic), p.partition_index),
+                    p.offset,
+                );
             }
         }
     }
@@ -132,7 +146,7 @@ pub(crate) async fn reset_positions(
                 format!(
                     "{}/{} has no committed offset (or it is out of range) and the reset \
                      policy is to fail",
-                    tp.0, tp.1
+                    tp.topic, tp.partition
                 ),
             ));
         }
@@ -148,7 +162,7 @@ pub(crate) async fn reset_positions(
             continue;
         };
         if p.epoch == *epoch {
-            tracing::info!(topic = %tp.0, partition = tp.1, offset, "position reset by auto.offset.reset");
+            tracing::info!(topic = %tp.topic, partition = tp.partition, offset, "position reset by auto.offset.reset");
             p.reposition(offset);
             p.backoff_until = None;
         }
@@ -268,8 +282,8 @@ fn ahead_of_committed(
                     .is_some_and(|committed| **offset <= committed);
             if behind {
                 tracing::debug!(
-                    topic = %tp.0,
-                    partition = tp.1,
+                    topic = %tp.topic,
+                    partition = tp.partition,
                     offset,
                     "commit left out: not ahead of the committed offset"
                 );

@@ -27,6 +27,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
 use crate::wire::{BrokerConnection, Cluster};
 
@@ -157,7 +158,7 @@ impl Coordinator {
         // A connection of its own, not the cluster's shared one: brokers answer the requests
         // of one connection in order, and a JoinGroup waits for the whole group, so members
         // sharing a connection would wait for each other (and for fetches) forever.
-        let conn = Arc::new(BrokerConnection::connect(&addr, self.cluster.config()).await?);
+        let conn = self.cluster.open(&addr).await?;
         tracing::debug!(group = %self.group, coordinator = %addr, node = response.node_id.0, "found coordinator");
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&conn));
         Ok(conn)
@@ -230,7 +231,7 @@ impl Coordinator {
             let response = conn.send_version_timeout(&request, version, wait).await?;
             if response.error_code == codes::MEMBER_ID_REQUIRED {
                 return Err(Error::Broker {
-                    code: kafka_protocol::ResponseError::MemberIdRequired,
+                    code: crate::error::ErrorCode::MemberIdRequired,
                     context: format!("join group {}", self.group),
                     message: Some(response.member_id.to_string()),
                 });
@@ -362,13 +363,20 @@ impl Coordinator {
     pub(crate) async fn commit(
         &self,
         me: &MemberIdentityInfo,
-        offsets: &HashMap<(Arc<str>, i32), i64>,
+        offsets: &HashMap<TopicPartition, i64>,
     ) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
         let mut by_topic: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
-        for ((t, p), o) in offsets {
+        for (
+            TopicPartition {
+                topic: t,
+                partition: p,
+            },
+            o,
+        ) in offsets
+        {
             by_topic.entry(t).or_default().push((*p, *o));
         }
         self.on_coordinator(|conn| async move {
@@ -433,10 +441,14 @@ impl Coordinator {
     /// OffsetFetch: the committed next offsets of `partitions` (absent: none committed).
     pub(crate) async fn committed(
         &self,
-        partitions: &[(Arc<str>, i32)],
-    ) -> Result<HashMap<(Arc<str>, i32), i64>> {
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, i64>> {
         let mut by_topic: HashMap<Arc<str>, Vec<i32>> = HashMap::new();
-        for (t, p) in partitions {
+        for TopicPartition {
+            topic: t,
+            partition: p,
+        } in partitions
+        {
             by_topic.entry(Arc::clone(t)).or_default().push(*p);
         }
         self.on_coordinator(|conn| async move {
@@ -466,7 +478,10 @@ impl Coordinator {
                         self.check(p.error_code, "offset fetch")?;
                     }
                     if p.committed_offset >= 0 {
-                        out.insert((Arc::clone(topic), p.partition_index), p.committed_offset);
+                        out.insert(
+                            TopicPartition::new(Arc::clone(topic), p.partition_index),
+                            p.committed_offset,
+                        );
                     }
                 }
             }

@@ -180,17 +180,9 @@ impl BatchBuilder {
             first_timestamp,
             max_timestamp,
         } = self;
-        let codec: i16 = match compression {
-            Compression::None => 0,
-            Compression::Gzip => 1,
-            Compression::Snappy => 2,
-            #[cfg(feature = "lz4")]
-            Compression::Lz4 => 3,
-            #[cfg(feature = "zstd")]
-            Compression::Zstd => 4,
-        };
+        let codec = crate::codec::codec_id(compression);
         if codec != 0 {
-            let compressed = compress(compression, &buf[BATCH_HEADER_SIZE..])?;
+            let compressed = crate::codec::compress(compression, &buf[BATCH_HEADER_SIZE..])?;
             let mut out = BytesMut::with_capacity(BATCH_HEADER_SIZE + compressed.len());
             out.put_bytes(0, BATCH_HEADER_SIZE);
             out.put_slice(&compressed);
@@ -267,7 +259,7 @@ pub(crate) fn split(data: &[u8]) -> Result<(BatchBuilder, BatchBuilder, i32)> {
     if count < 2 {
         return Err(malformed("fewer than two records"));
     }
-    let records = decompress(codec, &data[BATCH_HEADER_SIZE..])?;
+    let records = crate::codec::decompress(codec, &data[BATCH_HEADER_SIZE..])?;
     let mut input = &records[..];
     let half = count / 2;
     let capacity = records.len() / 2 + 64;
@@ -332,66 +324,6 @@ fn get_bytes_field<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     Some(Some(field))
 }
 
-/// Undoes [`compress`] for a batch's record section, by codec id.
-fn decompress(codec: i16, input: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
-    use std::borrow::Cow;
-    use std::io::Read;
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Protocol(format!(
-            "{what} decompression of a record batch failed: {e}"
-        ))
-    };
-    match codec {
-        0 => Ok(Cow::Borrowed(input)),
-        1 => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(input)
-                .read_to_end(&mut out)
-                .map_err(|e| failed("gzip", &e))?;
-            Ok(Cow::Owned(out))
-        }
-        2 => {
-            let mut decoder = snap::raw::Decoder::new();
-            let Some(mut framed) = input.strip_prefix(&XERIAL_SNAPPY_HEADER[..]) else {
-                return decoder
-                    .decompress_vec(input)
-                    .map(Cow::Owned)
-                    .map_err(|e| failed("snappy", &e));
-            };
-            let mut out = Vec::new();
-            while !framed.is_empty() {
-                if framed.len() < 4 {
-                    return Err(failed("snappy", &"truncated block length"));
-                }
-                let len = u32::from_be_bytes(framed[..4].try_into().expect("4 bytes")) as usize;
-                let block = framed
-                    .get(4..4 + len)
-                    .ok_or_else(|| failed("snappy", &"truncated block"))?;
-                out.extend(
-                    decoder
-                        .decompress_vec(block)
-                        .map_err(|e| failed("snappy", &e))?,
-                );
-                framed = &framed[4 + len..];
-            }
-            Ok(Cow::Owned(out))
-        }
-        #[cfg(feature = "lz4")]
-        3 => {
-            let mut out = Vec::new();
-            lz4::Decoder::new(input)
-                .and_then(|mut d| d.read_to_end(&mut out))
-                .map_err(|e| failed("lz4", &e))?;
-            Ok(Cow::Owned(out))
-        }
-        #[cfg(feature = "zstd")]
-        4 => zstd::stream::decode_all(input)
-            .map(Cow::Owned)
-            .map_err(|e| failed("zstd", &e)),
-        other => Err(failed("unknown codec", &other)),
-    }
-}
-
 #[inline]
 fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
     match b {
@@ -400,63 +332,6 @@ fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
             buf.put_slice(b);
         }
         None => put_varint(buf, -1),
-    }
-}
-
-/// The xerial snappy-java stream header (magic, version 1, compatible version 1) that the
-/// Java client writes before snappy blocks.
-const XERIAL_SNAPPY_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
-/// snappy-java's block size.
-const XERIAL_BLOCK_SIZE: usize = 32 * 1024;
-
-/// Compresses a batch's record section as Kafka expects for `compression`: a gzip stream;
-/// snappy in xerial framing (header, then length-prefixed 32 KiB blocks) as the Java client
-/// writes it, which Java brokers, librdkafka, rskafka and kafka-protocol all read; an LZ4
-/// frame; a zstd frame.
-fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Protocol(format!("{what} compression of a record batch failed: {e}"))
-    };
-    match compression {
-        Compression::None => Ok(input.to_vec()),
-        Compression::Gzip => {
-            use std::io::Write;
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(input.len() / 2 + 64),
-                flate2::Compression::default(),
-            );
-            enc.write_all(input).map_err(|e| failed("gzip", &e))?;
-            enc.finish().map_err(|e| failed("gzip", &e))
-        }
-        Compression::Snappy => {
-            let mut out = Vec::with_capacity(snap::raw::max_compress_len(input.len()) + 64);
-            out.extend_from_slice(XERIAL_SNAPPY_HEADER);
-            let mut encoder = snap::raw::Encoder::new();
-            for block in input.chunks(XERIAL_BLOCK_SIZE) {
-                let at = out.len();
-                out.extend_from_slice(&[0; 4]);
-                out.resize(at + 4 + snap::raw::max_compress_len(block.len()), 0);
-                let n = encoder
-                    .compress(block, &mut out[at + 4..])
-                    .map_err(|e| failed("snappy", &e))?;
-                out.truncate(at + 4 + n);
-                out[at..at + 4].copy_from_slice(&(n as u32).to_be_bytes());
-            }
-            Ok(out)
-        }
-        #[cfg(feature = "lz4")]
-        Compression::Lz4 => {
-            use std::io::Write;
-            let mut enc = lz4::EncoderBuilder::new()
-                .build(Vec::with_capacity(input.len() / 2 + 64))
-                .map_err(|e| failed("lz4", &e))?;
-            enc.write_all(input).map_err(|e| failed("lz4", &e))?;
-            let (out, result) = enc.finish();
-            result.map_err(|e| failed("lz4", &e))?;
-            Ok(out)
-        }
-        #[cfg(feature = "zstd")]
-        Compression::Zstd => zstd::stream::encode_all(input, 0).map_err(|e| failed("zstd", &e)),
     }
 }
 

@@ -93,6 +93,11 @@ impl BatchCompletion {
         self.result.get().is_some()
     }
 
+    /// Whether the batch ended as one (acknowledged or failed), not split into parts.
+    pub(crate) fn is_whole(&self) -> bool {
+        matches!(self.result.get(), Some(Outcome::Done(_)))
+    }
+
     /// Whether every record of the batch is resolved (following splits).
     pub(crate) fn is_done(&self) -> bool {
         match self.result.get() {
@@ -146,6 +151,12 @@ impl BatchCompletion {
                 }
             }
         })
+    }
+
+    /// The outcome of the record at `delta` of a resolved batch (following splits); its
+    /// `timestamp` is the batch's log append time when the topic uses it, else `-1`.
+    pub(crate) fn outcome_of(&self, delta: i32) -> Result<Delivery> {
+        self.delivery(delta, -1)
     }
 
     fn delivery(&self, delta: i32, timestamp: i64) -> Result<Delivery> {
@@ -278,6 +289,18 @@ impl DeliveryFuture {
         }
     }
 
+    /// The batch this record went into and its offset delta there (`None` for a future
+    /// known at once or deferred). Used by the detached producer to report per batch.
+    pub(crate) fn batch_slot(&self) -> Option<(&Arc<BatchCompletion>, i32)> {
+        match &self.state {
+            State::Batch {
+                completion, delta, ..
+            } => Some((completion, *delta)),
+            State::Waiting(w) => Some((&w.completion, w.delta)),
+            State::Ready(_) | State::Deferred(_) => None,
+        }
+    }
+
     /// Whether the outcome is known (awaiting it would not wait).
     pub fn is_done(&self) -> bool {
         match &self.state {
@@ -328,52 +351,9 @@ impl Future for DeliveryFuture {
     }
 }
 
-/// A copy of a batch's error for one of its records (errors are not `Clone`: their causes
-/// are kept as they are where possible, as text where not).
+/// A copy of a batch's error for one of its records.
 pub(crate) fn duplicate(e: &Error) -> Error {
-    match e {
-        Error::Broker {
-            code,
-            context,
-            message,
-        } => Error::Broker {
-            code: *code,
-            context: context.clone(),
-            message: message.clone(),
-        },
-        Error::RecordTooLarge { topic, size, max } => Error::RecordTooLarge {
-            topic: topic.clone(),
-            size: *size,
-            max: *max,
-        },
-        Error::RetriesExhausted {
-            operation,
-            attempts,
-            elapsed,
-            last_error,
-        } => Error::RetriesExhausted {
-            operation: operation.clone(),
-            attempts: *attempts,
-            elapsed: *elapsed,
-            last_error: Box::new(duplicate(last_error)),
-        },
-        Error::Io { broker, source } => Error::Io {
-            broker: broker.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        Error::Timeout { operation, after } => Error::Timeout {
-            operation: operation.clone(),
-            after: *after,
-        },
-        Error::Disabled => Error::Disabled,
-        Error::Closed(what) => Error::Closed(what),
-        Error::UnknownTopic(t) => Error::UnknownTopic(t.clone()),
-        Error::QueueFull { buffered, limit } => Error::QueueFull {
-            buffered: *buffered,
-            limit: *limit,
-        },
-        other => Error::Protocol(other.to_string()),
-    }
+    e.clone()
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@
 mod accumulator;
 mod batch;
 mod delivery;
+mod detached;
 mod idempotence;
 pub mod partitioner;
 mod sender;
@@ -50,6 +51,7 @@ use crate::wire::Cluster;
 use accumulator::{now_millis, Accumulator, Prepared, Settings};
 use batch::{record_body_size, record_size_upper_bound, BATCH_HEADER_SIZE};
 pub use delivery::{Delivery, DeliveryFuture};
+pub use detached::{BatchReport, DetachedProducer};
 pub use partitioner::{murmur2, partition_for_key, to_positive, DefaultPartitioner, Partitioner};
 
 /// A Kafka producer. Cheap to clone: clones share the buffer, the background sender and the
@@ -335,6 +337,18 @@ impl Producer {
         for c in pending {
             c.wait().await;
         }
+    }
+
+    /// [`flush`](Self::flush), waiting at most `timeout` (rust-rdkafka's `flush(timeout)`):
+    /// [`Error::Timeout`] when records are still unacknowledged then. They stay queued and
+    /// are still delivered (or fail) within `delivery.timeout.ms`; only the wait ends.
+    pub async fn flush_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.flush())
+            .await
+            .map_err(|_| Error::Timeout {
+                operation: "flush".into(),
+                after: timeout,
+            })
     }
 
     /// Flushes and stops: afterwards sends fail with [`Error::Closed`]. Nothing that was

@@ -446,7 +446,10 @@ impl Sender {
             return self.give_up(b, e);
         }
         // The last attempt happens at the deadline at the latest.
-        let delay = backoff_delay(&self.backoff, attempt).min(self.delivery_timeout - elapsed);
+        let delay = self
+            .backoff
+            .delay_for_attempt(attempt)
+            .min(self.delivery_timeout - elapsed);
         let op = operation();
         tracing::warn!(
             operation = %op,
@@ -562,23 +565,6 @@ impl Sender {
 
 fn duplicate(e: &Error) -> Error {
     delivery::duplicate(e)
-}
-
-/// The delay before retry number `attempt` (from 1): the client's reconnect policy,
-/// exponential with jitter.
-fn backoff_delay(policy: &ReconnectPolicy, attempt: u32) -> Duration {
-    let base = policy.initial_delay.as_secs_f64()
-        * policy
-            .multiplier
-            .powi(attempt.saturating_sub(1).min(30) as i32);
-    let base = base.min(policy.max_delay.as_secs_f64());
-    // Cheap jitter from the clock's nanoseconds: spreading retries is all it must do.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let unit = f64::from(nanos % 1000) / 1000.0 * 2.0 - 1.0;
-    Duration::from_secs_f64((base * (1.0 + policy.jitter * unit)).max(0.001))
 }
 
 /// The body of a produce request (v3–v9) for batches that all go to the same broker, as

@@ -6,11 +6,15 @@ use std::time::Duration;
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 
-use crate::model::PARTITIONS;
 use crate::proc::tree_cpu_seconds;
 
-/// See [`BrokerChoice::consume_cap`].
-pub const MOCK_CONSUME_CAP: u64 = 200_000;
+/// Records of `value_size` bytes the mock cluster keeps in `partitions` partitions: it keeps
+/// only the last 5 MiB of each (librdkafka's `rdkafka_mock.c`); a record takes its value, an
+/// 8-byte key, a 26-byte header and about 20 bytes of framing; 20 % to spare.
+pub fn mock_consume_cap(partitions: i32, value_size: usize) -> u64 {
+    let per_record = value_size as u64 + 8 + 26 + 20;
+    (5 * 1024 * 1024 / per_record) * partitions.max(1) as u64 * 8 / 10
+}
 
 /// Which broker to use, chosen once per invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +35,10 @@ impl BrokerChoice {
         }
     }
 
-    /// Most records a consume run can read on this broker. librdkafka's mock cluster keeps
-    /// only the last 5 MiB (or 100,000 batches) of each partition and drops older batches, so
-    /// 6 partitions hold about 260,000 records of 100 B: consume runs on it read 200,000.
-    pub fn consume_cap(&self) -> Option<u64> {
+    /// Most records a consume run can read on this broker (see [`mock_consume_cap`]).
+    pub fn consume_cap(&self, partitions: i32, value_size: usize) -> Option<u64> {
         match self {
-            BrokerChoice::Mock => Some(MOCK_CONSUME_CAP),
+            BrokerChoice::Mock => Some(mock_consume_cap(partitions, value_size)),
             _ => None,
         }
     }
@@ -65,11 +67,16 @@ impl BrokerChoice {
 pub struct Broker {
     cluster: TestCluster,
     pub topic: String,
+    pub partitions: i32,
 }
 
 impl Broker {
-    /// Starts a cluster (or reaches the external one) and creates a fresh 6-partition topic.
-    pub async fn start(choice: &BrokerChoice, topic_prefix: &str) -> Result<Broker, String> {
+    /// Starts a cluster (or reaches the external one) and creates a fresh topic.
+    pub async fn start(
+        choice: &BrokerChoice,
+        topic_prefix: &str,
+        partitions: i32,
+    ) -> Result<Broker, String> {
         let backend = match choice {
             BrokerChoice::Mock => Backend::MockCluster,
             BrokerChoice::Tansu => Backend::Tansu,
@@ -84,8 +91,12 @@ impl Broker {
             cluster.set_group_initial_rebalance_delay(Duration::ZERO)?;
         }
         let topic = unique_name(topic_prefix);
-        cluster.create_topic(&topic, PARTITIONS).await?;
-        Ok(Broker { cluster, topic })
+        cluster.create_topic(&topic, partitions).await?;
+        Ok(Broker {
+            cluster,
+            topic,
+            partitions,
+        })
     }
 
     pub fn bootstrap(&self) -> String {
@@ -102,7 +113,7 @@ impl Broker {
     /// the records the fill produced.
     pub async fn check_nothing_dropped(&self) -> Result<(), String> {
         let client = self.cluster.client().await?;
-        for p in 0..PARTITIONS {
+        for p in 0..self.partitions {
             let pc = client
                 .partition_client(self.topic.clone(), p, UnknownTopicHandling::Retry)
                 .await
@@ -119,6 +130,38 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// The sum of the topic's high watermarks: how many records it holds. On tansu, whose
+    /// ListOffsets(latest) answers without a partition's last batch (tansu 0.6.0), each
+    /// partition is read back from offset 0 instead and its records counted.
+    pub async fn high_watermark_sum(&self) -> Result<i64, String> {
+        let client = self.cluster.client().await?;
+        let mut sum = 0;
+        for p in 0..self.partitions {
+            let pc = client
+                .partition_client(self.topic.clone(), p, UnknownTopicHandling::Retry)
+                .await
+                .map_err(|e| format!("partition client {p}: {e}"))?;
+            sum += if matches!(self.cluster.backend(), Backend::Tansu) {
+                let mut next = 0i64;
+                loop {
+                    let (records, _) = pc
+                        .fetch_records(next, 1..4 * 1024 * 1024, 100)
+                        .await
+                        .map_err(|e| format!("reading back partition {p}: {e}"))?;
+                    match records.iter().map(|r| r.offset).max() {
+                        Some(last) if last >= next => next = last + 1,
+                        _ => break next,
+                    }
+                }
+            } else {
+                pc.get_offset(OffsetAt::Latest)
+                    .await
+                    .map_err(|e| format!("high watermark of partition {p}: {e}"))?
+            };
+        }
+        Ok(sum)
     }
 
     /// Best-effort removal of the topic on clusters that outlive the run.

@@ -31,10 +31,17 @@ run options:
   --quick                   smoke mode: 50,000 records, 1 repetition, 2 s latency run (< 2 min)
   --broker mock|tansu       local broker started through the testkit (default: mock);
                             KAFKA_BROKERS=host:port,... uses that cluster instead
-  --clients LIST            comma-separated: librdkafka,librdkafka-future,rskafka,purekafka
-  --workloads LIST          comma-separated: produce,produce-latency,consume,first-record
+  --clients LIST            comma-separated: rdkafka_performance,librdkafka,librdkafka-future,
+                            rskafka,purekafka
+  --workloads LIST          comma-separated: produce,produce-latency,consume,first-record,runtime
+  --sizes LIST              value sizes of the produce runs (default 100,1024; quick 100)
+  --keys LIST               keyless,keyed (default both; quick keyless)
+  --lingers LIST            linger.ms of the produce runs (default 5,50; quick 5)
+  --compressions LIST       none,snappy (default; quick none); lz4,zstd,gzip where the
+                            clients are built with them
+  --consume-records N       records of the consume topic (default 4000000; quick 50000)
   --reps N                  repetitions per case and client (default 5; quick 1)
-  --records N               records per produce / consume run (default 1000000)
+  --records N               records per produce run (default 1000000; quick 50000)
   --rate R                  records/s of the latency run (default 20000)
   --latency-secs S          length of the latency run (default 10; quick 2)
   --out DIR                 where latest.{json,svg,md} go (default benches/compare/results)
@@ -71,6 +78,17 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             "--records" => o.records = num(flag, &value()?)?,
             "--rate" => o.rate = num(flag, &value()?)?,
             "--latency-secs" => o.latency_secs = num(flag, &value()?)?,
+            "--sizes" => o.sizes = list(&value()?, |x| num("--sizes", x))?,
+            "--keys" => {
+                o.keys = list(&value()?, |x| match x {
+                    "keyless" => Ok(false),
+                    "keyed" => Ok(true),
+                    other => Err(format!("--keys: {other:?}: expected keyless or keyed")),
+                })?
+            }
+            "--lingers" => o.lingers = list(&value()?, |x| num("--lingers", x))?,
+            "--compressions" => o.compressions = list(&value()?, |x| Ok(x.to_string()))?,
+            "--consume-records" => o.consume_records = num(flag, &value()?)?,
             "--out" => o.out_dir = value()?.into(),
             "--child-timeout" => o.child_timeout = Duration::from_secs(num(flag, &value()?)?),
             other => return Err(format!("unknown option {other:?}")),
@@ -104,6 +122,11 @@ fn parse_child(args: &[String]) -> Result<ChildSpec, String> {
         rate: 20_000,
         duration_s: 1.0,
         group: String::new(),
+        keyed: true,
+        linger_ms: 5,
+        compression: "none".into(),
+        partitions: model::PARTITIONS,
+        dedup: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -118,6 +141,11 @@ fn parse_child(args: &[String]) -> Result<ChildSpec, String> {
             "--rate" => spec.rate = num(flag, v)?,
             "--duration-s" => spec.duration_s = num(flag, v)?,
             "--group" => spec.group = v.clone(),
+            "--keyed" => spec.keyed = v == "true",
+            "--linger-ms" => spec.linger_ms = num(flag, v)?,
+            "--compression" => spec.compression = v.clone(),
+            "--partitions" => spec.partitions = num(flag, v)?,
+            "--dedup" => spec.dedup = v == "true",
             other => return Err(format!("unknown option {other:?}")),
         }
     }

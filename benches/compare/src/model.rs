@@ -5,12 +5,22 @@ use serde::{Deserialize, Serialize};
 
 /// Producer settings every client gets (librdkafka names; each runner maps them).
 pub const ACKS: &str = "all";
-/// `linger.ms`.
-pub const LINGER_MS: u64 = 5;
 /// `batch.size`: the largest batch a client may build, in bytes.
 pub const BATCH_BYTES: usize = 1024 * 1024;
-/// Partitions of every benchmark topic.
+/// The producer's buffer bound, `queue.buffering.max.kbytes` (64 MiB) for every client that
+/// has one; librdkafka's message-count bound is raised out of the way.
+pub const BUFFER_KBYTES: usize = 64 * 1024;
+/// librdkafka's `queue.buffering.max.messages`: high enough that bytes are the bound.
+pub const BUFFER_MESSAGES: usize = 10_000_000;
+/// The consumer's prefetch bound, `queued.max.messages.kbytes`, for both group consumers.
+pub const PREFETCH_KBYTES: usize = 64 * 1024;
+/// Partitions of every produce topic.
 pub const PARTITIONS: i32 = 6;
+/// Partitions of the consume topic: enough that the mock cluster (5 MiB kept per partition)
+/// holds millions of records, so that a consume run lasts long enough to time.
+pub const CONSUME_PARTITIONS: i32 = 128;
+/// Records every producer sends and sees acknowledged before its clock (or pacer) starts.
+pub const WARMUP_RECORDS: u64 = 1;
 
 /// A measured client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -22,12 +32,17 @@ pub enum ClientKind {
     LibrdkafkaFuture,
     /// rskafka used directly: `PartitionClient::produce` / `fetch_records`, no groups.
     Rskafka,
-    /// purekafka's `Producer` / `Consumer`.
+    /// purekafka's `Producer` / `Consumer`: the fire-and-forget `DetachedProducer` (one
+    /// report per batch) for throughput, `enqueue` + `DeliveryFuture` for latency.
     Purekafka,
+    /// librdkafka's own benchmark tool, `examples/rdkafka_performance.c`, built by this
+    /// crate's build script against the librdkafka that rdkafka-sys builds.
+    RdkafkaPerformance,
 }
 
 impl ClientKind {
-    pub const ALL: [ClientKind; 4] = [
+    pub const ALL: [ClientKind; 5] = [
+        ClientKind::RdkafkaPerformance,
         ClientKind::Librdkafka,
         ClientKind::LibrdkafkaFuture,
         ClientKind::Rskafka,
@@ -40,6 +55,22 @@ impl ClientKind {
             ClientKind::LibrdkafkaFuture => "librdkafka-future",
             ClientKind::Rskafka => "rskafka",
             ClientKind::Purekafka => "purekafka",
+            ClientKind::RdkafkaPerformance => "rdkafka_performance",
+        }
+    }
+
+    /// Whether the client can run `workload` with these settings (rdkafka_performance sends
+    /// one fixed key or none, and has no fixed-rate percentiles; rskafka has no groups and is
+    /// built with snappy only; only purekafka has the processing runtime).
+    pub fn supports(self, workload: WorkloadKind, keyed: bool, compression: &str) -> bool {
+        match (self, workload) {
+            (_, WorkloadKind::Runtime) => self == ClientKind::Purekafka,
+            (ClientKind::RdkafkaPerformance, WorkloadKind::Produce) => !keyed,
+            (ClientKind::RdkafkaPerformance, _) => false,
+            (ClientKind::Rskafka, WorkloadKind::Produce | WorkloadKind::ProduceLatency) => {
+                matches!(compression, "none" | "snappy")
+            }
+            _ => true,
         }
     }
 
@@ -73,14 +104,18 @@ pub enum WorkloadKind {
     Consume,
     /// Join a new consumer group on a filled topic; time until the first record arrives.
     FirstRecord,
+    /// The processing runtime (`Consumer::runner().run`) with a no-op handler over a filled
+    /// topic, dedup off or on (purekafka only).
+    Runtime,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 4] = [
+    pub const ALL: [WorkloadKind; 5] = [
         WorkloadKind::Produce,
         WorkloadKind::ProduceLatency,
         WorkloadKind::Consume,
         WorkloadKind::FirstRecord,
+        WorkloadKind::Runtime,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +124,7 @@ impl WorkloadKind {
             WorkloadKind::ProduceLatency => "produce-latency",
             WorkloadKind::Consume => "consume",
             WorkloadKind::FirstRecord => "first-record",
+            WorkloadKind::Runtime => "runtime",
         }
     }
 
@@ -120,8 +156,18 @@ pub struct ChildSpec {
     pub rate: u64,
     /// Seconds of producing at `rate` (produce-latency).
     pub duration_s: f64,
-    /// Consumer group id (consume, first-record).
+    /// Consumer group id (consume, first-record, runtime).
     pub group: String,
+    /// Records carry an 8-byte key (`i` big-endian); otherwise none.
+    pub keyed: bool,
+    /// `linger.ms`.
+    pub linger_ms: u64,
+    /// `compression.type`: none, snappy, lz4, zstd, gzip.
+    pub compression: String,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// Runtime: deduplicate on the `event_id` header (1M keys).
+    pub dedup: bool,
 }
 
 impl ChildSpec {
@@ -146,6 +192,16 @@ impl ChildSpec {
             self.duration_s.to_string(),
             "--group".into(),
             self.group.clone(),
+            "--keyed".into(),
+            self.keyed.to_string(),
+            "--linger-ms".into(),
+            self.linger_ms.to_string(),
+            "--compression".into(),
+            self.compression.clone(),
+            "--partitions".into(),
+            self.partitions.to_string(),
+            "--dedup".into(),
+            self.dedup.to_string(),
         ]
     }
 }
@@ -172,8 +228,18 @@ pub struct ChildResult {
     pub first_record_ms: Option<f64>,
     /// Produce latency (produce-latency only).
     pub latency: Option<Latency>,
-    /// Records whose delivery failed.
+    /// Records whose delivery failed, or consume errors (gaps, duplicates).
     pub errors: u64,
+    /// Consume: wrapping sum over every record read of its key and value bytes (the
+    /// orchestrator compares it with what was produced).
+    #[serde(default)]
+    pub checksum: Option<u64>,
+    /// Records the client sent before its clock started (warm-up), already acknowledged.
+    #[serde(default)]
+    pub warmup: u64,
+    /// The child's own peak RSS (`VmHWM`, KiB), read just before it printed this line.
+    #[serde(default)]
+    pub vm_hwm_kib: Option<u64>,
 }
 
 /// Marks the result line among anything else a child may print.

@@ -22,6 +22,23 @@ pub struct ChildRun {
 /// line with its rusage. A child that fails or prints no result line is an error carrying the
 /// end of its stderr.
 pub fn run_child(program: &str, args: &[String], timeout: Duration) -> Result<ChildRun, String> {
+    run_process(program, args, timeout, |stdout| {
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(RESULT_PREFIX))
+            .ok_or_else(|| "child printed no result line".to_string())?;
+        serde_json::from_str(line).map_err(|e| format!("bad result line {line:?}: {e}"))
+    })
+}
+
+/// Runs `program args...` like [`run_child`], reading its result from its stdout with
+/// `parse` (for a program that is not `compare child`, e.g. rdkafka_performance).
+pub fn run_process(
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+    parse: impl Fn(&str) -> Result<ChildResult, String>,
+) -> Result<ChildRun, String> {
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -49,6 +66,7 @@ pub fn run_child(program: &str, args: &[String], timeout: Duration) -> Result<Ch
     // SAFETY: rusage is plain data; zeroed is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let mut killed = false;
+    let mut hwm_seen = 0u64;
     loop {
         // SAFETY: pid is our own unreaped child; the pointers are valid for the call.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
@@ -57,6 +75,10 @@ pub fn run_child(program: &str, args: &[String], timeout: Duration) -> Result<Ch
         }
         if r < 0 {
             return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+        }
+        // The child's own high-water mark, while it runs (see `vm_hwm`).
+        if let Some(hwm) = vm_hwm(pid) {
+            hwm_seen = hwm_seen.max(hwm);
         }
         if !killed && start.elapsed() > timeout {
             // SAFETY: signalling our own unreaped child.
@@ -81,25 +103,44 @@ pub fn run_child(program: &str, args: &[String], timeout: Duration) -> Result<Ch
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     if !ok {
         return Err(format!(
-            "child failed (wait status {status:#x}); stderr:\n{}",
+            "child failed (wait status {status:#x}); stdout:\n{}\nstderr:\n{}",
+            tail(&stdout),
             tail(&stderr)
         ));
     }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(RESULT_PREFIX))
-        .ok_or_else(|| format!("child printed no result line; stderr:\n{}", tail(&stderr)))?;
-    let result: ChildResult =
-        serde_json::from_str(line).map_err(|e| format!("bad result line {line:?}: {e}"))?;
+    let result = parse(&stdout).map_err(|e| format!("{e}; stderr:\n{}", tail(&stderr)))?;
+    let self_reported = result.vm_hwm_kib.unwrap_or(0) * 1024;
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(ChildRun {
         result,
         user_s: secs(usage.ru_utime),
         sys_s: secs(usage.ru_stime),
-        // Linux reports ru_maxrss in KiB.
-        max_rss: usage.ru_maxrss as u64 * 1024,
+        // Not `ru_maxrss`: Linux carries the parent's high-water mark into a child across
+        // fork + exec, so a child smaller than this orchestrator would report the
+        // orchestrator's size. `VmHWM` of the child's own memory map is exact: read while it
+        // runs (every 5 ms) and, for `compare child`, reported by the child at its end.
+        max_rss: hwm_seen.max(self_reported),
         wall_s,
     })
+}
+
+/// `VmHWM` (peak resident set of the process's current memory map) of `pid` in bytes, while it
+/// runs.
+pub fn vm_hwm(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_hwm(&status)
+}
+
+/// `VmHWM` of this process, in KiB.
+pub fn own_vm_hwm_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_hwm(&status).map(|b| b / 1024)
+}
+
+fn status_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// CPU seconds (user + system) used so far by `pid` and all its live descendants (tansu runs
@@ -171,6 +212,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(run.result.records, 3);
-        assert!(run.max_rss > 0);
+        assert!(own_vm_hwm_kib().unwrap() > 0);
     }
 }

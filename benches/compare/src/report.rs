@@ -47,15 +47,15 @@ fn cell(s: Option<Stat>, r: Option<f64>) -> String {
     }
 }
 
-/// The table: one row per case and client, medians, and in parentheses the ratio to
-/// librdkafka's median on the same case.
+/// The table: one row per case and client, medians, and in parentheses the ratio to the
+/// baseline's median on the same case (rdkafka_performance where it ran, else librdkafka).
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
         "| workload | client | records/s | MB/s | client CPU µs/record | peak RSS MiB | \
-         latency p50 / p99 / p999 ms | first record ms | broker CPU µs/record |\n",
+         latency p50 / p99 / p999 ms | first record ms | broker CPU µs/record | load |\n",
     );
-    out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
+    out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for r in rows {
         let rate = match r.records_per_s {
             Some(s) => format!(
@@ -83,7 +83,7 @@ pub fn table(rows: &[Row]) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.case,
             r.client.name(),
             errors,
@@ -107,6 +107,7 @@ pub fn table(rows: &[Row]) -> String {
             cell(r.first_record_ms, r.vs_librdkafka.first_record_ms),
             r.broker_cpu_us_per_record
                 .map_or("—".into(), |s| num(s.median)),
+            r.load1.map_or("—".into(), |l| format!("{l:.1}")),
         ));
     }
     out

@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::broker::{Broker, BrokerChoice};
-use crate::model::{ChildSpec, ClientKind, WorkloadKind, ACKS, BATCH_BYTES, LINGER_MS, PARTITIONS};
-use crate::proc::{run_child, ChildRun};
+use crate::child::{byte_sum, key, rdkafka_performance, value};
+use crate::model::{
+    ChildSpec, ClientKind, WorkloadKind, ACKS, BATCH_BYTES, BUFFER_KBYTES, BUFFER_MESSAGES,
+    CONSUME_PARTITIONS, PARTITIONS, PREFETCH_KBYTES, WARMUP_RECORDS,
+};
+use crate::proc::{run_child, run_process, ChildRun};
 use crate::report::{table, Report};
 use crate::stats::{rows, Sample};
 
@@ -23,6 +27,14 @@ pub struct RunOptions {
     pub workloads: Vec<WorkloadKind>,
     pub reps: usize,
     pub records: u64,
+    /// Value sizes, keyed or not, linger.ms values and codecs of the produce runs (every
+    /// combination is a case).
+    pub sizes: Vec<usize>,
+    pub keys: Vec<bool>,
+    pub lingers: Vec<u64>,
+    pub compressions: Vec<String>,
+    /// Records of the consume topic (before the warm-up record).
+    pub consume_records: u64,
     pub consume_value_size: usize,
     pub rate: u64,
     pub latency_secs: f64,
@@ -43,6 +55,19 @@ impl RunOptions {
             workloads: WorkloadKind::ALL.to_vec(),
             reps: if quick { 1 } else { 5 },
             records: if quick { 50_000 } else { 1_000_000 },
+            sizes: if quick { vec![100] } else { vec![100, 1024] },
+            keys: if quick {
+                vec![false]
+            } else {
+                vec![false, true]
+            },
+            lingers: if quick { vec![5] } else { vec![5, 50] },
+            compressions: if quick {
+                vec!["none".into()]
+            } else {
+                vec!["none".into(), "snappy".into()]
+            },
+            consume_records: if quick { 50_000 } else { 3_000_000 },
             consume_value_size: 100,
             rate: 20_000,
             latency_secs: if quick { 2.0 } else { 10.0 },
@@ -59,6 +84,32 @@ struct Case {
     name: String,
     workload: WorkloadKind,
     value_size: usize,
+    keyed: bool,
+    linger_ms: u64,
+    compression: String,
+    dedup: bool,
+}
+
+impl Case {
+    fn new(name: String, workload: WorkloadKind, value_size: usize) -> Case {
+        Case {
+            name,
+            workload,
+            value_size,
+            keyed: true,
+            linger_ms: 5,
+            compression: "none".into(),
+            dedup: false,
+        }
+    }
+}
+
+fn size_name(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{}KiB", size / 1024)
+    } else {
+        format!("{size}B")
+    }
 }
 
 fn cases(o: &RunOptions) -> Vec<Case> {
@@ -66,32 +117,67 @@ fn cases(o: &RunOptions) -> Vec<Case> {
     for &w in &o.workloads {
         match w {
             WorkloadKind::Produce => {
-                for (name, size) in [("produce-100B", 100), ("produce-1KiB", 1024)] {
-                    v.push(Case {
-                        name: name.into(),
-                        workload: w,
-                        value_size: size,
-                    });
+                for &compression in &o
+                    .compressions
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                {
+                    for &linger in &o.lingers {
+                        for &keyed in &o.keys {
+                            for &size in &o.sizes {
+                                let mut name = format!("produce-{}", size_name(size));
+                                if keyed {
+                                    name.push_str("-keyed");
+                                }
+                                if linger != 5 {
+                                    name.push_str(&format!("-linger{linger}"));
+                                }
+                                if compression != "none" {
+                                    name.push_str(&format!("-{compression}"));
+                                }
+                                let mut c = Case::new(name, w, size);
+                                c.keyed = keyed;
+                                c.linger_ms = linger;
+                                c.compression = compression.to_string();
+                                v.push(c);
+                            }
+                        }
+                    }
                 }
             }
-            WorkloadKind::ProduceLatency => v.push(Case {
-                name: format!("produce-latency-{}k/s", o.rate / 1000),
-                workload: w,
-                value_size: o.latency_value_size,
-            }),
-            WorkloadKind::Consume => v.push(Case {
-                name: "consume".into(),
-                workload: w,
-                value_size: o.consume_value_size,
-            }),
-            WorkloadKind::FirstRecord => v.push(Case {
-                name: "first-record".into(),
-                workload: w,
-                value_size: o.consume_value_size,
-            }),
+            WorkloadKind::ProduceLatency => v.push(Case::new(
+                format!("produce-latency-{}k/s", o.rate / 1000),
+                w,
+                o.latency_value_size,
+            )),
+            WorkloadKind::Consume => v.push(Case::new("consume".into(), w, o.consume_value_size)),
+            WorkloadKind::FirstRecord => {
+                v.push(Case::new("first-record".into(), w, o.consume_value_size))
+            }
+            WorkloadKind::Runtime => {
+                for dedup in [false, true] {
+                    let mut c = Case::new(
+                        format!("runtime-dedup-{}", if dedup { "on" } else { "off" }),
+                        w,
+                        o.consume_value_size,
+                    );
+                    c.dedup = dedup;
+                    v.push(c);
+                }
+            }
         }
     }
     v
+}
+
+/// The checksum a consumer must report after reading the fill: the key and value bytes of
+/// `records` keyed records plus the warm-up record (key `records`).
+fn expected_checksum(records: u64, value_size: usize) -> u64 {
+    let v = byte_sum(&value(value_size));
+    (0..=records).fold(0u64, |acc, i| {
+        acc.wrapping_add(v).wrapping_add(byte_sum(&key(i)))
+    })
 }
 
 /// The 1, 5 and 15 minute load averages: other work on the machine shows here.
@@ -123,8 +209,10 @@ struct Runner {
     tty: bool,
     samples: Vec<Sample>,
     failures: Vec<String>,
-    /// Records per consume run (the broker may hold fewer than `opts.records`).
+    /// Records per consume run (the broker may hold fewer than `opts.consume_records`).
     consume_records: u64,
+    /// The checksum of the consume topic's key and value bytes.
+    consume_checksum: u64,
 }
 
 impl Runner {
@@ -148,13 +236,31 @@ impl Runner {
     }
 
     fn child(&self, spec: &ChildSpec) -> Result<ChildRun, String> {
+        if spec.client == ClientKind::RdkafkaPerformance {
+            // The tool itself is the measured process (its rusage is its own).
+            let (bin, args) = rdkafka_performance::command(spec)?;
+            return run_process(&bin, &args, self.opts.child_timeout, |out| {
+                rdkafka_performance::parse(spec, out)
+            });
+        }
         let mut args = vec!["child".to_string()];
         args.extend(spec.to_args());
         run_child(&self.exe, &args, self.opts.child_timeout)
     }
 
+    fn reject(&mut self, case: &Case, client: ClientKind, rep: usize, why: String) {
+        let msg = format!(
+            "{} · {} · rep {}: REJECTED: {why}",
+            case.name,
+            client.name(),
+            rep + 1
+        );
+        self.say(&msg);
+        self.failures.push(msg);
+    }
+
     /// Runs one measured child with the broker's CPU read around it, and records the sample.
-    fn measure(
+    async fn measure(
         &mut self,
         case: &Case,
         client: ClientKind,
@@ -162,6 +268,11 @@ impl Runner {
         broker: &Broker,
         spec: ChildSpec,
     ) {
+        let load1 = loadavg()
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
         self.step(format!(
             "{} · {} · rep {}",
             case.name,
@@ -187,6 +298,79 @@ impl Runner {
             }
         };
         let r = &run.result;
+        // A run with any error does not count.
+        if r.errors > 0 {
+            self.reject(case, client, rep, format!("{} records failed", r.errors));
+            return;
+        }
+        match case.workload {
+            WorkloadKind::Produce | WorkloadKind::ProduceLatency => {
+                let expected = crate::child::produce_count(&spec) + r.warmup;
+                if r.records + r.warmup != expected {
+                    self.reject(
+                        case,
+                        client,
+                        rep,
+                        format!(
+                            "{} of {expected} records acknowledged",
+                            r.records + r.warmup
+                        ),
+                    );
+                    return;
+                }
+                match broker.high_watermark_sum().await {
+                    Ok(hw) if hw == expected as i64 => {}
+                    Ok(hw) => {
+                        self.reject(
+                            case,
+                            client,
+                            rep,
+                            format!("the topic holds {hw} records, {expected} were acknowledged"),
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        self.reject(case, client, rep, format!("high watermarks: {e}"));
+                        return;
+                    }
+                }
+            }
+            WorkloadKind::Consume => {
+                if r.records != spec.records {
+                    self.reject(
+                        case,
+                        client,
+                        rep,
+                        format!("read {} of {} records", r.records, spec.records),
+                    );
+                    return;
+                }
+                if r.checksum != Some(self.consume_checksum) {
+                    self.reject(
+                        case,
+                        client,
+                        rep,
+                        format!(
+                            "checksum {:?}, expected {}",
+                            r.checksum, self.consume_checksum
+                        ),
+                    );
+                    return;
+                }
+            }
+            WorkloadKind::Runtime => {
+                if r.records < spec.records {
+                    self.reject(
+                        case,
+                        client,
+                        rep,
+                        format!("processed {} of {} records", r.records, spec.records),
+                    );
+                    return;
+                }
+            }
+            WorkloadKind::FirstRecord => {}
+        }
         // A first-record run is about one record, whatever the last fetch brought along.
         let records = if case.workload == WorkloadKind::FirstRecord {
             1.0
@@ -221,16 +405,8 @@ impl Runner {
             elapsed_s: r.elapsed_s,
             wall_s: run.wall_s,
             errors: r.errors,
+            load1,
         };
-        if r.errors > 0 {
-            self.say(&format!(
-                "{} · {} · rep {}: {} records failed delivery",
-                case.name,
-                client.name(),
-                rep + 1,
-                r.errors
-            ));
-        }
         self.samples.push(sample);
     }
 
@@ -241,19 +417,34 @@ impl Runner {
             brokers: broker.bootstrap(),
             topic: broker.topic.clone(),
             records: match case.workload {
-                WorkloadKind::Consume | WorkloadKind::FirstRecord => self.consume_records,
+                WorkloadKind::Consume | WorkloadKind::FirstRecord | WorkloadKind::Runtime => {
+                    self.consume_records
+                }
                 _ => self.opts.records,
             },
             value_size: case.value_size,
             rate: self.opts.rate,
             duration_s: self.opts.latency_secs,
             group,
+            keyed: case.keyed,
+            linger_ms: case.linger_ms,
+            compression: case.compression.clone(),
+            partitions: broker.partitions,
+            dedup: case.dedup,
         }
     }
 
-    /// Client order for repetition `rep`: rotated, so no client always runs first.
-    fn order(&self, rep: usize) -> Vec<ClientKind> {
-        let mut c = self.opts.clients.clone();
+    /// Client order for repetition `rep`: rotated, so no client always runs first; only the
+    /// clients that can run the case.
+    fn order(&self, case: &Case, rep: usize) -> Vec<ClientKind> {
+        let mut c: Vec<ClientKind> = self
+            .opts
+            .clients
+            .iter()
+            .copied()
+            .filter(|c| c.supports(case.workload, case.keyed, &case.compression))
+            .filter(|c| *c != ClientKind::RdkafkaPerformance || rdkafka_performance::available())
+            .collect();
         let n = c.len().max(1);
         c.rotate_left(rep % n);
         c
@@ -262,12 +453,12 @@ impl Runner {
     async fn produce_case(&mut self, case: &Case) -> Result<(), String> {
         let choice = self.opts.broker.clone();
         for rep in 0..self.opts.reps {
-            for client in self.order(rep) {
+            for client in self.order(case, rep) {
                 // A fresh broker (local) or topic (external) for every run: each client
                 // starts from the same empty state, and memory stays bounded.
-                let broker = Broker::start(&choice, "compare-produce").await?;
+                let broker = Broker::start(&choice, "compare-produce", PARTITIONS).await?;
                 let spec = self.spec(case, client, &broker, String::new());
-                self.measure(case, client, rep, &broker, spec);
+                self.measure(case, client, rep, &broker, spec).await;
                 broker.cleanup().await;
             }
         }
@@ -279,19 +470,26 @@ impl Runner {
         let Some(first) = cases.first() else {
             return Ok(());
         };
-        let records = match self.opts.broker.consume_cap() {
-            Some(cap) if cap < self.opts.records => {
+        let records = match self
+            .opts
+            .broker
+            .consume_cap(CONSUME_PARTITIONS, first.value_size)
+        {
+            Some(cap) if cap < self.opts.consume_records => {
                 self.say(&format!(
                     "consume runs read {cap} records, not {}: the mock cluster keeps only the \
                      last 5 MiB of each partition",
-                    self.opts.records
+                    self.opts.consume_records
                 ));
                 cap
             }
-            _ => self.opts.records,
+            _ => self.opts.consume_records,
         };
-        self.consume_records = records;
-        let broker = Broker::start(&self.opts.broker, "compare-consume").await?;
+        // The fill's warm-up record is in the topic too.
+        self.consume_records = records + WARMUP_RECORDS;
+        self.consume_checksum = expected_checksum(records, first.value_size);
+        let broker =
+            Broker::start(&self.opts.broker, "compare-consume", CONSUME_PARTITIONS).await?;
         self.step(format!(
             "filling {} with {records} records of {} B",
             broker.topic, first.value_size
@@ -306,24 +504,36 @@ impl Runner {
             rate: 0,
             duration_s: 0.0,
             group: String::new(),
+            keyed: true,
+            linger_ms: 5,
+            compression: "none".into(),
+            partitions: CONSUME_PARTITIONS,
+            dedup: true,
         };
         let filled = self
             .child(&fill)
             .map_err(|e| format!("filling the consume topic: {e}"))?;
         self.pb.inc(1);
-        if filled.result.records != records {
+        if filled.result.records != records || filled.result.errors > 0 {
             return Err(format!(
                 "filling the consume topic: {} of {records} records acknowledged",
                 filled.result.records
             ));
         }
+        let hw = broker.high_watermark_sum().await?;
+        if hw != self.consume_records as i64 {
+            return Err(format!(
+                "the consume topic holds {hw} records, not {}",
+                self.consume_records
+            ));
+        }
         broker.check_nothing_dropped().await?;
         for case in cases {
             for rep in 0..self.opts.reps {
-                for client in self.order(rep) {
+                for client in self.order(case, rep) {
                     let group = purekafka_testkit::unique_name("compare-group");
                     let spec = self.spec(case, client, &broker, group);
-                    self.measure(case, client, rep, &broker, spec);
+                    self.measure(case, client, rep, &broker, spec).await;
                 }
             }
         }
@@ -352,12 +562,19 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         .filter(|c| {
             matches!(
                 c.workload,
-                WorkloadKind::Consume | WorkloadKind::FirstRecord
+                WorkloadKind::Consume | WorkloadKind::FirstRecord | WorkloadKind::Runtime
             )
         })
         .collect();
-    let total_runs =
-        (cases.len() * opts.reps * opts.clients.len()) as u64 + u64::from(!consume.is_empty());
+    let runnable = |c: &Case| {
+        opts.clients
+            .iter()
+            .filter(|k| k.supports(c.workload, c.keyed, &c.compression))
+            .filter(|k| **k != ClientKind::RdkafkaPerformance || rdkafka_performance::available())
+            .count()
+    };
+    let total_runs = (cases.iter().map(runnable).sum::<usize>() * opts.reps) as u64
+        + u64::from(!consume.is_empty());
     let tty = std::io::stderr().is_terminal();
     let pb = ProgressBar::new(total_runs);
     pb.set_style(
@@ -393,7 +610,8 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         tty,
         samples: Vec::new(),
         failures: Vec::new(),
-        consume_records: opts.records,
+        consume_records: opts.consume_records,
+        consume_checksum: 0,
     };
     rt.block_on(async {
         for case in &produce {
@@ -406,6 +624,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
     let rows = rows(&runner.samples, &opts.clients);
     let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
     let broker = opts.broker.describe();
+    let client_settings = settings_by_client(&opts);
     let report = Report {
         date: date.clone(),
         command: command.clone(),
@@ -417,32 +636,46 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         ),
         settings: serde_json::json!({
             "acks": ACKS,
-            "linger_ms": LINGER_MS,
+            "linger_ms": opts.lingers,
             "batch_bytes": BATCH_BYTES,
-            "compression": "none",
+            "buffer_kbytes": BUFFER_KBYTES,
+            "compression": opts.compressions,
+            "value_sizes": opts.sizes,
+            "keyed": opts.keys,
             "partitions": PARTITIONS,
+            "consume_partitions": CONSUME_PARTITIONS,
             "records": opts.records,
             "consume_records": runner.consume_records,
+            "warmup_records": WARMUP_RECORDS,
             "repetitions": opts.reps,
             "latency_rate_per_s": opts.rate,
             "latency_seconds": opts.latency_secs,
             "latency_value_bytes": opts.latency_value_size,
             "consume_value_bytes": opts.consume_value_size,
+            "clients": client_settings,
         }),
         rows,
         samples: runner.samples,
         failures: runner.failures,
     };
     let md = table(&report.rows);
+    let mut settings_md = String::new();
+    for (client, lines) in &client_settings {
+        settings_md.push_str(&format!("- `{client}`: {}\n", lines.join("; ")));
+    }
     println!();
     println!("{date} · {command}");
     println!("broker: {broker}");
     println!("machine: {}", report.machine);
     println!(
-        "settings: acks=all, linger 5 ms, batch ≤ 1 MiB, no compression, {PARTITIONS} partitions, \
-         {} records, {} repetition(s) (median; ± = half the range)",
-        opts.records, opts.reps
+        "settings: acks=all, batch ≤ 1 MiB, buffer 64 MiB, Nagle off, idempotence off; \
+         produce {} records on {PARTITIONS} partitions after 1 acknowledged warm-up record; \
+         consume {} records on {CONSUME_PARTITIONS} partitions, timed from subscribe; \
+         {} repetition(s) (median; ± = half the range); ratios to rdkafka_performance where \
+         it runs the case, else to librdkafka (rust-rdkafka BaseProducer/BaseConsumer)",
+        opts.records, runner.consume_records, opts.reps
     );
+    print!("{settings_md}");
     println!();
     print!("{md}");
     for f in &report.failures {
@@ -455,7 +688,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
     let json_path = opts.out_dir.join(format!("{stem}.json"));
     let svg_path = opts.out_dir.join(format!("{stem}.svg"));
     let md_path = opts.out_dir.join(format!("{stem}.md"));
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
     std::fs::write(&json_path, json).map_err(|e| format!("write {}: {e}", json_path.display()))?;
     let svg = crate::svg::render(
         &report.rows,
@@ -469,7 +702,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
     std::fs::write(
         &md_path,
         format!(
-            "{date} · `{command}`\n\nbroker: {broker}\n\nmachine: {}\n\n{md}",
+            "{date} · `{command}`\n\nbroker: {broker}\n\nmachine: {}\n\nsettings per client:\n\n{settings_md}\n{md}",
             report.machine
         ),
     )
@@ -482,4 +715,81 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Every client's settings, as the runs give them (for the report: equal where the clients
+/// have the setting, said where they do not).
+fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
+    let linger = o
+        .lingers
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join("/");
+    let mut out = Vec::new();
+    for &c in &o.clients {
+        let lines: Vec<String> = match c {
+            ClientKind::RdkafkaPerformance => vec![
+                "rdkafka_performance -P -a -1 -s SIZE -c N -m PAYLOAD, keyless only".into(),
+                format!(
+                    "-X linger.ms={linger} batch.size={BATCH_BYTES} batch.num.messages=1000000 \
+                     queue.buffering.max.kbytes={BUFFER_KBYTES} \
+                     queue.buffering.max.messages={BUFFER_MESSAGES} socket.nagle.disable=true \
+                     enable.idempotence=false compression.type=CODEC"
+                ),
+                "no copy of the payload (its default), reports served every 1,000 sends, \
+                 clock from before the first send (bootstrap inside), no warm-up"
+                    .into(),
+            ],
+            ClientKind::Librdkafka | ClientKind::LibrdkafkaFuture => vec![
+                format!(
+                    "producer: acks=all linger.ms={linger} batch.size={BATCH_BYTES} \
+                     batch.num.messages=1000000 queue.buffering.max.kbytes={BUFFER_KBYTES} \
+                     queue.buffering.max.messages={BUFFER_MESSAGES} socket.nagle.disable=true \
+                     enable.idempotence=false"
+                ),
+                if c == ClientKind::Librdkafka {
+                    "BaseProducer, all waiting reports served every 1,000 sends and on \
+                     QueueFull (100 µs sleeps between empty polls, no spin), clock stops at the \
+                     last report; ThreadedProducer for the fixed rate"
+                        .into()
+                } else {
+                    "FutureProducer, futures reaped in send order".into()
+                },
+                format!(
+                    "consumer: queued.max.messages.kbytes={PREFETCH_KBYTES} \
+                     queued.min.messages=100000 (default) fetch.queue.backoff.ms=10 \
+                     isolation.level=read_uncommitted max.partition.fetch.bytes=1048576 \
+                     fetch.max.bytes=52428800 fetch.wait.max.ms=500 auto-commit 5 s"
+                ),
+            ],
+            ClientKind::Rskafka => vec![
+                format!(
+                    "own per-partition batcher (round robin, keyed or not): linger {linger} ms, \
+                     batch ≤ {BATCH_BYTES} B, at most 30 requests in flight, no buffer bound \
+                     beyond that; acks=all (rskafka's only mode); none/snappy only"
+                ),
+                "consume: one fetch loop per partition from offset 0 (no group, no commits)".into(),
+            ],
+            ClientKind::Purekafka => vec![
+                format!(
+                    "producer: acks=all linger.ms={linger}+1 (its sender may send up to 1 ms \
+                     early) batch.size={BATCH_BYTES} queue.buffering.max.kbytes={BUFFER_KBYTES} \
+                     enable.idempotence=false, TCP_NODELAY always"
+                ),
+                "DetachedProducer (one report per batch) for throughput, enqueue + \
+                 DeliveryFuture per record for the fixed rate"
+                    .into(),
+                format!(
+                    "consumer: queued.max.messages.kbytes={PREFETCH_KBYTES} \
+                     max.partition.fetch.bytes=1048576 fetch.max.bytes=52428800 \
+                     fetch.wait.max.ms=500, read_uncommitted, auto-commit 5 s; runtime: no-op \
+                     handler, concurrency 16, commits every 1 s, dedup: 1M keys, 1 h TTL, \
+                     event_id header"
+                ),
+            ],
+        };
+        out.push((c.name().to_string(), lines));
+    }
+    out
 }

@@ -25,6 +25,8 @@ pub struct Sample {
     pub elapsed_s: f64,
     pub wall_s: f64,
     pub errors: u64,
+    /// The 1-minute load average when the run started (other work on the machine).
+    pub load1: f64,
 }
 
 /// Median of the values (mean of the middle two for an even count); `None` when empty.
@@ -87,7 +89,12 @@ pub struct Row {
     pub first_record_ms: Option<Stat>,
     pub broker_cpu_us_per_record: Option<Stat>,
     pub errors: u64,
-    /// Each metric's median divided by librdkafka's (same case), where both exist.
+    /// Median of the 1-minute load average at the start of the runs.
+    pub load1: Option<f64>,
+    /// The client the ratios are to: rdkafka_performance where it ran the case, else
+    /// librdkafka (rust-rdkafka's BaseProducer / BaseConsumer).
+    pub baseline: Option<ClientKind>,
+    /// Each metric's median divided by the baseline's (same case), where both exist.
     pub vs_librdkafka: Ratios,
 }
 
@@ -105,7 +112,9 @@ pub struct Ratios {
 /// Which numbers a case reports (a latency run's records/s is its fixed rate, a first-record
 /// run reads one record).
 pub fn is_throughput_case(case: &str) -> bool {
-    case.starts_with("produce-") && !case.starts_with("produce-latency") || case == "consume"
+    case.starts_with("produce-") && !case.starts_with("produce-latency")
+        || case == "consume"
+        || case.starts_with("runtime")
 }
 
 /// Groups samples into rows, in order of first appearance of each case and in `clients` order.
@@ -160,12 +169,14 @@ pub fn rows(samples: &[Sample], clients: &[ClientKind]) -> Vec<Row> {
                     stat(&|s| s.broker_cpu_us_per_record)
                 },
                 errors: ss.iter().map(|s| s.errors).sum(),
+                load1: crate::stats::median(&ss.iter().map(|s| s.load1).collect::<Vec<_>>()),
+                baseline: None,
                 vs_librdkafka: Ratios::default(),
             });
         }
-        let base = case_rows
+        let base = [ClientKind::RdkafkaPerformance, ClientKind::Librdkafka]
             .iter()
-            .find(|r| r.client == ClientKind::Librdkafka)
+            .find_map(|b| case_rows.iter().find(|r| r.client == *b))
             .cloned();
         if let Some(base) = base {
             let ratio = |a: Option<Stat>, b: Option<Stat>| match (a, b) {
@@ -173,6 +184,7 @@ pub fn rows(samples: &[Sample], clients: &[ClientKind]) -> Vec<Row> {
                 _ => None,
             };
             for r in &mut case_rows {
+                r.baseline = Some(base.client);
                 r.vs_librdkafka = Ratios {
                     records_per_s: ratio(r.records_per_s, base.records_per_s),
                     cpu_us_per_record: ratio(r.cpu_us_per_record, base.cpu_us_per_record),
@@ -225,6 +237,7 @@ mod tests {
             elapsed_s: 1.0,
             wall_s: 1.0,
             errors: 0,
+            load1: 1.0,
         }
     }
 

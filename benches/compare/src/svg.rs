@@ -19,6 +19,7 @@ fn color(c: ClientKind) -> &'static str {
         ClientKind::LibrdkafkaFuture => "#a0cbe8",
         ClientKind::Rskafka => "#f28e2b",
         ClientKind::Purekafka => "#59a14f",
+        ClientKind::RdkafkaPerformance => "#2b4a6f",
     }
 }
 

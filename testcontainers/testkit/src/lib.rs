@@ -173,7 +173,15 @@ impl TestCluster {
     /// before any broker listens there) and waits until it answers a Metadata request.
     pub fn start_tansu_on(port: u16) -> Result<TestCluster, String> {
         let bin = tansu_bin()?;
-        start_tansu_at(&bin, port).map_err(|(e, _)| e)
+        start_tansu_at(&bin, port, port).map_err(|(e, _)| e)
+    }
+
+    /// Starts tansu listening on 127.0.0.1 `port` but advertising `advertised` (e.g. a proxy
+    /// in front of it, which must already relay to `port`: readiness is checked through the
+    /// advertised address).
+    pub fn start_tansu_advertising(port: u16, advertised: u16) -> Result<TestCluster, String> {
+        let bin = tansu_bin()?;
+        start_tansu_at(&bin, port, advertised).map_err(|(e, _)| e)
     }
 
     /// Starts librdkafka's mock cluster with `brokers` brokers (ids `1..=brokers`).
@@ -714,12 +722,13 @@ fn start_tansu() -> Result<TestCluster, String> {
 /// Error, and whether another port is worth a try.
 fn start_tansu_once(bin: &Path) -> Result<TestCluster, (String, bool)> {
     let port = free_port().map_err(|e| (e, false))?;
-    start_tansu_at(bin, port)
+    start_tansu_at(bin, port, port)
 }
 
 /// Starts tansu on `port`; error, and whether another port is worth a try.
-fn start_tansu_at(bin: &Path, port: u16) -> Result<TestCluster, (String, bool)> {
+fn start_tansu_at(bin: &Path, port: u16, advertised: u16) -> Result<TestCluster, (String, bool)> {
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised_url = format!("tcp://127.0.0.1:{advertised}");
     let log = new_log_path("tansu");
     let log_file =
         File::create(&log).map_err(|e| (format!("create {}: {e}", log.display()), false))?;
@@ -744,7 +753,7 @@ exit 0"#;
         .arg("--listener-url")
         .arg(&url)
         .arg("--advertised-listener-url")
-        .arg(&url)
+        .arg(&advertised_url)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

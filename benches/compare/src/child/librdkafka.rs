@@ -15,16 +15,24 @@ use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer,
     ProducerContext, ThreadedProducer,
 };
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message};
 
-use super::{consume_result, consume_target, produce_count, produce_result, value, InOrder, Pacer};
-use crate::model::{
-    ChildResult, ChildSpec, ClientKind, WorkloadKind, ACKS, BATCH_BYTES, LINGER_MS,
+use super::{
+    consume_result, consume_target, produce_count, produce_result, record_key, value, ConsumeCheck,
+    InOrder, Pacer,
 };
+use crate::model::{
+    ChildResult, ChildSpec, ClientKind, WorkloadKind, ACKS, BATCH_BYTES, BUFFER_KBYTES,
+    BUFFER_MESSAGES, PREFETCH_KBYTES,
+};
+
+/// The opaque of the warm-up record (not counted).
+const WARMUP: usize = usize::MAX;
 
 pub fn run(spec: &ChildSpec) -> Result<ChildResult, String> {
     match (spec.client, spec.workload) {
@@ -39,17 +47,34 @@ pub fn run(spec: &ChildSpec) -> Result<ChildResult, String> {
     }
 }
 
-/// The producer settings shared by every client, in librdkafka's names.
+/// The producer settings shared by every client, in librdkafka's names (also given to
+/// rdkafka_performance with `-X`).
+pub fn producer_settings(spec: &ChildSpec) -> Vec<(&'static str, String)> {
+    vec![
+        ("acks", ACKS.into()),
+        ("linger.ms", spec.linger_ms.to_string()),
+        ("batch.size", BATCH_BYTES.to_string()),
+        // Bytes, not a record count, bound a batch (librdkafka's default is 10,000 records).
+        ("batch.num.messages", "1000000".into()),
+        ("message.max.bytes", (BATCH_BYTES + 64 * 1024).to_string()),
+        ("compression.type", spec.compression.clone()),
+        // The buffer bound every client gets: 64 MiB (librdkafka's default is 1 GiB or
+        // 100,000 messages); the message count is raised so that bytes are the bound.
+        ("queue.buffering.max.kbytes", BUFFER_KBYTES.to_string()),
+        ("queue.buffering.max.messages", BUFFER_MESSAGES.to_string()),
+        // purekafka sets TCP_NODELAY on every connection; so does librdkafka with this.
+        ("socket.nagle.disable", "true".into()),
+        // Off for every client in this harness (see README: idempotence rows come later).
+        ("enable.idempotence", "false".into()),
+    ]
+}
+
 fn producer_config(spec: &ChildSpec) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &spec.brokers)
-        .set("acks", ACKS)
-        .set("linger.ms", LINGER_MS.to_string())
-        .set("batch.size", BATCH_BYTES.to_string())
-        // Bytes, not a record count, bound a batch (librdkafka's default is 10,000 records).
-        .set("batch.num.messages", "1000000")
-        .set("message.max.bytes", (BATCH_BYTES + 64 * 1024).to_string())
-        .set("compression.type", "none");
+    c.set("bootstrap.servers", &spec.brokers);
+    for (k, v) in producer_settings(spec) {
+        c.set(k, v);
+    }
     debug_from_env(&mut c);
     c
 }
@@ -67,6 +92,15 @@ fn consumer_config(spec: &ChildSpec) -> ClientConfig {
         // the mock cluster, which answers 1 MiB batches at once, most runs with the default
         // stall for that second (200,000 records take ~1.07 s instead of ~0.1 s).
         .set("fetch.queue.backoff.ms", "10")
+        // The prefetch bound purekafka gets too (librdkafka's default, spelled out).
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
+        .set("max.partition.fetch.bytes", "1048576")
+        .set("fetch.max.bytes", "52428800")
+        .set("fetch.wait.max.ms", "500")
+        // purekafka reads uncommitted (it has no transactions); librdkafka's default is
+        // read_committed.
+        .set("isolation.level", "read_uncommitted")
+        .set("socket.nagle.disable", "true")
         .set("enable.partition.eof", "false");
     debug_from_env(&mut c);
     c
@@ -94,6 +128,12 @@ fn debug_from_env(c: &mut ClientConfig) {
 struct Ctx {
     delivered: AtomicU64,
     errors: AtomicU64,
+    /// Warm-up records acknowledged.
+    warm: AtomicU64,
+    /// Records of the run (the last acknowledgement stops the clock).
+    total: u64,
+    /// When the last record of the run was acknowledged (seen by the callback).
+    last_ack: OnceLock<Instant>,
     /// Set (once) when a paced run starts sending.
     pacer: OnceLock<Pacer>,
     latencies: Mutex<Vec<u32>>,
@@ -126,6 +166,18 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        if index == WARMUP {
+            if result.is_ok() {
+                self.warm.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let seen = self.delivered.load(Ordering::Relaxed) + self.errors.load(Ordering::Relaxed) + 1;
+        if seen == self.total {
+            let _ = self.last_ack.set(Instant::now());
+        }
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -145,6 +197,9 @@ fn new_ctx(paced: bool, total: u64) -> Ctx {
     Ctx {
         delivered: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        warm: AtomicU64::new(0),
+        total,
+        last_ack: OnceLock::new(),
         pacer: OnceLock::new(),
         latencies: Mutex::new(Vec::with_capacity(if paced { total as usize } else { 0 })),
     }
@@ -161,7 +216,59 @@ fn ctx_result(spec: &ChildSpec, ctx: &Ctx, paced: bool, elapsed: Duration) -> Ch
     )
 }
 
-/// Throughput: `BaseProducer`, delivery callbacks served from the sending thread.
+/// Serves the delivery reports waiting now (rust-rdkafka's `poll(ZERO)` serves one event,
+/// which may carry many reports); returns how many records were reported.
+fn serve(producer: &BaseProducer<Ctx>) -> u64 {
+    let ctx = producer.context();
+    let seen = |c: &Ctx| {
+        c.delivered.load(Ordering::Relaxed)
+            + c.errors.load(Ordering::Relaxed)
+            + c.warm.load(Ordering::Relaxed)
+    };
+    let before = seen(ctx);
+    loop {
+        let n = seen(ctx);
+        producer.poll(Duration::ZERO);
+        if seen(ctx) == n {
+            return n - before;
+        }
+    }
+}
+
+/// Serves reports until one arrives, without spinning: 100 µs sleeps between empty polls.
+fn serve_some(producer: &BaseProducer<Ctx>) {
+    while serve(producer) == 0 && producer.in_flight_count() > 0 {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Sends one record and waits for its acknowledgement, before any clock starts.
+fn warm_up(
+    spec: &ChildSpec,
+    payload: &[u8],
+    send: impl Fn(BaseRecord<'_, [u8], [u8], usize>) -> Result<(), String>,
+    acked: impl Fn() -> bool,
+    wait: impl Fn(),
+) -> Result<(), String> {
+    let key = super::key(produce_count(spec));
+    let mut record = BaseRecord::with_opaque_to(&spec.topic, WARMUP).payload(payload);
+    if spec.keyed {
+        record = record.key(&key[..]);
+    }
+    send(record)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !acked() {
+        if Instant::now() > deadline {
+            return Err("librdkafka: warm-up record not acknowledged in 60 s".into());
+        }
+        wait();
+    }
+    Ok(())
+}
+
+/// Throughput: `BaseProducer`, every delivery report served from the sending thread (all
+/// waiting reports every 1,000 sends, as rdkafka_performance does); the clock stops at the
+/// last acknowledgement the callback sees.
 fn base_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     if spec.workload == WorkloadKind::ProduceLatency {
         return threaded_paced_produce(spec);
@@ -174,36 +281,65 @@ fn base_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
         .create_with_context(ctx)
         .map_err(|e| format!("librdkafka producer: {e}"))?;
 
-    let send = |producer: &BaseProducer<Ctx>, i: u64| -> Result<(), String> {
-        let key = super::key(i);
-        let mut record = BaseRecord::with_opaque_to(&spec.topic, i as usize)
-            .key(&key[..])
-            .payload(&payload[..]);
+    let send = |mut record: BaseRecord<'_, [u8], [u8], usize>| -> Result<(), String> {
         loop {
             match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    producer.poll(Duration::from_millis(1));
+                    serve_some(&producer);
                 }
                 Err((e, _)) => return Err(format!("librdkafka send: {e}")),
             }
         }
     };
+    warm_up(
+        spec,
+        &payload,
+        send,
+        || {
+            producer.context().warm.load(Ordering::Relaxed) > 0
+                || producer.context().errors.load(Ordering::Relaxed) > 0
+        },
+        || producer.poll(Duration::from_millis(10)),
+    )?;
+    if producer.context().errors.load(Ordering::Relaxed) > 0 {
+        return Err("librdkafka: the warm-up record failed".into());
+    }
 
     let start = Instant::now();
     for i in 0..total {
-        send(&producer, i)?;
-        if i.is_multiple_of(1024) {
-            producer.poll(Duration::ZERO);
+        let key = record_key(spec, i);
+        let mut record = BaseRecord::with_opaque_to(&spec.topic, i as usize).payload(&payload[..]);
+        if let Some(k) = &key {
+            record = record.key(&k[..]);
+        }
+        if spec.dedup {
+            // The consume topic's records carry a unique `event_id` header (the runtime's
+            // dedup key); only the fill does this, it is not measured.
+            let id = format!("{i:016x}");
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "event_id",
+                value: Some(id.as_bytes()),
+            }));
+        }
+        send(record)?;
+        if i % 1000 == 0 {
+            serve(&producer);
         }
     }
-    producer
-        .flush(Duration::from_secs(120))
-        .map_err(|e| format!("librdkafka flush: {e}"))?;
-    producer.poll(Duration::ZERO);
-    let elapsed = start.elapsed();
-    Ok(ctx_result(spec, producer.context(), paced, elapsed))
+    // Every report served: poll until nothing is in flight (no flush() and its 100 ms tail).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            return Err("librdkafka: records still in flight after 120 s".into());
+        }
+        serve_some(&producer);
+    }
+    serve(&producer);
+    let ctx = producer.context();
+    let end = ctx.last_ack.get().copied().unwrap_or_else(Instant::now);
+    Ok(ctx_result(spec, ctx, paced, end - start))
 }
 
 /// Fixed rate: `ThreadedProducer`, whose own thread serves delivery callbacks as they come
@@ -215,6 +351,20 @@ fn threaded_paced_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     let producer: ThreadedProducer<Ctx> = producer_config(spec)
         .create_with_context(new_ctx(true, total))
         .map_err(|e| format!("librdkafka producer: {e}"))?;
+    warm_up(
+        spec,
+        &payload,
+        |r| {
+            producer
+                .send(r)
+                .map_err(|(e, _)| format!("librdkafka send: {e}"))
+        },
+        || {
+            producer.context().warm.load(Ordering::Relaxed) > 0
+                || producer.context().errors.load(Ordering::Relaxed) > 0
+        },
+        || std::thread::sleep(Duration::from_millis(1)),
+    )?;
     let pacer = *producer
         .context()
         .pacer
@@ -224,10 +374,12 @@ fn threaded_paced_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     while next < total {
         let due = pacer.due(Instant::now());
         while next < due {
-            let key = super::key(next);
-            let mut record = BaseRecord::with_opaque_to(&spec.topic, next as usize)
-                .key(&key[..])
-                .payload(&payload[..]);
+            let key = record_key(spec, next);
+            let mut record =
+                BaseRecord::with_opaque_to(&spec.topic, next as usize).payload(&payload[..]);
+            if let Some(k) = &key {
+                record = record.key(&k[..]);
+            }
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -253,6 +405,24 @@ fn threaded_paced_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     Ok(ctx_result(spec, producer.context(), true, elapsed))
 }
 
+/// The warm-up record through a `FutureProducer`, acknowledged before any clock starts.
+async fn future_warm_up(
+    producer: &FutureProducer,
+    spec: &ChildSpec,
+    payload: &[u8],
+) -> Result<(), String> {
+    let key = super::key(produce_count(spec));
+    let mut record = FutureRecord::to(&spec.topic).payload(payload);
+    if spec.keyed {
+        record = record.key(&key[..]);
+    }
+    producer
+        .send(record, Duration::from_secs(60))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| format!("librdkafka: the warm-up record failed: {e}"))
+}
+
 /// Throughput through `FutureProducer`: futures reaped in send order.
 async fn future_produce_throughput(spec: &ChildSpec) -> Result<ChildResult, String> {
     let total = produce_count(spec);
@@ -260,13 +430,15 @@ async fn future_produce_throughput(spec: &ChildSpec) -> Result<ChildResult, Stri
     let producer: FutureProducer = producer_config(spec)
         .create()
         .map_err(|e| format!("librdkafka future producer: {e}"))?;
+    future_warm_up(&producer, spec, &payload).await?;
     let mut pending = InOrder::new();
     let start = Instant::now();
     for i in 0..total {
-        let key = super::key(i);
-        let mut record = FutureRecord::to(&spec.topic)
-            .key(&key[..])
-            .payload(&payload[..]);
+        let key = record_key(spec, i);
+        let mut record = FutureRecord::to(&spec.topic).payload(&payload[..]);
+        if let Some(k) = &key {
+            record = record.key(&k[..]);
+        }
         loop {
             match producer.send_result(record) {
                 Ok(fut) => {
@@ -317,6 +489,7 @@ async fn future_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     let mut delivered = 0u64;
     let mut errors = 0u64;
     let mut latencies = paced.then(|| Vec::with_capacity(total as usize));
+    future_warm_up(&producer, spec, &payload).await?;
     let pacer = Pacer::new(spec.rate, total);
     let start = Instant::now();
 
@@ -328,10 +501,11 @@ async fn future_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
             total
         };
         while next < due {
-            let key = super::key(next);
-            let mut record = FutureRecord::to(&spec.topic)
-                .key(&key[..])
-                .payload(&payload[..]);
+            let key = record_key(spec, next);
+            let mut record = FutureRecord::to(&spec.topic).payload(&payload[..]);
+            if let Some(k) = &key {
+                record = record.key(&k[..]);
+            }
             loop {
                 match producer.send_result(record) {
                     Ok(fut) => {
@@ -410,23 +584,22 @@ fn base_consume(spec: &ChildSpec) -> Result<ChildResult, String> {
     consumer
         .subscribe(&[&spec.topic])
         .map_err(|e| format!("subscribe: {e}"))?;
-    let mut count = 0u64;
-    let mut bytes = 0u64;
+    let mut check = ConsumeCheck::new(spec.partitions);
     let mut first: Option<Instant> = None;
     let mut last_progress = Instant::now();
-    while count < target {
+    while check.count < target {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 first.get_or_insert_with(Instant::now);
-                count += 1;
-                bytes += m.payload_len() as u64;
+                check.see(m.partition(), m.offset(), m.key(), m.payload())?;
                 last_progress = Instant::now();
             }
             Some(Err(e)) => return Err(format!("librdkafka poll: {e}")),
             None => {
                 if last_progress.elapsed() > super::STALL_TIMEOUT {
                     return Err(format!(
-                        "librdkafka consumer stalled at {count}/{target} records"
+                        "librdkafka consumer stalled at {}/{target} records",
+                        check.count
                     ));
                 }
             }
@@ -434,7 +607,7 @@ fn base_consume(spec: &ChildSpec) -> Result<ChildResult, String> {
     }
     let end = Instant::now();
     let first = first.unwrap_or(end);
-    let result = consume_result(count, bytes, first - start, end - first);
+    let result = consume_result(&check, first - start, end - start);
     consumer.unsubscribe();
     Ok(result)
 }
@@ -448,27 +621,26 @@ async fn stream_consume(spec: &ChildSpec) -> Result<ChildResult, String> {
     consumer
         .subscribe(&[&spec.topic])
         .map_err(|e| format!("subscribe: {e}"))?;
-    let mut count = 0u64;
-    let mut bytes = 0u64;
+    let mut check = ConsumeCheck::new(spec.partitions);
     let mut first: Option<Instant> = None;
-    while count < target {
+    while check.count < target {
         match tokio::time::timeout(super::STALL_TIMEOUT, consumer.recv()).await {
             Ok(Ok(m)) => {
                 first.get_or_insert_with(Instant::now);
-                count += 1;
-                bytes += m.payload_len() as u64;
+                check.see(m.partition(), m.offset(), m.key(), m.payload())?;
             }
             Ok(Err(e)) => return Err(format!("librdkafka recv: {e}")),
             Err(_) => {
                 return Err(format!(
-                    "librdkafka consumer stalled at {count}/{target} records"
+                    "librdkafka consumer stalled at {}/{target} records",
+                    check.count
                 ))
             }
         }
     }
     let end = Instant::now();
     let first = first.unwrap_or(end);
-    let result = consume_result(count, bytes, first - start, end - first);
+    let result = consume_result(&check, first - start, end - start);
     consumer.unsubscribe();
     Ok(result)
 }

@@ -3,9 +3,10 @@
 //! Each measured client runs in a process of its own so that the orchestrator's
 //! `wait4` rusage (CPU time, peak RSS) belongs to that client alone.
 
-mod librdkafka;
+pub mod librdkafka;
 #[cfg(feature = "purekafka")]
 mod purekafka;
+pub mod rdkafka_performance;
 mod rskafka_raw;
 
 use std::collections::VecDeque;
@@ -23,6 +24,7 @@ pub fn main(spec: ChildSpec) -> Result<(), String> {
     let result = match spec.client {
         ClientKind::Librdkafka | ClientKind::LibrdkafkaFuture => librdkafka::run(&spec)?,
         ClientKind::Rskafka => rskafka_raw::run(&spec)?,
+        ClientKind::RdkafkaPerformance => rdkafka_performance::run(&spec)?,
         #[cfg(feature = "purekafka")]
         ClientKind::Purekafka => purekafka::run(&spec)?,
         #[cfg(not(feature = "purekafka"))]
@@ -32,6 +34,8 @@ pub fn main(spec: ChildSpec) -> Result<(), String> {
             )
         }
     };
+    let mut result = result;
+    result.vm_hwm_kib = crate::proc::own_vm_hwm_kib();
     let line = serde_json::to_string(&result).map_err(|e| e.to_string())?;
     println!("{RESULT_PREFIX}{line}");
     Ok(())
@@ -46,16 +50,18 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tokio runtime: {e}"))
 }
 
-/// The value every produced record carries: `size` bytes, incompressible enough not to matter
-/// (no compression is configured anyway).
+/// The value every produced record carries: `size` pseudo-random printable ASCII bytes (64
+/// symbols: compressible to about 3/4 at best), the same for every client, rdkafka_performance
+/// included (given as its `-m` pattern).
 pub fn value(size: usize) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut x: u32 = 0x9E37_79B9;
     (0..size)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            x as u8
+            ALPHABET[(x >> 26) as usize]
         })
         .collect()
 }
@@ -64,6 +70,68 @@ pub fn value(size: usize) -> Vec<u8> {
 #[inline]
 pub fn key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
+}
+
+/// The key of record `i` when the run is keyed.
+#[inline]
+pub fn record_key(spec: &ChildSpec, i: u64) -> Option<[u8; 8]> {
+    spec.keyed.then(|| key(i))
+}
+
+/// Sum of the bytes: the consumers' checksum touches every key and value byte.
+#[inline]
+pub fn byte_sum(b: &[u8]) -> u64 {
+    b.iter().map(|&x| u64::from(x)).sum()
+}
+
+/// What a consume run checks as it reads: every partition's offsets from 0 with no gap and
+/// no repeat, and the checksum of key and value bytes.
+pub struct ConsumeCheck {
+    next: Vec<i64>,
+    pub count: u64,
+    pub bytes: u64,
+    pub checksum: u64,
+}
+
+impl ConsumeCheck {
+    pub fn new(partitions: i32) -> ConsumeCheck {
+        ConsumeCheck {
+            next: vec![0; partitions.clamp(1, 100_000) as usize],
+            count: 0,
+            bytes: 0,
+            checksum: 0,
+        }
+    }
+
+    /// Counts one record; an error names a gap or a repeat.
+    #[inline]
+    pub fn see(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let next = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.next.get_mut(p))
+            .ok_or_else(|| format!("record from unexpected partition {partition}"))?;
+        if offset != *next {
+            return Err(format!(
+                "partition {partition}: read offset {offset}, expected {next} ({})",
+                if offset < *next { "a repeat" } else { "a gap" }
+            ));
+        }
+        *next += 1;
+        self.count += 1;
+        let v = value.unwrap_or_default();
+        self.bytes += v.len() as u64;
+        self.checksum = self
+            .checksum
+            .wrapping_add(byte_sum(key.unwrap_or_default()))
+            .wrapping_add(byte_sum(v));
+        Ok(())
+    }
 }
 
 /// How many records the workload produces.
@@ -213,19 +281,25 @@ pub fn produce_result(
         first_record_ms: None,
         latency: latencies.and_then(percentiles),
         errors,
+        checksum: None,
+        warmup: crate::model::WARMUP_RECORDS,
+        vm_hwm_kib: None,
     }
 }
 
-/// Builds the result of a consume or first-record run. `elapsed` runs from the first record
-/// to the last one counted; `first` from the subscription to the first record.
-pub fn consume_result(records: u64, bytes: u64, first: Duration, elapsed: Duration) -> ChildResult {
+/// Builds the result of a consume or first-record run. `elapsed` runs from creating the
+/// consumer (subscribe) to the last record; `first` from there to the first record.
+pub fn consume_result(check: &ConsumeCheck, first: Duration, elapsed: Duration) -> ChildResult {
     ChildResult {
-        records,
-        bytes,
+        records: check.count,
+        bytes: check.bytes,
         elapsed_s: elapsed.as_secs_f64(),
         first_record_ms: Some(first.as_secs_f64() * 1e3),
         latency: None,
         errors: 0,
+        checksum: Some(check.checksum),
+        warmup: 0,
+        vm_hwm_kib: None,
     }
 }
 

@@ -20,8 +20,11 @@ use rskafka::client::ClientBuilder;
 use rskafka::record::Record;
 use tokio::task::JoinSet;
 
-use super::{consume_result, consume_target, produce_count, produce_result, value, Pacer};
-use crate::model::{ChildResult, ChildSpec, WorkloadKind, BATCH_BYTES, LINGER_MS, PARTITIONS};
+use super::{
+    consume_result, consume_target, produce_count, produce_result, record_key, value, ConsumeCheck,
+    Pacer,
+};
+use crate::model::{ChildResult, ChildSpec, WorkloadKind, BATCH_BYTES, PARTITIONS};
 
 /// Produce requests in flight at once, over all partitions.
 const MAX_IN_FLIGHT: usize = 5 * PARTITIONS as usize;
@@ -33,6 +36,17 @@ pub fn run(spec: &ChildSpec) -> Result<ChildResult, String> {
     match spec.workload {
         WorkloadKind::Produce | WorkloadKind::ProduceLatency => rt.block_on(produce(spec)),
         WorkloadKind::Consume | WorkloadKind::FirstRecord => rt.block_on(consume(spec)),
+        WorkloadKind::Runtime => Err("rskafka has no processing runtime".into()),
+    }
+}
+
+fn compression(spec: &ChildSpec) -> Result<Compression, String> {
+    match spec.compression.as_str() {
+        "none" => Ok(Compression::NoCompression),
+        "snappy" => Ok(Compression::Snappy),
+        other => Err(format!(
+            "rskafka runner: compression {other} is not built in"
+        )),
     }
 }
 
@@ -43,7 +57,7 @@ async fn partition_clients(spec: &ChildSpec) -> Result<Vec<Arc<PartitionClient>>
         .await
         .map_err(|e| format!("rskafka client: {e}"))?;
     let mut clients = Vec::new();
-    for p in 0..PARTITIONS {
+    for p in 0..spec.partitions.max(1) {
         let pc = client
             .partition_client(spec.topic.clone(), p, UnknownTopicHandling::Retry)
             .await
@@ -76,6 +90,8 @@ impl Pending {
 type Sent = (usize, Vec<u32>, Result<(), String>);
 
 struct Sender {
+    compression: Compression,
+    linger: Duration,
     clients: Vec<Arc<PartitionClient>>,
     pending: Vec<Pending>,
     in_flight: JoinSet<Sent>,
@@ -95,10 +111,11 @@ impl Sender {
             self.reap_one().await;
         }
         let client = Arc::clone(&self.clients[p]);
+        let compression = self.compression;
         self.in_flight.spawn(async move {
             let n = batch.records.len();
             let r = client
-                .produce(batch.records, Compression::NoCompression)
+                .produce(batch.records, compression)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string());
@@ -142,7 +159,7 @@ impl Sender {
 
     /// Sends every batch that has lingered long enough.
     async fn send_lingering(&mut self) {
-        let linger = Duration::from_millis(LINGER_MS);
+        let linger = self.linger;
         for p in 0..self.pending.len() {
             if !self.pending[p].records.is_empty() && self.pending[p].since.elapsed() >= linger {
                 self.send(p).await;
@@ -157,7 +174,22 @@ async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
     let payload = value(spec.value_size);
     let clients = partition_clients(spec).await?;
     let partitions = clients.len();
+    // Warm-up: one record, acknowledged, before the clock or pacer starts.
+    clients[0]
+        .produce(
+            vec![Record {
+                key: record_key(spec, total).map(|k| k.to_vec()),
+                value: Some(payload.clone()),
+                headers: BTreeMap::new(),
+                timestamp: chrono::Utc::now(),
+            }],
+            compression(spec)?,
+        )
+        .await
+        .map_err(|e| format!("rskafka: the warm-up record failed: {e}"))?;
     let mut s = Sender {
+        compression: compression(spec)?,
+        linger: Duration::from_millis(spec.linger_ms),
         pending: (0..partitions).map(|_| Pending::new()).collect(),
         clients,
         in_flight: JoinSet::new(),
@@ -167,6 +199,7 @@ async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
         pacer: Pacer::new(spec.rate, total),
     };
     let start = Instant::now();
+    s.pacer = Pacer::new(spec.rate, total);
     s.pacer.start = start;
     let mut next = 0u64;
     while next < total {
@@ -176,14 +209,16 @@ async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
             total
         };
         while next < due {
+            // Round robin, keyed or not (rskafka has no partitioner).
             let p = (next % partitions as u64) as usize;
+            let key = record_key(spec, next);
             let record = Record {
-                key: Some(super::key(next).to_vec()),
+                key: key.map(|k| k.to_vec()),
                 value: Some(payload.clone()),
                 headers: BTreeMap::new(),
                 timestamp: chrono::Utc::now(),
             };
-            let size = 8 + payload.len() + RECORD_OVERHEAD;
+            let size = key.map_or(0, |k| k.len()) + payload.len() + RECORD_OVERHEAD;
             if s.pending[p].bytes + size > BATCH_BYTES {
                 s.send(p).await;
             }
@@ -233,37 +268,61 @@ async fn consume(spec: &ChildSpec) -> Result<ChildResult, String> {
     let clients = partition_clients(spec).await?;
     let count = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
+    let checksum = Arc::new(AtomicU64::new(0));
     // Nanoseconds after `start` of the first record (0 = none yet).
     let first = Arc::new(AtomicU64::new(0));
     // Nanoseconds after `start` when the target count was reached.
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
-    for client in clients {
-        let (count, bytes, first, done) =
-            (count.clone(), bytes.clone(), first.clone(), done.clone());
+    for (p, client) in clients.into_iter().enumerate() {
+        let (count, bytes, checksum, first, done) = (
+            count.clone(),
+            bytes.clone(),
+            checksum.clone(),
+            first.clone(),
+            done.clone(),
+        );
         tasks.spawn(async move {
             let mut offset = client
                 .get_offset(OffsetAt::Earliest)
                 .await
                 .map_err(|e| format!("rskafka list offsets: {e}"))?;
+            if offset != 0 {
+                return Err(format!("partition {p} starts at {offset}, not 0"));
+            }
+            let mut check = ConsumeCheck::new(1);
             let mut last_progress = Instant::now();
             while count.load(Ordering::Relaxed) < target {
                 let (records, _high) = client
                     .fetch_records(offset, 1..1024 * 1024, 500)
                     .await
                     .map_err(|e| format!("rskafka fetch: {e}"))?;
-                if let Some(last) = records.last() {
+                let before_check = (check.count, check.bytes, check.checksum);
+                // A fetch answers whole batches: records before the requested offset are the
+                // start of its first batch, not repeats.
+                for r in records.iter().filter(|r| r.offset >= offset) {
+                    check
+                        .see(
+                            0,
+                            r.offset,
+                            r.record.key.as_deref(),
+                            r.record.value.as_deref(),
+                        )
+                        .map_err(|e| format!("partition {p}: {e}"))?;
+                }
+                let n = check.count - before_check.0;
+                if n > 0 {
                     let t = start.elapsed().as_nanos() as u64;
                     let _ =
                         first.compare_exchange(0, t.max(1), Ordering::Relaxed, Ordering::Relaxed);
-                    offset = last.offset + 1;
-                    let b: usize = records
-                        .iter()
-                        .map(|r| r.record.value.as_ref().map_or(0, Vec::len))
-                        .sum();
-                    bytes.fetch_add(b as u64, Ordering::Relaxed);
-                    let before = count.fetch_add(records.len() as u64, Ordering::Relaxed);
-                    if before < target && before + records.len() as u64 >= target {
+                    offset += n as i64;
+                    bytes.fetch_add(check.bytes - before_check.1, Ordering::Relaxed);
+                    checksum.fetch_add(
+                        check.checksum.wrapping_sub(before_check.2),
+                        Ordering::Relaxed,
+                    );
+                    let before = count.fetch_add(n, Ordering::Relaxed);
+                    if before < target && before + n >= target {
                         done.store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     }
                     last_progress = Instant::now();
@@ -284,13 +343,10 @@ async fn consume(spec: &ChildSpec) -> Result<ChildResult, String> {
         }
     }
     let first = Duration::from_nanos(first.load(Ordering::Relaxed));
-    let end = start + Duration::from_nanos(done.load(Ordering::Relaxed));
-    let records = count.load(Ordering::Relaxed);
-    let bytes = bytes.load(Ordering::Relaxed);
-    Ok(consume_result(
-        records,
-        bytes,
-        first,
-        end.duration_since(start + first),
-    ))
+    let end = Duration::from_nanos(done.load(Ordering::Relaxed));
+    let mut check = ConsumeCheck::new(1);
+    check.count = count.load(Ordering::Relaxed);
+    check.bytes = bytes.load(Ordering::Relaxed);
+    check.checksum = checksum.load(Ordering::Relaxed);
+    Ok(consume_result(&check, first, end))
 }
