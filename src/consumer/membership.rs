@@ -150,6 +150,38 @@ const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 const GROUP_MAX_SIZE_REACHED: i16 = 81;
 
+/// As the leader: whether a subscribed topic's partition count changed (or it appeared)
+/// since the last assignment (`topic.metadata.refresh.interval.ms`); then the group must
+/// rebalance so that the new partitions are consumed. A failed lookup says no.
+async fn leader_view_changed(inner: &Inner) -> bool {
+    let Some(view) = inner.shared.lock().leader_view.clone() else {
+        return false;
+    };
+    let Ok(cluster) = inner.client.wire() else {
+        return false;
+    };
+    let topics: Vec<&str> = view.keys().map(String::as_str).collect();
+    let md = match cluster.refresh(Some(&topics)).await {
+        Ok(md) => md,
+        Err(e) => {
+            tracing::debug!(error = %e, "metadata check of subscribed topics failed");
+            return false;
+        }
+    };
+    for (topic, &count) in &view {
+        let now = md
+            .topics
+            .get(topic)
+            .filter(|tm| tm.error == 0)
+            .map_or(0, |tm| tm.partitions.len() as i32);
+        if now != count {
+            tracing::info!(group = %inner.coordinator.group(), topic = %topic, was = count, now, "a subscribed topic's partition count changed: rejoining to rebalance");
+            return true;
+        }
+    }
+    false
+}
+
 /// Ends the membership for good: every later poll (and `run`) fails with `e`.
 fn fail_fatally(inner: &Inner, e: &Error) {
     tracing::error!(group = %inner.coordinator.group(), error = %e, "fatal group error: the consumer stops");
@@ -197,8 +229,20 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 continue;
             }
         };
-        assign(&inner, &me, assignment).await;
-        let exit = heartbeat(&inner, &me).await;
+        // Heartbeats start at once and go on while the start positions are looked up, so a
+        // slow or retried lookup cannot cost the membership.
+        let exit = {
+            let work = assign(&inner, &me, assignment);
+            let beat = heartbeat(&inner, &me);
+            tokio::pin!(work, beat);
+            let mut assigned = false;
+            loop {
+                tokio::select! {
+                    () = &mut work, if !assigned => assigned = true,
+                    exit = &mut beat => break exit,
+                }
+            }
+        };
         // Fenced or timed out (Reset): the partitions are lost, not handed over.
         revoke(&inner, matches!(exit, Exit::Reset)).await;
         match exit {
@@ -239,6 +283,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 /// JoinGroup then SyncGroup until one generation completes; returns this member's partitions.
 async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec<TopicPartition>> {
     let config = inner.client.config().consumer();
+    inner.shared.lock().leader_view = None;
     let metadata = encode_subscription(&inner.topics);
     let protocols: Vec<(String, Bytes)> = config
         .assignment_strategies
@@ -351,6 +396,12 @@ async fn leader_assign(inner: &Inner, joined: &Joined) -> Result<Vec<(String, By
                 .then(|| (t.to_string(), tm.partitions.len() as i32))
         })
         .collect();
+    inner.shared.lock().leader_view = Some(
+        topics
+            .iter()
+            .map(|t| (t.to_string(), partitions.get(*t).copied().unwrap_or(0)))
+            .collect(),
+    );
     let plan = assignor.assign(&members, &partitions);
     tracing::info!(group = %inner.coordinator.group(), assignor = assignor.name(), plan = ?plan.iter().map(|(m, ps)| (m.as_str(), ps.len())).collect::<Vec<_>>(), "assigned partitions as leader");
     Ok(plan
@@ -377,15 +428,30 @@ async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPar
         if let Err(e) = inner.fetcher.start(&topics).await {
             inner.shared.fail(e);
         }
-        if let Err(e) = super::offsets::initial_positions(
-            &inner.client,
-            &inner.coordinator,
-            &inner.shared,
-            &assignment,
-        )
-        .await
-        {
-            inner.shared.fail(e);
+        // Runs beside the heartbeats (see `run`); a failed lookup is tried again until
+        // every partition has a position (only `auto.offset.reset = error` gives up).
+        let mut attempt = 0u32;
+        loop {
+            match super::offsets::initial_positions(
+                &inner.client,
+                &inner.coordinator,
+                &inner.shared,
+                &assignment,
+            )
+            .await
+            {
+                Ok(()) => break,
+                Err(e @ Error::Config { .. }) => {
+                    inner.shared.fail(e);
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let delay = Duration::from_millis(200 * u64::from(attempt.min(10)));
+                    tracing::warn!(group = %inner.coordinator.group(), attempt, delay_ms = delay.as_millis() as u64, error = %e, "looking up start positions failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
         }
     }
     inner.callbacks.assigned(&assignment);
@@ -459,6 +525,8 @@ async fn leave(inner: &Inner, me: &MemberIdentityInfo) {
 /// Heartbeats until the member has to rejoin, leave or stop.
 async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
     let config = inner.client.config().consumer();
+    let metadata_every = inner.client.config().metadata_max_age();
+    let mut metadata_checked = Instant::now();
     let mut last_ok = Instant::now();
     let mut failures = 0u32;
     loop {
@@ -483,6 +551,12 @@ async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = &mut woke => continue,
+        }
+        if metadata_checked.elapsed() >= metadata_every {
+            metadata_checked = Instant::now();
+            if leader_view_changed(inner).await {
+                return Exit::Rejoin;
+            }
         }
         match inner.coordinator.heartbeat(me).await {
             Ok(()) => {

@@ -90,6 +90,9 @@ pub(crate) struct State {
     pub(crate) error: Option<Error>,
     /// A fatal group error (code, what it was about): every later poll returns it.
     pub(crate) fatal: Option<(i16, String)>,
+    /// As the group's leader: the partition count of every subscribed topic (0: missing) the
+    /// last assignment was made with; `None` when not the leader.
+    pub(crate) leader_view: Option<std::collections::BTreeMap<String, i32>>,
     pub(crate) last_poll: Instant,
     pub(crate) closed: bool,
 }
@@ -152,6 +155,7 @@ impl Shared {
                 buffered_bytes: 0,
                 error: None,
                 fatal: None,
+                leader_view: None,
                 last_poll: Instant::now(),
                 closed: false,
             }),
