@@ -3,7 +3,8 @@
 #   1. the default features (plaintext, TLS with rustls + rustls-graviola, SASL, gzip, snappy,
 #      lz4, zstd) compile no C: CC/CXX point to a program that fails, in a clean target
 #      directory, and `cargo tree` lists no cc / *-sys / cmake / ring / aws-lc crate;
-#   2. examples/static-service builds for x86_64-unknown-linux-musl, linked by rustup's own
+#   2. examples/static-service builds for x86_64-unknown-linux-musl (profile `static`: release
+#      optimised for size), linked by rustup's own
 #      rust-lld (no system linker), and `file` / `ldd` confirm it is static;
 #   3. that binary, alone in an empty root (no /etc, no libc, no resolv.conf), produces and
 #      consumes through a consumer group against a broker on 127.0.0.1;
@@ -48,8 +49,9 @@ echo "== 2. static musl build linked by rust-lld"
 rustup target add "$target" >/dev/null 2>&1 || rustup target add "$target"
 CC="$work/no-cc" CXX="$work/no-cc" \
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
-    cargo build --quiet --release --target "$target" --example static-service
-bin="${CARGO_TARGET_DIR:-target}/$target/release/examples/static-service"
+    cargo build --quiet --profile static --target "$target" --example static-service
+target_dir=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="$target_dir/$target/static/examples/static-service"
 file "$bin"
 file "$bin" | grep -qE 'statically linked|static-pie linked' || { echo "FAIL: not static"; exit 1; }
 ldd_out=$(ldd "$bin" 2>&1 || true)

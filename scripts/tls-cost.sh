@@ -45,7 +45,8 @@ wait_port "$plain"; wait_port "$behind"; wait_port "$tls"
 "$tansu" topic create perf --partitions 6 --broker "tcp://127.0.0.1:$plain" >/dev/null
 "$tansu" topic create perf --partitions 6 --broker "tcp://127.0.0.1:$behind" >/dev/null
 cargo build --release --quiet --example produce_perf
-bin="${CARGO_TARGET_DIR:-target}/release/examples/produce_perf"
+target_dir=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="$target_dir/release/examples/produce_perf"
 echo "== $(date -u +%FT%TZ), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "-- plaintext"
 KAFKA_BROKERS="127.0.0.1:$plain" "$bin" --topic perf --records "$records" --size "$size" \
