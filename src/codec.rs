@@ -61,35 +61,55 @@ fn name(codec: i16) -> &'static str {
 
 /// Compresses a batch's record section as Kafka expects for `compression`.
 pub fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>> {
+    let mut out = bytes::BytesMut::new();
+    compress_into(compression, input, &mut out)?;
+    Ok(Vec::from(out))
+}
+
+/// Like [`compress`], appending to `out` (the producer compresses straight behind a batch's
+/// header this way, without a second buffer and copy).
+pub fn compress_into(
+    compression: Compression,
+    input: &[u8],
+    out: &mut bytes::BytesMut,
+) -> Result<()> {
+    use bytes::BufMut;
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         Error::Protocol(format!("{what} compression of a record batch failed: {e}"))
     };
     match compression {
-        Compression::None => Ok(input.to_vec()),
+        Compression::None => out.extend_from_slice(input),
         Compression::Gzip => {
             use std::io::Write;
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(input.len() / 2 + 64),
-                flate2::Compression::default(),
-            );
+            let mut enc =
+                flate2::write::GzEncoder::new((&mut *out).writer(), flate2::Compression::default());
             enc.write_all(input).map_err(|e| failed("gzip", &e))?;
-            enc.finish().map_err(|e| failed("gzip", &e))
+            enc.finish().map_err(|e| failed("gzip", &e))?;
         }
         Compression::Snappy => {
-            let mut out = Vec::with_capacity(snap::raw::max_compress_len(input.len()) + 64);
+            // Each block is compressed into a per-thread scratch buffer that is zeroed once
+            // and reused, then only its compressed bytes are copied out: zero-filling a fresh
+            // `max_compress_len` region per block cost more than the encoder itself.
+            thread_local! {
+                static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
             out.extend_from_slice(XERIAL_SNAPPY_HEADER);
             let mut encoder = snap::raw::Encoder::new();
-            for block in input.chunks(XERIAL_BLOCK_SIZE) {
-                let at = out.len();
-                out.extend_from_slice(&[0; 4]);
-                out.resize(at + 4 + snap::raw::max_compress_len(block.len()), 0);
-                let n = encoder
-                    .compress(block, &mut out[at + 4..])
-                    .map_err(|e| failed("snappy", &e))?;
-                out.truncate(at + 4 + n);
-                out[at..at + 4].copy_from_slice(&(n as u32).to_be_bytes());
-            }
-            Ok(out)
+            SCRATCH.with(|scratch| -> Result<()> {
+                let mut scratch = scratch.borrow_mut();
+                for block in input.chunks(XERIAL_BLOCK_SIZE) {
+                    let need = snap::raw::max_compress_len(block.len());
+                    if scratch.len() < need {
+                        scratch.resize(need, 0);
+                    }
+                    let n = encoder
+                        .compress(block, &mut scratch[..need])
+                        .map_err(|e| failed("snappy", &e))?;
+                    out.extend_from_slice(&(n as u32).to_be_bytes());
+                    out.extend_from_slice(&scratch[..n]);
+                }
+                Ok(())
+            })?;
         }
         #[cfg(feature = "lz4")]
         Compression::Lz4 => {
@@ -97,21 +117,26 @@ pub fn compress(compression: Compression, input: &[u8]) -> Result<Vec<u8>> {
             let info = lz4_flex::frame::FrameInfo::new()
                 .block_size(lz4_flex::frame::BlockSize::Max64KB)
                 .content_checksum(false);
-            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(
-                info,
-                Vec::with_capacity(input.len() / 2 + 64),
-            );
+            let mut enc =
+                lz4_flex::frame::FrameEncoder::with_frame_info(info, (&mut *out).writer());
             enc.write_all(input).map_err(|e| failed("lz4", &e))?;
-            enc.finish().map_err(|e| failed("lz4", &e))
+            enc.finish().map_err(|e| failed("lz4", &e))?;
         }
         #[cfg(all(feature = "zstd", feature = "zstd-c"))]
-        Compression::Zstd => zstd::stream::encode_all(input, 1).map_err(|e| failed("zstd", &e)),
+        Compression::Zstd => {
+            let packed = zstd::stream::encode_all(input, 1).map_err(|e| failed("zstd", &e))?;
+            out.extend_from_slice(&packed);
+        }
         #[cfg(all(feature = "zstd", not(feature = "zstd-c")))]
-        Compression::Zstd => Ok(ruzstd::encoding::compress_to_vec(
-            input,
-            ruzstd::encoding::CompressionLevel::Fastest,
-        )),
+        Compression::Zstd => {
+            let packed = ruzstd::encoding::compress_to_vec(
+                input,
+                ruzstd::encoding::CompressionLevel::Fastest,
+            );
+            out.extend_from_slice(&packed);
+        }
     }
+    Ok(())
 }
 
 /// Decompresses a batch's record section by codec id (the low three attribute bits). Codec 0

@@ -182,10 +182,12 @@ impl BatchBuilder {
         } = self;
         let codec = crate::codec::codec_id(compression);
         if codec != 0 {
-            let compressed = crate::codec::compress(compression, &buf[BATCH_HEADER_SIZE..])?;
-            let mut out = BytesMut::with_capacity(BATCH_HEADER_SIZE + compressed.len());
+            // Compressed straight behind a zeroed header (filled in below), in one buffer that
+            // grows with the output: the batch waits for its acknowledgement in it, so it is
+            // not sized for the uncompressed input.
+            let mut out = BytesMut::with_capacity(BATCH_HEADER_SIZE + 4096);
             out.put_bytes(0, BATCH_HEADER_SIZE);
-            out.put_slice(&compressed);
+            crate::codec::compress_into(compression, &buf[BATCH_HEADER_SIZE..], &mut out)?;
             buf = out;
         }
         let max_timestamp = if records == 0 {
