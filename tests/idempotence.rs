@@ -13,7 +13,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use purekafka::rskafka::client::partition::OffsetAt;
 use purekafka::{Client, Config, ConfigBuilder, DeliveryFuture, Error, Record};
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 
@@ -49,31 +48,11 @@ fn seq_of(headers_seq: Option<&[u8]>) -> usize {
 /// The `seq` headers of every record of `topic`/`partition`, in offset order, read by rskafka
 /// batch by batch.
 async fn read_partition(client: &Client, topic: &str, partition: i32) -> Vec<usize> {
-    let pc = client
-        .partition_client(topic, partition)
+    support::read_partition(client, topic, partition)
         .await
-        .expect("partition client");
-    let end = pc.get_offset(OffsetAt::Latest).await.expect("latest");
-    let mut offset = pc.get_offset(OffsetAt::Earliest).await.expect("earliest");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while offset < end {
-        assert!(
-            Instant::now() < deadline,
-            "reading stalled at {offset} of {end}"
-        );
-        let (records, _) = pc
-            .fetch_records(offset, 1..16_000_000, 500)
-            .await
-            .expect("fetch");
-        for r in records {
-            if r.offset >= offset {
-                offset = r.offset + 1;
-                out.push(seq_of(r.record.headers.get("seq").map(Vec::as_slice)));
-            }
-        }
-    }
-    out
+        .into_iter()
+        .map(|r| seq_of(r.record.headers.get("seq").map(Vec::as_slice)))
+        .collect()
 }
 
 /// Every partition's `seq` headers in offset order, read by purekafka's group consumer

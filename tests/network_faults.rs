@@ -125,25 +125,8 @@ fn signal(pid: u32, sig: &str) {
 async fn values(client: &Client, topic: &str) -> Vec<String> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
-        let pc = client.partition_client(topic, p).await.expect("partition");
-        let end = pc
-            .get_offset(purekafka::rskafka::client::partition::OffsetAt::Latest)
-            .await
-            .unwrap();
-        let mut offset = 0;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while offset < end {
-            assert!(Instant::now() < deadline, "reading {topic}/{p} stalled");
-            let (records, _) = pc
-                .fetch_records(offset, 1..16_000_000, 500)
-                .await
-                .expect("fetch");
-            for r in records {
-                if r.offset >= offset {
-                    offset = r.offset + 1;
-                    out.push(String::from_utf8(r.record.value.unwrap_or_default()).unwrap());
-                }
-            }
+        for r in support::read_partition(client, topic, p).await {
+            out.push(String::from_utf8(r.record.value.unwrap_or_default()).unwrap());
         }
     }
     out

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use purekafka::rskafka::client::partition::OffsetAt;
 use purekafka::rskafka::record::RecordAndOffset;
 use purekafka::{Client, Config, ConfigBuilder, Error, Record};
 use purekafka_testkit::{unique_name, Backend, TestCluster};
@@ -37,45 +36,10 @@ async fn connect(config: ConfigBuilder) -> Client {
         .expect("connect")
 }
 
-/// Every record of `topic`/`partition`, in offset order, fetched batch by batch.
-async fn read_partition(client: &Client, topic: &str, partition: i32) -> Vec<RecordAndOffset> {
-    let pc = client
-        .partition_client(topic, partition)
-        .await
-        .expect("partition client");
-    let end = pc
-        .get_offset(OffsetAt::Latest)
-        .await
-        .expect("latest offset");
-    let mut offset = pc
-        .get_offset(OffsetAt::Earliest)
-        .await
-        .expect("earliest offset");
-    let mut out: Vec<RecordAndOffset> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while offset < end {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic}/{partition} stalled at {offset} of {end}"
-        );
-        let (records, _) = pc
-            .fetch_records(offset, 1..16_000_000, 500)
-            .await
-            .expect("fetch");
-        for r in records {
-            if r.offset >= offset {
-                offset = r.offset + 1;
-                out.push(r);
-            }
-        }
-    }
-    out
-}
-
 async fn read_topic(client: &Client, topic: &str, partitions: i32) -> Vec<Vec<RecordAndOffset>> {
     let mut all = Vec::new();
     for p in 0..partitions {
-        all.push(read_partition(client, topic, p).await);
+        all.push(support::read_partition(client, topic, p).await);
     }
     all
 }
@@ -246,7 +210,7 @@ on_each_backend!(
             .unwrap();
         let before = before.await.unwrap();
         assert_eq!(after.offset, before.offset + 1);
-        let read = read_partition(&client, &topic, 0).await;
+        let read = support::read_partition(&client, &topic, 0).await;
         let values: Vec<&[u8]> = read
             .iter()
             .map(|r| r.record.value.as_deref().unwrap())
@@ -277,7 +241,7 @@ on_each_backend!(
                 .collect();
             assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
             assert!(producer.metrics().retries >= 2);
-            let read = read_partition(&client, &topic, 0).await;
+            let read = support::read_partition(&client, &topic, 0).await;
             let split: Vec<String> = read
                 .iter()
                 .filter_map(|r| String::from_utf8(r.record.value.clone()?).ok())
@@ -710,7 +674,7 @@ on_each_backend!(
             .send_json(topic.clone(), "order-7", &Order { id: 7 })
             .await
             .unwrap();
-        let read = read_partition(&client, &topic, 0).await;
+        let read = support::read_partition(&client, &topic, 0).await;
         let r = &read[0];
         assert_eq!(r.offset, d.offset);
         assert_eq!(r.record.value.as_deref(), Some(&b"{\"id\":7}"[..]));

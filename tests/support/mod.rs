@@ -111,3 +111,43 @@ macro_rules! on_each_backend {
         }
     };
 }
+
+/// Every record of `topic`/`partition` from its earliest offset, in offset order, read by
+/// rskafka (an independent implementation) batch by batch.
+pub async fn read_partition(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+) -> Vec<purekafka::rskafka::record::RecordAndOffset> {
+    let pc = client
+        .partition_client(topic, partition)
+        .await
+        .expect("partition client");
+    let end = pc
+        .get_offset(purekafka::rskafka::client::partition::OffsetAt::Latest)
+        .await
+        .expect("latest offset");
+    let mut offset = pc
+        .get_offset(purekafka::rskafka::client::partition::OffsetAt::Earliest)
+        .await
+        .expect("earliest offset");
+    let mut out: Vec<purekafka::rskafka::record::RecordAndOffset> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while offset < end {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic}/{partition} stalled at {offset} of {end}"
+        );
+        let (records, _) = pc
+            .fetch_records(offset, 1..16_000_000, 500)
+            .await
+            .expect("fetch");
+        for r in records {
+            if r.offset >= offset {
+                offset = r.offset + 1;
+                out.push(r);
+            }
+        }
+    }
+    out
+}
