@@ -151,3 +151,56 @@ pub async fn read_partition(
     }
     out
 }
+
+/// One record as the confluent-kafka peer (`tests/support/confluent_peer.py`) read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// Partition the record was read from.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Key as UTF-8, if any.
+    pub key: Option<String>,
+    /// Value as UTF-8, if any.
+    pub value: Option<String>,
+}
+
+/// Runs Confluent's Python client (librdkafka underneath), an independent implementation, with
+/// `args` (see the commands in `tests/support/confluent_peer.py`); returns the JSON objects it
+/// printed, one per line. Panics with its stderr when it fails. Installed by
+/// scripts/setup-test-env.sh (`pip install confluent-kafka`).
+pub async fn confluent_peer(args: &[&str]) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/confluent_peer.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run python3 (confluent-kafka peer)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "confluent-kafka peer {args:?} failed: {}\nstdout: {stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("peer prints JSON lines"))
+        .collect()
+}
+
+/// What the confluent-kafka peer read with `consume` (records only, in arrival order).
+pub fn peer_records(lines: &[serde_json::Value]) -> Vec<PeerRecord> {
+    lines
+        .iter()
+        .filter(|l| l.get("offset").is_some())
+        .map(|l| PeerRecord {
+            partition: l["partition"].as_i64().expect("partition") as i32,
+            offset: l["offset"].as_i64().expect("offset"),
+            key: l["key"].as_str().map(str::to_owned),
+            value: l["value"].as_str().map(str::to_owned),
+        })
+        .collect()
+}
