@@ -168,6 +168,12 @@ pub enum Error {
     /// The topic does not exist on the cluster.
     #[error("unknown topic {0}")]
     UnknownTopic(String),
+
+    /// A transactional producer's call that its state does not allow (a send outside a
+    /// transaction, a commit without `begin_transaction`, ...), or a record dropped by
+    /// `abort_transaction`. Not fatal: the producer goes on once the call fits its state.
+    #[error("transaction: {0}")]
+    Transaction(String),
 }
 
 impl Error {
@@ -240,6 +246,7 @@ impl Error {
             Error::Disabled => ErrorKind::Disabled,
             Error::Closed(_) => ErrorKind::Closed,
             Error::UnknownTopic(_) => ErrorKind::UnknownTopic,
+            Error::Transaction(_) => ErrorKind::Transaction,
         }
     }
 
@@ -322,6 +329,9 @@ pub enum ErrorKind {
     Closed,
     /// Kafka is disabled by configuration.
     Disabled,
+    /// A transactional producer's call its state does not allow, or a record of an aborted
+    /// transaction.
+    Transaction,
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use bytes::Bytes;
 pub use client::{Client, TopicInfo};
 pub use config::{Config, ConfigBuilder};
-pub use consumer::{Consumer, RebalanceListener, TopicPartition};
+pub use consumer::{Consumer, ConsumerGroupMetadata, RebalanceListener, TopicPartition};
 pub use dedup::{DedupKey, Deduplicator};
 pub use dlq::DeadLetterRouter;
 pub use error::{Error, ErrorCode, ErrorKind, Result};

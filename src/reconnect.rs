@@ -168,6 +168,12 @@ pub(crate) trait RetryObserver: Sync {
     fn succeeded(&self) {}
     /// The operation was given up.
     fn gave_up(&self, _error: &Error) {}
+    /// Whether `error` is worth another attempt (default: [`Error::is_retriable`]); an
+    /// operation with its own transient codes (the transactional producer's
+    /// CONCURRENT_TRANSACTIONS) widens it.
+    fn is_retriable(&self, error: &Error) -> bool {
+        error.is_retriable()
+    }
 }
 
 impl RetryObserver for () {}
@@ -200,7 +206,7 @@ where
                 observer.succeeded();
                 return Ok(v);
             }
-            Err(e) if !e.is_retriable() => return Err(e),
+            Err(e) if !observer.is_retriable(&e) => return Err(e),
             Err(e) => e,
         };
         let Some(delay) = schedule.next_backoff() else {

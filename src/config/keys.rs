@@ -36,6 +36,8 @@
 //! | `compression.type` (`compression.codec`) | `none` | `none`, `gzip`, `snappy`, `lz4`\*, `zstd`\* |
 //! | `enable.idempotence` | `true` | producer id + sequences: retries neither duplicate nor reorder |
 //! | `max.in.flight.requests.per.connection` (`max.in.flight`) | 5 | batches in flight per partition (≤ 5 with idempotence) |
+//! | `transactional.id` | — | the transactional producer's id (implies idempotence) |
+//! | `transaction.timeout.ms` | 60000 | the coordinator aborts a transaction open longer than this |
 //! | `default.headers` | `false` | stamp `event_id`, `timestamp`, `service`, `version` |
 //! | `service.version` | empty | the `version` header |
 //! | `group.id` | — | consumer group |
@@ -182,6 +184,8 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         "max.in.flight.requests.per.connection" | "max.in.flight" => {
             c.producer.max_in_flight = parse_size(key, v)?
         }
+        "transactional.id" => c.producer.transactional_id = Some(non_empty(key, v)?),
+        "transaction.timeout.ms" => c.producer.transaction_timeout = parse_positive_ms(key, v)?,
         "default.headers" => c.producer.default_headers = parse_bool(key, v)?,
         "service.version" => c.producer.service_version = v.to_string(),
         "group.id" => c.consumer.group_id = Some(non_empty(key, v)?),

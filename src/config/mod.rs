@@ -279,6 +279,18 @@ pub struct ProducerConfig {
     /// `max.in.flight`; default 5). With idempotence off, more than one may reorder records
     /// of a partition when a batch is retried (as in Java and librdkafka).
     pub max_in_flight: usize,
+    /// The transactional producer's id (`transactional.id`, default none: no transactions).
+    /// It names the producer across restarts: the broker hands a restarted producer with the
+    /// same id the same producer id with a higher epoch, aborts its unfinished transaction and
+    /// fences the old instance. Implies idempotence; `enable.idempotence=false` with it is a
+    /// configuration error.
+    pub transactional_id: Option<String>,
+    /// How long the transaction coordinator lets a transaction stay open before it aborts it
+    /// (`transaction.timeout.ms`, default 60 s, as Java and librdkafka): long enough for a
+    /// batch of processing, short enough that a crashed producer's transaction does not hold
+    /// back read_committed consumers for long. Brokers refuse values above their
+    /// `transaction.max.timeout.ms` (15 min by default).
+    pub transaction_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -294,6 +306,8 @@ impl Default for ProducerConfig {
             service_version: String::new(),
             enable_idempotence: true,
             max_in_flight: 5,
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -812,6 +826,18 @@ fn resolve_idempotence(p: &mut ProducerConfig, explicit: bool) -> Result<()> {
             "must be positive",
         ));
     }
+    if let Some(id) = &p.transactional_id {
+        if !p.enable_idempotence && explicit {
+            return Err(Error::config(
+                "enable.idempotence",
+                "false",
+                format!("transactional.id = {id:?} needs the idempotent producer"),
+            ));
+        }
+        // transactional.id implies idempotence: its conflicts are refused below.
+        p.enable_idempotence = true;
+    }
+    let explicit = explicit || p.transactional_id.is_some();
     if !p.enable_idempotence {
         return Ok(());
     }
@@ -834,7 +860,7 @@ fn resolve_idempotence(p: &mut ProducerConfig, explicit: bool) -> Result<()> {
         Some((key, value, reason)) if explicit => Err(Error::config(
             key,
             value,
-            format!("{reason} (enable.idempotence=true is set)"),
+            format!("{reason} (enable.idempotence=true or transactional.id is set)"),
         )),
         Some((key, value, reason)) => {
             tracing::info!(key, value, "{reason}: enable.idempotence turned off");
@@ -945,6 +971,38 @@ mod tests {
         assert_eq!(c.sasl().unwrap().password.expose(), "hunter2-secret");
         let e = base().set("sasl.password", "").set("nope", "x").build();
         assert!(!format!("{e:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn transactional_id_implies_idempotence_and_refuses_it_off() {
+        let c = base().build().unwrap();
+        assert_eq!(c.producer().transactional_id, None);
+        assert_eq!(c.producer().transaction_timeout, Duration::from_secs(60));
+        let c = base()
+            .set("transactional.id", "orders-tx")
+            .set("transaction.timeout.ms", "10000")
+            .build()
+            .unwrap();
+        assert_eq!(c.producer().transactional_id.as_deref(), Some("orders-tx"));
+        assert_eq!(c.producer().transaction_timeout, Duration::from_secs(10));
+        assert!(c.producer().enable_idempotence);
+        let e = base()
+            .set("transactional.id", "orders-tx")
+            .set("enable.idempotence", "false")
+            .build()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("enable.idempotence") && e.to_string().contains("orders-tx"),
+            "{e}"
+        );
+        let e = base()
+            .set("transactional.id", "orders-tx")
+            .set("acks", "1")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("acks"), "{e}");
+        assert!(base().set("transaction.timeout.ms", "0").build().is_err());
+        assert!(base().set("transactional.id", "").build().is_err());
     }
 
     #[test]

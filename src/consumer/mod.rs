@@ -37,6 +37,7 @@
 pub mod assignor;
 mod decode;
 mod fetcher;
+mod group_metadata;
 pub(crate) mod membership;
 pub(crate) mod offsets;
 mod state;
@@ -50,6 +51,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use assignor::TopicPartition;
+pub use group_metadata::ConsumerGroupMetadata;
 pub(crate) use membership::is_fatal_group_error;
 
 use crate::client::Client;
@@ -233,6 +235,18 @@ impl Consumer {
     /// The group id.
     pub fn group_id(&self) -> &str {
         self.inner.coordinator.group()
+    }
+
+    /// This member's group id, generation, member id and instance id now, for
+    /// [`Producer::send_offsets_to_transaction`](crate::Producer::send_offsets_to_transaction).
+    pub fn group_metadata(&self) -> ConsumerGroupMetadata {
+        let me = self.inner.shared.lock().group.me.clone();
+        ConsumerGroupMetadata {
+            group_id: self.group_id().to_string(),
+            generation_id: me.generation,
+            member_id: me.member_id,
+            group_instance_id: me.instance_id,
+        }
     }
 
     /// Starts the membership (and auto-commit) tasks once.

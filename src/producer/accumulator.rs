@@ -609,7 +609,15 @@ impl Accumulator {
     /// no id (nothing is taken); `Some(Some(current))`: new batches get sequence numbers of
     /// `current`, and a partition with batches of an older generation in flight waits for
     /// them before it sends (and re-numbers) anything.
-    pub(crate) fn drain(&self, now: Instant, producer: Option<Option<Current>>) -> Drained {
+    ///
+    /// `gate`: the transactional producer's check that a partition is in the transaction; a
+    /// partition with records it refuses sends nothing yet.
+    pub(crate) fn drain(
+        &self,
+        now: Instant,
+        producer: Option<Option<Current>>,
+        gate: Option<&Gate<'_>>,
+    ) -> Drained {
         let closing =
             self.closing.load(Ordering::Acquire) || self.waiting.load(Ordering::Acquire) > 0;
         let linger = self.settings.linger;
@@ -647,6 +655,11 @@ impl Accumulator {
                 }
                 if q.in_flight.iter().any(|e| e.generation != generation) {
                     continue; // an older generation's batches are still out
+                }
+                if let Some(gate) = gate {
+                    if (q.open.is_some() || !q.closed.is_empty()) && !gate(&topic.name, partition) {
+                        continue; // not in the transaction yet
+                    }
                 }
                 if q.generation != generation {
                     q.generation = generation;
@@ -691,6 +704,7 @@ impl Accumulator {
                                 producer_id: c.producer_id,
                                 epoch: c.epoch,
                                 base: q.next_sequence,
+                                transactional: c.transactional,
                             });
                             q.next_sequence = add_sequence(q.next_sequence, batch.records);
                         }
@@ -878,6 +892,9 @@ impl Drop for DeferredAppend {
     }
 }
 
+/// Whether a partition's batches may be sent now (see [`Accumulator::drain`]).
+pub(crate) type Gate<'a> = dyn Fn(&Arc<str>, i32) -> bool + 'a;
+
 /// What [`Accumulator::drain`] found.
 pub(crate) struct Drained {
     pub(crate) ready: Vec<(Arc<TopicQueues>, i32, ReadyBatch)>,
@@ -941,7 +958,7 @@ mod tests {
             let f = a.with_topic("t", |t| a.append(t, None, &p)).unwrap();
             partitions.push(format!("{f:?}"));
         }
-        let drained = a.drain(Instant::now() + Duration::from_secs(1), None);
+        let drained = a.drain(Instant::now() + Duration::from_secs(1), None, None);
         // Batches of at most 300 bytes: ~3 records each, spread over partitions.
         assert!(drained.ready.len() >= 2, "{partitions:?}");
         let parts: std::collections::HashSet<i32> =
@@ -949,7 +966,7 @@ mod tests {
         assert!(parts.len() >= 2);
         // In flight: nothing more until resolved.
         assert!(
-            a.drain(Instant::now() + Duration::from_secs(1), None)
+            a.drain(Instant::now() + Duration::from_secs(1), None, None)
                 .ready
                 .len()
                 <= 1
@@ -975,10 +992,14 @@ mod tests {
             generation: 1,
             producer_id: 9,
             epoch: 0,
+            transactional: false,
         };
         let later = Instant::now() + Duration::from_secs(1);
-        assert!(a.drain(later, Some(None)).ready.is_empty(), "no id yet");
-        let mut first = a.drain(later, Some(Some(gen1))).ready;
+        assert!(
+            a.drain(later, Some(None), None).ready.is_empty(),
+            "no id yet"
+        );
+        let mut first = a.drain(later, Some(Some(gen1)), None).ready;
         assert_eq!(first.len(), 5, "five in flight");
         let bases: Vec<i32> = first
             .iter()
@@ -992,7 +1013,7 @@ mod tests {
         a.requeue(&t, 0, b1);
         a.requeue(&t, 0, b0);
         assert!(
-            a.drain(later, Some(Some(gen1))).ready.is_empty(),
+            a.drain(later, Some(Some(gen1)), None).ready.is_empty(),
             "a resend waits for the batches in flight"
         );
         for (_, _, b) in first {
@@ -1000,7 +1021,7 @@ mod tests {
         }
         // Resends go one at a time, in their order, with their sequences.
         for expected in 0..5 {
-            let mut ready = a.drain(later, Some(Some(gen1))).ready;
+            let mut ready = a.drain(later, Some(Some(gen1)), None).ready;
             assert_eq!(ready.len(), 1);
             let (_, _, b) = ready.pop().unwrap();
             assert_eq!(b.sequence.unwrap().base, expected);
@@ -1013,16 +1034,17 @@ mod tests {
                     generation: 2,
                     producer_id: 9,
                     epoch: 1,
+                    transactional: false,
                 };
-                assert!(a.drain(later, Some(Some(gen2))).ready.is_empty());
+                assert!(a.drain(later, Some(Some(gen2)), None).ready.is_empty());
                 a.requeue(&t, 0, b);
-                let ready = a.drain(later, Some(Some(gen2))).ready;
+                let ready = a.drain(later, Some(Some(gen2)), None).ready;
                 let (_, _, b) = &ready[0];
                 assert_eq!(ready.len(), 1);
                 assert_eq!(b.sequence.unwrap().base, 0);
                 assert_eq!(b.sequence.unwrap().epoch, 1);
                 a.finished(&t, 0, &b.completion.0, Some((b.sequence.unwrap(), 1)), 0);
-                let fresh = a.drain(later, Some(Some(gen2))).ready;
+                let fresh = a.drain(later, Some(Some(gen2)), None).ready;
                 let bases: Vec<i32> = fresh
                     .iter()
                     .map(|(_, _, b)| b.sequence.unwrap().base)

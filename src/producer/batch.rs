@@ -217,6 +217,8 @@ pub(crate) struct ProducerStamp {
     pub(crate) producer_id: i64,
     pub(crate) epoch: i16,
     pub(crate) base_sequence: i32,
+    /// The batch belongs to a transaction (attributes bit 4).
+    pub(crate) transactional: bool,
 }
 
 /// Writes the producer fields (none: -1, -1, -1) into a batch header and recomputes the CRC,
@@ -226,6 +228,13 @@ fn write_producer(buf: &mut [u8], producer: Option<ProducerStamp>) {
         Some(p) => (p.producer_id, p.epoch, p.base_sequence),
         None => (-1, -1, -1),
     };
+    // attributes bit 4: the batch is transactional (read_committed readers hold it back
+    // until its transaction's commit or abort marker)
+    if producer.is_some_and(|p| p.transactional) {
+        buf[ATTRIBUTES_OFFSET + 1] |= 0x10;
+    } else {
+        buf[ATTRIBUTES_OFFSET + 1] &= !0x10;
+    }
     buf[43..51].copy_from_slice(&id.to_be_bytes());
     buf[51..53].copy_from_slice(&epoch.to_be_bytes());
     buf[53..57].copy_from_slice(&sequence.to_be_bytes());
@@ -462,6 +471,7 @@ mod tests {
             producer_id: id,
             epoch,
             base_sequence,
+            transactional: false,
         };
         let mut b = BatchBuilder::new(64);
         let headers = Headers::new();

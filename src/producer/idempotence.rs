@@ -66,6 +66,8 @@ pub(crate) struct Current {
     pub(crate) generation: u64,
     pub(crate) producer_id: i64,
     pub(crate) epoch: i16,
+    /// The producer is transactional: its batches are marked so.
+    pub(crate) transactional: bool,
 }
 
 /// The sequence of one batch: its first record's number under a generation's id and epoch.
@@ -75,6 +77,7 @@ pub(crate) struct Sequence {
     pub(crate) producer_id: i64,
     pub(crate) epoch: i16,
     pub(crate) base: i32,
+    pub(crate) transactional: bool,
 }
 
 impl Sequence {
@@ -84,6 +87,7 @@ impl Sequence {
             producer_id: self.producer_id,
             epoch: self.epoch,
             base_sequence: self.base,
+            transactional: self.transactional,
         }
     }
 
@@ -119,9 +123,20 @@ struct State {
 pub(crate) struct Idempotence {
     state: Mutex<State>,
     fatal: OnceLock<Error>,
+    /// Set for the transactional producer: its batches are marked transactional, and its
+    /// producer id comes from `init_transactions`, never from the sender.
+    transactional: bool,
 }
 
 impl Idempotence {
+    /// The state of a transactional producer (see `transactional`).
+    pub(crate) fn transactional() -> Self {
+        Idempotence {
+            transactional: true,
+            ..Idempotence::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -133,13 +148,14 @@ impl Idempotence {
             generation: s.generation,
             producer_id,
             epoch,
+            transactional: self.transactional,
         })
     }
 
     /// When an InitProducerId is needed and none runs: marks one as running and returns the
     /// id and epoch to bump (`Some(None)`: ask for a new id).
     pub(crate) fn start_init(&self) -> Option<Option<(i64, i16)>> {
-        if self.fatal.get().is_some() {
+        if self.fatal.get().is_some() || self.transactional {
             return None;
         }
         let mut s = self.lock();

@@ -36,6 +36,7 @@ mod detached;
 mod idempotence;
 pub mod partitioner;
 mod sender;
+mod transaction;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,6 +46,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::client::Client;
+use crate::consumer::{ConsumerGroupMetadata, TopicPartition};
 use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::wire::Cluster;
@@ -113,6 +115,8 @@ struct Core {
     message_max_bytes: usize,
     default_headers: Option<DefaultHeaders>,
     sender: Arc<sender::Sender>,
+    /// The transactional producer's state (`transactional.id`).
+    txn: Option<Arc<transaction::Transactions>>,
     started: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -192,6 +196,25 @@ impl Producer {
                 compression: p.compression,
                 max_in_flight: p.max_in_flight,
             });
+            let idempotence = p.enable_idempotence.then(|| {
+                Arc::new(if p.transactional_id.is_some() {
+                    idempotence::Idempotence::transactional()
+                } else {
+                    idempotence::Idempotence::default()
+                })
+            });
+            let txn = match (&p.transactional_id, &idempotence) {
+                (Some(id), Some(idem)) => Some(Arc::new(transaction::Transactions::new(
+                    id.clone(),
+                    p.transaction_timeout,
+                    Arc::clone(cluster),
+                    config.reconnect().clone(),
+                    config.retry_hook().cloned(),
+                    Arc::clone(idem),
+                    Arc::clone(&acc),
+                ))),
+                _ => None,
+            };
             let sender = Arc::new(sender::Sender {
                 acc: Arc::clone(&acc),
                 cluster: Arc::clone(cluster),
@@ -201,9 +224,8 @@ impl Producer {
                 message_max_bytes: config.message_max_bytes(),
                 backoff: config.reconnect().clone(),
                 hook: config.retry_hook().cloned(),
-                idempotence: p
-                    .enable_idempotence
-                    .then(|| Arc::new(idempotence::Idempotence::default())),
+                idempotence,
+                txn: txn.clone(),
             });
             Arc::new(Core {
                 acc,
@@ -217,6 +239,7 @@ impl Producer {
                     version: Bytes::from(p.service_version.clone()),
                 }),
                 sender,
+                txn,
                 started: AtomicBool::new(false),
                 task: Mutex::new(None),
             })
@@ -277,6 +300,7 @@ impl Producer {
         let Some(core) = self.core_for(&record)? else {
             return Ok(DeliveryFuture::ready(Err(Error::Disabled)));
         };
+        let _in_transaction = core.txn.as_ref().map(|t| t.enter_send()).transpose()?;
         let (body, reserved) = core.prepare(&mut record)?;
         core.acc.reserve(reserved).await?;
         if core.waiting_topics.load(Ordering::Acquire) > 0 {
@@ -308,6 +332,7 @@ impl Producer {
         let Some(core) = self.core_for(&record)? else {
             return Ok(DeliveryFuture::ready(Err(Error::Disabled)));
         };
+        let _in_transaction = core.txn.as_ref().map(|t| t.enter_send()).transpose()?;
         let (body, reserved) = core.prepare(&mut record)?;
         core.acc.try_reserve(reserved)?;
         if core.waiting_topics.load(Ordering::Acquire) == 0 {
@@ -362,6 +387,96 @@ impl Producer {
         if let Some(task) = task {
             let _ = task.await;
         }
+    }
+
+    /// The transactional producer's state, or why there is none.
+    fn transactions(&self) -> Result<(&Arc<Core>, &Arc<transaction::Transactions>)> {
+        let core = self.inner.core.as_ref().ok_or(Error::Disabled)?;
+        let txn = core
+            .txn
+            .as_ref()
+            .ok_or_else(|| Error::Transaction("this producer has no transactional.id".into()))?;
+        Ok((core, txn))
+    }
+
+    /// Readies a transactional producer (`transactional.id`): finds its transaction
+    /// coordinator and gets the producer id and a new epoch for the transactional id
+    /// (InitProducerId). The broker completes or aborts a transaction that an earlier
+    /// instance with the same id left open, and fences that instance: its later sends and
+    /// commits fail with PRODUCER_FENCED. Call once, before the first
+    /// [`begin_transaction`](Self::begin_transaction); a timeout may be retried.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: purekafka::Client) -> purekafka::Result<()> {
+    /// use std::time::Duration;
+    /// use purekafka::Record;
+    /// // client built with .set("transactional.id", "orders-enricher-1")
+    /// let producer = client.producer();
+    /// producer.init_transactions(Duration::from_secs(30)).await?;
+    /// producer.begin_transaction()?;
+    /// producer.enqueue(Record::new("orders-enriched", "{}")).await?;
+    /// match producer.commit_transaction(Duration::from_secs(30)).await {
+    ///     Ok(()) => {}
+    ///     Err(e) if e.is_fatal() => return Err(e), // fenced: a newer instance took over
+    ///     Err(_) => producer.abort_transaction(Duration::from_secs(30)).await?,
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn init_transactions(&self, timeout: std::time::Duration) -> Result<()> {
+        let (core, txn) = self.transactions()?;
+        core.start_sender();
+        txn.init(timeout).await
+    }
+
+    /// Starts a transaction: from now until the commit or abort, sends belong to it. Sends
+    /// outside a transaction fail with [`Error::Transaction`] (nothing is queued).
+    pub fn begin_transaction(&self) -> Result<()> {
+        self.transactions()?.1.begin()
+    }
+
+    /// Commits the transaction: waits for every record sent in it to be acknowledged
+    /// (flush), then asks the transaction coordinator to commit (EndTxn). read_committed
+    /// consumers then see its records, and offsets sent with
+    /// [`send_offsets_to_transaction`](Self::send_offsets_to_transaction) become the group's
+    /// committed offsets.
+    ///
+    /// Errors: [`Error::is_fatal`] (fenced, not authorized): the producer cannot go on; a
+    /// timeout: the commit may be retried; anything else (a record that failed, ...): the
+    /// transaction must be aborted with [`abort_transaction`](Self::abort_transaction).
+    pub async fn commit_transaction(&self, timeout: std::time::Duration) -> Result<()> {
+        let (_, txn) = self.transactions()?;
+        txn.commit(timeout, self.flush()).await
+    }
+
+    /// Aborts the transaction: records not yet sent fail with [`Error::Transaction`], records
+    /// in flight are awaited, then the coordinator aborts (EndTxn) — read_committed consumers
+    /// never see its records, and its offsets are not committed. When a record of it failed
+    /// after it may have been written, the producer also takes a new epoch. Afterwards the
+    /// next transaction may begin. Only a fatal error ([`Error::is_fatal`]) ends the producer.
+    pub async fn abort_transaction(&self, timeout: std::time::Duration) -> Result<()> {
+        let (_, txn) = self.transactions()?;
+        txn.abort(timeout, self.flush()).await
+    }
+
+    /// Adds a consumer group's offsets to the transaction (KIP-447): they become the group's
+    /// committed offsets if, and only if, the transaction commits. `offsets` are the next
+    /// offsets to read (the last processed record's offset + 1), as
+    /// [`Consumer::commit_offsets`](crate::Consumer::commit_offsets) takes them; `group` is
+    /// the consuming member's [`Consumer::group_metadata`](crate::Consumer::group_metadata),
+    /// so the group coordinator refuses the commit of a member a rebalance has fenced.
+    ///
+    /// Sends AddOffsetsToTxn to the transaction coordinator, then TxnOffsetCommit to the
+    /// group's coordinator. A failure other than a fatal one or a timeout dooms the
+    /// transaction (abort it).
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: impl IntoIterator<Item = (TopicPartition, i64)>,
+        group: &ConsumerGroupMetadata,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let (_, txn) = self.transactions()?;
+        txn.send_offsets(offsets.into_iter().collect(), group, timeout)
+            .await
     }
 
     /// The producer's counters.
@@ -713,7 +828,7 @@ pub mod bench {
             self.acc.start_closing();
             let mut bytes = 0;
             loop {
-                let drained = self.acc.drain(tokio::time::Instant::now(), None);
+                let drained = self.acc.drain(tokio::time::Instant::now(), None, None);
                 if drained.ready.is_empty() {
                     return bytes;
                 }

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues, CLOCK_TICK, TIMER_SLACK};
 use super::delivery::{BatchAck, BatchCompletion, CompletionGuard};
 use super::idempotence::{self, codes, Idempotence};
+use super::transaction::Transactions;
 use super::{batch, delivery};
 use crate::config::Acks;
 use crate::error::Error;
@@ -51,6 +52,8 @@ pub(crate) struct Sender {
     pub(crate) hook: Option<RetryHook>,
     /// The idempotent producer's state (`None` with `enable.idempotence=false`).
     pub(crate) idempotence: Option<Arc<Idempotence>>,
+    /// The transactional producer's state (`None` without `transactional.id`).
+    pub(crate) txn: Option<Arc<Transactions>>,
 }
 
 /// A batch on its way to the broker.
@@ -90,7 +93,21 @@ impl Sender {
                     Some(idem.current())
                 }
             };
-            let drained = self.acc.drain(now, producer);
+            let gate = self
+                .txn
+                .as_deref()
+                .map(|t| move |topic: &Arc<str>, p: i32| t.may_send(topic, p));
+            let drained = self.acc.drain(
+                now,
+                producer,
+                gate.as_ref().map(|g| g as &super::accumulator::Gate<'_>),
+            );
+            if let Some(txn) = &self.txn {
+                // Partitions with records that are not in the transaction yet join it.
+                if let Some(add) = txn.start_add() {
+                    requests.push(Box::pin(add));
+                }
+            }
             idle = drained.empty;
             if drained.empty && may_stop {
                 while requests.next().await.is_some() {}
@@ -250,13 +267,21 @@ impl Sender {
         };
         let expect_response = self.acks != Acks::None;
         // The batches go out as they are (vectored write), not copied into a request frame.
-        let sent = match encode_produce(&encoded, self.acks, self.request_timeout, version) {
+        let transactional_id = self.txn.as_ref().map(|t| t.id());
+        let sent = match encode_produce(
+            &encoded,
+            transactional_id,
+            self.acks,
+            self.request_timeout,
+            version,
+        ) {
             Some(body) => {
                 conn.send_parts::<ProduceRequest>(&body, version, expect_response)
                     .await
             }
             None => {
-                let request = build_request(&encoded, self.acks, self.request_timeout);
+                let request =
+                    build_request(&encoded, transactional_id, self.acks, self.request_timeout);
                 if expect_response {
                     conn.send_version(&request, version).await.map(Some)
                 } else {
@@ -320,6 +345,25 @@ impl Sender {
                             log_append_time: None,
                         },
                     );
+                }
+                Some(p)
+                    if self.txn.is_some()
+                        && (codes::is_sequence_error(p.error_code)
+                            || codes::is_fatal(p.error_code)) =>
+                {
+                    // A transactional producer does not recover sequences in the middle of a
+                    // transaction: INVALID_PRODUCER_EPOCH is fencing (fatal), the other
+                    // sequence errors doom the transaction (its abort takes a new epoch).
+                    let e = Error::broker(
+                        p.error_code,
+                        context(),
+                        p.error_message.as_ref().map(|m| m.to_string()),
+                    );
+                    let e = match &self.txn {
+                        Some(txn) => txn.classify(e),
+                        None => e,
+                    };
+                    self.give_up(b, e);
                 }
                 Some(p) if codes::is_sequence_error(p.error_code) && b.batch.sequence.is_some() => {
                     let e = Error::broker(
@@ -429,6 +473,10 @@ impl Sender {
         let elapsed = b.batch.created.elapsed();
         let operation = || format!("produce to {}/{}", b.topic.name, b.partition);
         if !resend && !error.is_retriable() {
+            return self.give_up(b, error);
+        }
+        if self.txn.as_ref().is_some_and(|t| t.is_doomed()) {
+            // The transaction can only be aborted: nothing of it is resent.
             return self.give_up(b, error);
         }
         if elapsed >= self.delivery_timeout {
@@ -552,6 +600,11 @@ impl Sender {
             .counters
             .records_failed
             .fetch_add(b.batch.records as u64, Ordering::Relaxed);
+        if let Some(txn) = &self.txn {
+            // Before the record's future resolves: whoever sees its error finds the
+            // transaction doomed already.
+            txn.batch_failed(&error);
+        }
         b.batch.completion.0.complete(Err(error));
         self.acc.finished(
             &b.topic,
@@ -573,6 +626,7 @@ fn duplicate(e: &Error) -> Error {
 /// versions.
 fn encode_produce(
     batches: &[InFlight],
+    transactional_id: Option<&str>,
     acks: Acks,
     timeout: Duration,
     version: i16,
@@ -611,11 +665,14 @@ fn encode_produce(
     }
     let mut parts = Vec::with_capacity(2 * batches.len() + 1);
     let mut buf = BytesMut::with_capacity(64 + 32 * batches.len());
-    // transactional_id: null
-    if flexible {
-        put_uvarint(&mut buf, 0);
-    } else {
-        buf.put_i16(-1);
+    match transactional_id {
+        Some(id) => {
+            put_len(&mut buf, id.len(), false);
+            buf.put_slice(id.as_bytes());
+        }
+        // null
+        None if flexible => put_uvarint(&mut buf, 0),
+        None => buf.put_i16(-1),
     }
     buf.put_i16(acks.as_i16());
     buf.put_i32(timeout.as_millis().min(i32::MAX as u128) as i32);
@@ -646,7 +703,12 @@ fn encode_produce(
 }
 
 /// One produce request for batches that all go to the same broker.
-fn build_request(batches: &[InFlight], acks: Acks, timeout: Duration) -> ProduceRequest {
+fn build_request(
+    batches: &[InFlight],
+    transactional_id: Option<&str>,
+    acks: Acks,
+    timeout: Duration,
+) -> ProduceRequest {
     let mut topic_data: Vec<TopicProduceData> = Vec::new();
     for b in batches {
         let partition = PartitionProduceData::default()
@@ -662,6 +724,11 @@ fn build_request(batches: &[InFlight], acks: Acks, timeout: Duration) -> Produce
         }
     }
     ProduceRequest::default()
+        .with_transactional_id(transactional_id.map(|id| {
+            kafka_protocol::messages::TransactionalId(
+                kafka_protocol::protocol::StrBytes::from_string(id.to_string()),
+            )
+        }))
         .with_acks(acks.as_i16())
         .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32)
         .with_topic_data(topic_data)
@@ -707,15 +774,17 @@ mod tests {
         ];
         for version in 3..=9 {
             for acks in [Acks::All, Acks::Leader, Acks::None] {
-                let timeout = Duration::from_millis(30_000);
-                let request = build_request(&batches, acks, timeout);
-                let mut expected = bytes::BytesMut::new();
-                request.encode(&mut expected, version).unwrap();
-                let parts = encode_produce(&batches, acks, timeout, version).unwrap();
-                let got: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-                assert_eq!(got, &expected[..], "v{version} {acks:?}");
+                for txn in [None, Some("orders-tx")] {
+                    let timeout = Duration::from_millis(30_000);
+                    let request = build_request(&batches, txn, acks, timeout);
+                    let mut expected = bytes::BytesMut::new();
+                    request.encode(&mut expected, version).unwrap();
+                    let parts = encode_produce(&batches, txn, acks, timeout, version).unwrap();
+                    let got: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+                    assert_eq!(got, &expected[..], "v{version} {acks:?} {txn:?}");
+                }
             }
         }
-        assert!(encode_produce(&batches, Acks::All, Duration::from_secs(1), 2).is_none());
+        assert!(encode_produce(&batches, None, Acks::All, Duration::from_secs(1), 2).is_none());
     }
 }

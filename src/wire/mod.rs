@@ -10,6 +10,7 @@ mod cluster;
 mod connection;
 mod sasl;
 mod transport;
+pub(crate) mod txn;
 
 #[allow(unused_imports)]
 pub(crate) use cluster::{Cluster, Metadata, PartitionMetadata, TopicMetadata};

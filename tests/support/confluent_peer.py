@@ -13,9 +13,10 @@ error on stderr when something fails):
       aborts it. Prints {"txn": k, "outcome": "commit"|"abort", "records": N} per transaction.
 
   consume --bootstrap B --topic T --group G [--isolation read_committed|read_uncommitted]
-          --count N [--timeout-s S]
+          --count N [--timeout-s S] [--partitions P]
       Reads from the earliest offset until N records arrived or S seconds passed with none
-      (default 10). Prints {"partition", "offset", "key", "value"} per record (key and value
+      (default 10). With --partitions, reads partitions 0..P-1 assigned by hand (no group
+      join: tansu takes seconds per join) instead of subscribing. Prints {"partition", "offset", "key", "value"} per record (key and value
       as UTF-8, or null), then {"done": count}.
 """
 
@@ -24,7 +25,7 @@ import json
 import sys
 import time
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 
 def produce_txn(args):
@@ -67,7 +68,12 @@ def consume(args):
             "isolation.level": args.isolation,
         }
     )
-    consumer.subscribe([args.topic])
+    if args.partitions:
+        consumer.assign(
+            [TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in range(args.partitions)]
+        )
+    else:
+        consumer.subscribe([args.topic])
     count = 0
     last = time.monotonic()
     while count < args.count and time.monotonic() - last < args.timeout_s:
@@ -115,6 +121,7 @@ def main():
     c.add_argument("--isolation", default="read_committed")
     c.add_argument("--count", type=int, required=True)
     c.add_argument("--timeout-s", type=float, default=10.0)
+    c.add_argument("--partitions", type=int, default=0)
     args = parser.parse_args()
     try:
         if args.command == "produce-txn":

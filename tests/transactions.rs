@@ -1,0 +1,686 @@
+//! The transactional producer (`transactional.id`) against real brokers: commit and abort
+//! round trips, send_offsets_to_transaction (KIP-447) committing the group's offsets only with
+//! the transaction, fencing by a second producer with the same transactional id, and the
+//! coordinator's transient errors retried (mock cluster).
+//!
+//! What each broker can prove: librdkafka's mock cluster runs the transaction protocol
+//! (InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn) but writes
+//! no commit/abort markers; tansu 0.6.0 writes the markers (read here with a raw Fetch) but
+//! sends no aborted-transaction list in Fetch responses, so a read_committed consumer
+//! (confluent-kafka's too) still sees aborted records there. The tests check what the broker
+//! can show: the markers and their type on tansu, the transactional bit of every batch, the
+//! committed offsets per outcome, and that confluent-kafka reads the committed records.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use purekafka::{
+    Client, Config, ConsumerGroupMetadata, Error, ErrorCode, Producer, Record, TopicPartition,
+};
+use purekafka_testkit::{unique_name, Backend, TestCluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[macro_use]
+mod support;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A client whose producer is transactional with `txn_id`.
+async fn txn_client(cluster: &TestCluster, txn_id: &str) -> Client {
+    support::init_tracing();
+    let config = Config::builder()
+        .brokers(cluster.bootstrap_list())
+        .client_id(unique_name("txn-test"))
+        .set("transactional.id", txn_id)
+        .set("transaction.timeout.ms", "60000")
+        .set("linger.ms", "2")
+        .set("reconnect.backoff.ms", "20")
+        .set("reconnect.backoff.max.ms", "500")
+        .build()
+        .expect("config");
+    Client::connect(config).await.expect("connect")
+}
+
+fn record(topic: &str, partition: i32, key: String) -> Record {
+    Record::new(topic.to_string(), key.clone())
+        .with_key(key)
+        .with_partition(partition)
+}
+
+/// Sends `n` records keyed `<tag>-<i>` over `partitions` and waits for their deliveries.
+async fn send_n(producer: &Producer, topic: &str, partitions: i32, tag: &str, n: usize) {
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let p = (i as i32) % partitions;
+        pending.push(
+            producer
+                .enqueue(record(topic, p, format!("{tag}-{i}")))
+                .await
+                .expect("enqueue in a transaction"),
+        );
+    }
+    for f in pending {
+        f.await.expect("delivered");
+    }
+}
+
+/// One batch as a raw Fetch shows it.
+#[derive(Debug, Clone)]
+struct RawBatch {
+    base_offset: i64,
+    last_offset: i64,
+    transactional: bool,
+    /// `Some(true)`: a commit marker, `Some(false)`: an abort marker, `None`: data.
+    control: Option<bool>,
+    /// The keys of a data batch's records (uncompressed batches only, as these tests send).
+    keys: Vec<String>,
+}
+
+fn read_varint(buf: &mut Bytes) -> i64 {
+    let mut value: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let b = buf.get_u8();
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+/// Parses the record batches of a Fetch response partition (v2 batches, uncompressed).
+fn parse_batches(mut data: Bytes) -> Vec<RawBatch> {
+    let mut out = Vec::new();
+    while data.len() >= 61 {
+        let base_offset = data.get_i64();
+        let length = data.get_i32() as usize;
+        if data.len() < length {
+            break; // a partial batch at the end of the response
+        }
+        let mut batch = data.split_to(length);
+        batch.advance(4 + 1 + 4); // leader epoch, magic, crc
+        let attributes = batch.get_i16();
+        let last_offset_delta = batch.get_i32();
+        batch.advance(8 + 8 + 8 + 2 + 4); // timestamps, producer, sequence
+        let count = batch.get_i32();
+        let is_control = attributes & 0x20 != 0;
+        let mut keys = Vec::new();
+        let mut control = None;
+        for _ in 0..count {
+            let _len = read_varint(&mut batch);
+            batch.advance(1);
+            let _ts = read_varint(&mut batch);
+            let _od = read_varint(&mut batch);
+            let key_len = read_varint(&mut batch);
+            let key = if key_len >= 0 {
+                batch.split_to(key_len as usize)
+            } else {
+                Bytes::new()
+            };
+            let value_len = read_varint(&mut batch);
+            if value_len > 0 {
+                batch.advance(value_len as usize);
+            }
+            let headers = read_varint(&mut batch);
+            for _ in 0..headers {
+                let kl = read_varint(&mut batch);
+                batch.advance(kl as usize);
+                let vl = read_varint(&mut batch);
+                if vl > 0 {
+                    batch.advance(vl as usize);
+                }
+            }
+            if is_control {
+                // key: version i16, type i16 (0 abort, 1 commit)
+                let mut k = key;
+                let _version = k.get_i16();
+                control = Some(k.get_i16() == 1);
+            } else {
+                keys.push(String::from_utf8_lossy(&key).into_owned());
+            }
+        }
+        out.push(RawBatch {
+            base_offset,
+            last_offset: base_offset + i64::from(last_offset_delta),
+            transactional: attributes & 0x10 != 0,
+            control,
+            keys,
+        });
+    }
+    out
+}
+
+/// Every batch of `topic`/`partition` from offset 0, by raw Fetch v4 (read_uncommitted),
+/// asked of each broker until the leader answers.
+async fn raw_batches(cluster: &TestCluster, topic: &str, partition: i32) -> Vec<RawBatch> {
+    let mut out: Vec<RawBatch> = Vec::new();
+    let mut offset = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'outer: loop {
+        assert!(
+            Instant::now() < deadline,
+            "raw fetch of {topic}/{partition} stalled"
+        );
+        for broker in cluster.bootstrap_list() {
+            let Some((high_watermark, batches)) =
+                fetch_once(&broker, topic, partition, offset).await
+            else {
+                continue;
+            };
+            for b in batches {
+                if b.base_offset >= offset {
+                    offset = b.last_offset + 1;
+                    out.push(b);
+                }
+            }
+            if offset >= high_watermark {
+                break 'outer;
+            }
+            continue 'outer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out
+}
+
+/// One Fetch v4 at `offset`: (high watermark, batches), or `None` when `broker` is not the
+/// leader.
+async fn fetch_once(
+    broker: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Option<(i64, Vec<RawBatch>)> {
+    const VERSION: i16 = 4;
+    let mut stream = tokio::net::TcpStream::connect(broker).await.ok()?;
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(VERSION)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("txn-test-raw")));
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(16 << 20)
+        .with_isolation_level(0)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(8 << 20)])]);
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, FetchRequest::header_version(VERSION))
+        .unwrap();
+    request.encode(&mut body, VERSION).unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await.ok()?;
+    let len = stream.read_i32().await.ok()?;
+    let mut response = vec![0u8; len as usize];
+    stream.read_exact(&mut response).await.ok()?;
+    let mut response = Bytes::from(response);
+    ResponseHeader::decode(&mut response, FetchResponse::header_version(VERSION)).unwrap();
+    let response = FetchResponse::decode(&mut response, VERSION).unwrap();
+    let p = &response.responses[0].partitions[0];
+    if p.error_code != 0 {
+        return None;
+    }
+    let batches = p.records.clone().map(parse_batches).unwrap_or_default();
+    Some((p.high_watermark, batches))
+}
+
+/// The data keys of `batches` in order, and the markers (true: commit) in order.
+fn keys_and_markers(batches: &[RawBatch]) -> (Vec<String>, Vec<bool>) {
+    let keys = batches
+        .iter()
+        .filter(|b| b.control.is_none())
+        .flat_map(|b| b.keys.iter().cloned())
+        .collect();
+    let markers = batches.iter().filter_map(|b| b.control).collect();
+    (keys, markers)
+}
+
+on_each_backend!(
+    commit_and_abort_round_trip,
+    |cluster: TestCluster| async move {
+        let topic = unique_name("txn-round-trip");
+        cluster.create_topic(&topic, 2).await.unwrap();
+        let client = txn_client(&cluster, &unique_name("txn-rt")).await;
+        let producer = client.producer();
+
+        // Nothing transactional before init_transactions, and no send outside a transaction.
+        assert!(matches!(
+            producer.begin_transaction(),
+            Err(Error::Transaction(_))
+        ));
+        producer
+            .init_transactions(T)
+            .await
+            .expect("init_transactions");
+        let outside = producer.enqueue(record(&topic, 0, "outside".into())).await;
+        assert!(matches!(outside, Err(Error::Transaction(_))), "{outside:?}");
+
+        producer.begin_transaction().unwrap();
+        assert!(matches!(
+            producer.begin_transaction(),
+            Err(Error::Transaction(_))
+        ));
+        send_n(&producer, &topic, 2, "committed1", 10).await;
+        producer.commit_transaction(T).await.expect("commit");
+
+        producer.begin_transaction().unwrap();
+        let mut pending = Vec::new();
+        for i in 0..6 {
+            pending.push(
+                producer
+                    .enqueue(record(&topic, i % 2, format!("aborted-{i}")))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Half of them written, half maybe still queued when the abort comes.
+        for f in pending.drain(..3) {
+            f.await.expect("delivered before the abort");
+        }
+        producer.abort_transaction(T).await.expect("abort");
+        for f in pending {
+            if let Err(e) = f.await {
+                assert!(matches!(e, Error::Transaction(_)), "{e}");
+            }
+        }
+
+        producer.begin_transaction().unwrap();
+        send_n(&producer, &topic, 2, "committed2", 4).await;
+        producer.commit_transaction(T).await.expect("second commit");
+        // An empty transaction commits too (nothing to tell the coordinator).
+        producer.begin_transaction().unwrap();
+        producer.commit_transaction(T).await.expect("empty commit");
+        let m = producer.metrics();
+        assert!(m.producer_id >= 0 && m.producer_epoch >= 0, "{m:?}");
+
+        for p in 0..2 {
+            let batches = raw_batches(&cluster, &topic, p).await;
+            let data: Vec<&RawBatch> = batches.iter().filter(|b| b.control.is_none()).collect();
+            assert!(
+                data.iter().all(|b| b.transactional),
+                "every batch is marked transactional: {batches:?}"
+            );
+            let (keys, markers) = keys_and_markers(&batches);
+            let expected_committed: Vec<String> = (0..10)
+                .filter(|i| i % 2 == p as usize)
+                .map(|i| format!("committed1-{i}"))
+                .chain(
+                    (0..4)
+                        .filter(|i| i % 2 == p as usize)
+                        .map(|i| format!("committed2-{i}")),
+                )
+                .collect();
+            let committed: Vec<String> = keys
+                .iter()
+                .filter(|k| k.starts_with("committed"))
+                .cloned()
+                .collect();
+            assert_eq!(committed, expected_committed, "partition {p}");
+            match cluster.backend() {
+                Backend::Tansu => {
+                    // commit, abort (the partition had records of the aborted transaction:
+                    // aborted-0/2/4 on 0, 1/3/5 on 1, at least the first of each was written),
+                    // commit
+                    assert_eq!(
+                        markers,
+                        vec![true, false, true],
+                        "partition {p}: {batches:?}"
+                    );
+                    // Each marker follows its transaction's records.
+                    let kinds: Vec<&str> = batches
+                        .iter()
+                        .map(|b| match (b.control, b.keys.first()) {
+                            (Some(true), _) => "commit",
+                            (Some(false), _) => "abort",
+                            (None, Some(k)) if k.starts_with("committed1") => "c1",
+                            (None, Some(k)) if k.starts_with("aborted") => "a",
+                            (None, _) => "c2",
+                        })
+                        .collect();
+                    let mut collapsed = kinds.clone();
+                    collapsed.dedup();
+                    assert_eq!(
+                        collapsed,
+                        vec!["c1", "commit", "a", "abort", "c2", "commit"],
+                        "partition {p}: {kinds:?}"
+                    );
+                }
+                _ => assert!(markers.is_empty(), "the mock cluster writes no markers"),
+            }
+        }
+
+        // confluent-kafka (librdkafka), read_committed, reads every committed record.
+        let lines = support::confluent_peer(&[
+            "consume",
+            "--bootstrap",
+            &cluster.bootstrap(),
+            "--topic",
+            &topic,
+            "--group",
+            &unique_name("txn-peer"),
+            "--isolation",
+            "read_committed",
+            "--count",
+            "20",
+            "--timeout-s",
+            "20",
+            "--partitions",
+            "2",
+        ])
+        .await;
+        let seen: std::collections::HashSet<String> = support::peer_records(&lines)
+            .into_iter()
+            .filter_map(|r| r.key)
+            .collect();
+        for i in 0..10 {
+            assert!(seen.contains(&format!("committed1-{i}")), "{seen:?}");
+        }
+        for i in 0..4 {
+            assert!(seen.contains(&format!("committed2-{i}")), "{seen:?}");
+        }
+        producer.close().await;
+    }
+);
+
+/// On tansu: librdkafka's mock cluster hands the second instance a new epoch but does not
+/// fence the first (its produce, AddPartitionsToTxn and EndTxn still succeed); the fatal path
+/// is checked there with injected errors (`fencing_errors_are_fatal_on_the_mock_cluster`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_producer_with_the_same_id_fences_the_first() {
+    let cluster = support::start(Backend::Tansu);
+    let topic = unique_name("txn-fence");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let id = unique_name("txn-fence-id");
+    let first_client = txn_client(&cluster, &id).await;
+    let first = first_client.producer();
+    first.init_transactions(T).await.unwrap();
+    first.begin_transaction().unwrap();
+    send_n(&first, &topic, 1, "first", 3).await;
+    first.commit_transaction(T).await.unwrap();
+
+    let second_client = txn_client(&cluster, &id).await;
+    let second = second_client.producer();
+    second.init_transactions(T).await.unwrap();
+    assert!(
+        second.metrics().producer_epoch > first.metrics().producer_epoch
+            || second.metrics().producer_id != first.metrics().producer_id,
+        "the second instance got a newer epoch: {:?} vs {:?}",
+        second.metrics(),
+        first.metrics()
+    );
+
+    // The first producer's next transaction fails fatally: fenced.
+    first.begin_transaction().unwrap();
+    let sent = first.enqueue(record(&topic, 0, "zombie".into())).await;
+    let commit = first.commit_transaction(T).await;
+    let e = commit.expect_err("a fenced producer cannot commit");
+    assert!(e.is_fatal(), "{e}");
+    assert_eq!(e.kafka_code(), Some(ErrorCode::ProducerFenced), "{e}");
+    if let Ok(f) = sent {
+        let r = f.await;
+        assert!(r.is_err(), "the zombie's record is not acknowledged: {r:?}");
+    }
+    // ... and refuses everything after.
+    let e = first.begin_transaction().unwrap_err();
+    assert!(e.is_fatal(), "{e}");
+    let e = first
+        .enqueue(record(&topic, 0, "later".into()))
+        .await
+        .unwrap_err();
+    assert!(e.is_fatal(), "{e}");
+    assert!(first.abort_transaction(T).await.unwrap_err().is_fatal());
+
+    // The new instance works.
+    second.begin_transaction().unwrap();
+    send_n(&second, &topic, 1, "second", 2).await;
+    second.commit_transaction(T).await.unwrap();
+    second.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_errors_are_fatal_on_the_mock_cluster() {
+    let cluster = support::start(Backend::MockCluster);
+    let topic = unique_name("txn-fenced-mock");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    // PRODUCER_FENCED (90) from EndTxn; INVALID_PRODUCER_EPOCH (47) from AddPartitionsToTxn,
+    // which a transactional producer reads as fencing; TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    // (53) from InitProducerId.
+    for (api_key, code) in [(26i16, 90i16), (24, 47), (22, 53)] {
+        let client = txn_client(&cluster, &unique_name("txn-fenced-mock-id")).await;
+        let producer = client.producer();
+        if api_key == 22 {
+            cluster.push_request_errors(22, &[code]).unwrap();
+            let e = producer.init_transactions(T).await.unwrap_err();
+            assert!(e.is_fatal(), "{e}");
+            assert!(producer.init_transactions(T).await.unwrap_err().is_fatal());
+            continue;
+        }
+        producer.init_transactions(T).await.unwrap();
+        producer.begin_transaction().unwrap();
+        cluster.push_request_errors(api_key, &[code]).unwrap();
+        let sent = producer
+            .enqueue(record(&topic, 0, "r".into()))
+            .await
+            .unwrap();
+        let e = producer.commit_transaction(T).await.unwrap_err();
+        assert!(e.is_fatal(), "api {api_key} code {code}: {e}");
+        assert_eq!(e.kafka_code(), Some(ErrorCode::ProducerFenced), "{e}");
+        if api_key == 24 {
+            assert!(
+                sent.await.is_err(),
+                "not sent: the partition was never added"
+            );
+        }
+        assert!(producer.begin_transaction().unwrap_err().is_fatal());
+        assert!(producer.abort_transaction(T).await.unwrap_err().is_fatal());
+        let e = producer
+            .enqueue(record(&topic, 0, "later".into()))
+            .await
+            .unwrap_err();
+        assert!(e.is_fatal(), "{e}");
+    }
+}
+
+/// The committed offset of `group` on `tp`, via OffsetFetch (`client.admin()`).
+async fn group_offset(client: &Client, group: &str, tp: &TopicPartition) -> Option<i64> {
+    let offsets: BTreeMap<TopicPartition, i64> = client
+        .admin()
+        .group_offsets(group)
+        .await
+        .expect("group offsets");
+    offsets.get(tp).copied()
+}
+
+/// On tansu: librdkafka's mock cluster answers TxnOffsetCommit but stores no offsets
+/// (`rd_kafka_mock_handle_TxnOffsetCommit` only checks the request), so nothing there can
+/// show the commit; its retries are checked in `coordinator_errors_are_retried_on_the_mock_cluster`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_sent_to_a_transaction_commit_only_with_it() {
+    support::init_tracing();
+    let cluster = support::start(Backend::Tansu);
+    let input = unique_name("txn-offsets-in");
+    let output = unique_name("txn-offsets-out");
+    cluster.create_topic(&input, 1).await.unwrap();
+    cluster.create_topic(&output, 1).await.unwrap();
+    let group = unique_name("txn-offsets-group");
+    let tp = TopicPartition::new(input.as_str(), 0);
+
+    // Input records, then a group member that reads them.
+    let plain = support::client(&cluster, &group, &[]).await;
+    support::produce(&plain, &input, 1, 10, 10).await;
+    let consumer = plain.consumer(&[&input]).expect("consumer");
+    let mut consumed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while consumed.len() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of 10",
+            consumed.len()
+        );
+        consumed.extend(
+            consumer
+                .poll(Duration::from_millis(200))
+                .await
+                .expect("poll"),
+        );
+    }
+    let metadata = consumer.group_metadata();
+    assert_eq!(metadata.group_id, group);
+    assert!(metadata.generation_id >= 0, "{metadata:?}");
+    assert!(!metadata.member_id.is_empty(), "{metadata:?}");
+
+    let client = txn_client(&cluster, &unique_name("txn-offsets-id")).await;
+    let producer = client.producer();
+    producer.init_transactions(T).await.unwrap();
+
+    // Aborted: the offsets are not committed.
+    producer.begin_transaction().unwrap();
+    send_n(&producer, &output, 1, "out-aborted", 3).await;
+    producer
+        .send_offsets_to_transaction([(tp.clone(), 4)], &metadata, T)
+        .await
+        .expect("send offsets");
+    producer.abort_transaction(T).await.unwrap();
+    assert_eq!(
+        group_offset(&plain, &group, &tp).await,
+        None,
+        "nothing committed by an abort"
+    );
+
+    // Committed: they are.
+    producer.begin_transaction().unwrap();
+    send_n(&producer, &output, 1, "out-committed", 3).await;
+    producer
+        .send_offsets_to_transaction([(tp.clone(), 7)], &metadata, T)
+        .await
+        .expect("send offsets");
+    assert_eq!(
+        group_offset(&plain, &group, &tp).await,
+        None,
+        "not before the commit"
+    );
+    producer.commit_transaction(T).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match group_offset(&plain, &group, &tp).await {
+            Some(7) => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "committed offset {other:?}, expected 7"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    producer.close().await;
+    drop(consumer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_errors_are_retried_on_the_mock_cluster() {
+    let cluster = support::start(Backend::MockCluster);
+    let topic = unique_name("txn-retries");
+    cluster.create_topic(&topic, 3).await.unwrap();
+    let client = txn_client(&cluster, &unique_name("txn-retries-id")).await;
+    let producer = client.producer();
+    // InitProducerId: CONCURRENT_TRANSACTIONS (51), then COORDINATOR_LOAD_IN_PROGRESS (14).
+    cluster.push_request_errors(22, &[51, 14]).unwrap();
+    producer
+        .init_transactions(T)
+        .await
+        .expect("init after retries");
+
+    for round in 0..3 {
+        // AddPartitionsToTxn: CONCURRENT_TRANSACTIONS, NOT_COORDINATOR (16),
+        // COORDINATOR_LOAD_IN_PROGRESS; EndTxn: CONCURRENT_TRANSACTIONS, NOT_COORDINATOR.
+        cluster.push_request_errors(24, &[51, 16, 14]).unwrap();
+        cluster.push_request_errors(26, &[51, 16]).unwrap();
+        producer.begin_transaction().unwrap();
+        send_n(&producer, &topic, 3, &format!("r{round}"), 30).await;
+        producer
+            .commit_transaction(T)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    // AddOffsetsToTxn and TxnOffsetCommit.
+    cluster.push_request_errors(25, &[51, 16]).unwrap();
+    cluster.push_request_errors(28, &[16, 14]).unwrap();
+    producer.begin_transaction().unwrap();
+    let group = unique_name("txn-retries-group");
+    let tp = TopicPartition::new(topic.as_str(), 1);
+    producer
+        .send_offsets_to_transaction(
+            [(tp.clone(), 5)],
+            &ConsumerGroupMetadata::new(group.as_str()),
+            T,
+        )
+        .await
+        .expect("offsets after retries");
+    producer.commit_transaction(T).await.unwrap();
+
+    let check = txn_client(&cluster, &unique_name("txn-retries-check")).await;
+    let mut keys = Vec::new();
+    for p in 0..3 {
+        for r in support::read_partition(&check, &topic, p).await {
+            keys.push(String::from_utf8(r.record.key.unwrap()).unwrap());
+        }
+    }
+    keys.sort();
+    let mut expected: Vec<String> = (0..3)
+        .flat_map(|round| (0..30).map(move |i| format!("r{round}-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected, "every record once");
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_record_dooms_the_transaction_until_it_is_aborted() {
+    let cluster = support::start(Backend::MockCluster);
+    let topic = unique_name("txn-abortable");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let client = txn_client(&cluster, &unique_name("txn-abortable-id")).await;
+    let producer = client.producer();
+    producer.init_transactions(T).await.unwrap();
+    producer.begin_transaction().unwrap();
+    // A permanent produce error (INVALID_RECORD, 87) fails the record.
+    cluster.push_request_errors(0, &[87]).unwrap();
+    let failed = producer
+        .send(record(&topic, 0, "bad".into()))
+        .await
+        .expect_err("the broker refused it");
+    assert!(!failed.is_fatal(), "{failed}");
+    // The transaction can no longer commit or take records ...
+    let later = producer.enqueue(record(&topic, 0, "later".into())).await;
+    assert!(matches!(later, Err(Error::Transaction(_))), "{later:?}");
+    let e = producer.commit_transaction(T).await.expect_err("doomed");
+    assert!(!e.is_fatal(), "{e}");
+    // ... but the abort works and the producer goes on.
+    producer.abort_transaction(T).await.expect("abort");
+    producer.begin_transaction().unwrap();
+    send_n(&producer, &topic, 1, "after", 3).await;
+    producer
+        .commit_transaction(T)
+        .await
+        .expect("commit after the abort");
+    producer.close().await;
+}
