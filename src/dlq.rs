@@ -38,12 +38,16 @@ pub const HEADER_FAILED_AT: &str = "dlq.failed.at";
 pub const DEFAULT_TEMPLATE: &str = "{topic}.dlq";
 
 /// Whether a failed dead-letter write will fail again however often it is retried: the
-/// record is too large, the topic does not exist or is invalid, or writing is not
-/// authorized.
+/// record is too large, the topic does not exist or is invalid, writing is not authorized,
+/// or the producer's transaction failed or it is fenced (exactly-once mode).
 pub fn is_permanent(error: &Error) -> bool {
     use crate::ErrorCode as E;
     match error {
         Error::RecordTooLarge { .. } | Error::UnknownTopic(_) => true,
+        // The runner's transaction failed (exactly-once mode) or the producer is fenced:
+        // no retry can write it.
+        Error::Transaction(_) => true,
+        e if e.is_fatal() => true,
         e => matches!(
             e.kafka_code(),
             Some(

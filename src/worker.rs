@@ -150,6 +150,16 @@ pub struct RunnerConfig {
     pub max_pending_per_partition: usize,
     /// Shut down gracefully on SIGTERM / SIGINT. Default true (what a service wants).
     pub shutdown_on_signal: bool,
+    /// Exactly-once processing (default false: at-least-once, offsets committed by the
+    /// consumer). The runner's producer ([`Runner::producer`]) must be transactional
+    /// (`transactional.id`) and the handler must produce through that producer and await its
+    /// sends. Every `commit_interval` no new record starts, the records in progress finish,
+    /// and the records the handlers produced, the dead letters and the consumed offsets
+    /// commit in one transaction (`send_offsets_to_transaction` with the member's group
+    /// metadata); a failed transaction is aborted and its input records are processed again
+    /// from the last commit. A transaction during which the group rebalanced is aborted the
+    /// same way (its records may belong to another member now).
+    pub exactly_once: bool,
 }
 
 impl Default for RunnerConfig {
@@ -174,6 +184,7 @@ impl Default for RunnerConfig {
             commit_interval: Duration::from_secs(1),
             max_pending_per_partition: 20_000,
             shutdown_on_signal: true,
+            exactly_once: false,
         }
     }
 }
@@ -398,6 +409,18 @@ impl Runner {
         let breaker = Arc::new(CircuitBreaker::new(config.breaker.clone()));
         let _ = handle.shared.breaker.set(Arc::clone(&breaker));
         let producer = producer.unwrap_or_else(|| consumer.client().producer());
+        let eos = if config.exactly_once {
+            producer.init_transactions(EOS_TIMEOUT).await?;
+            producer.begin_transaction()?;
+            Some(Eos {
+                producer: producer.clone(),
+                base: HashMap::new(),
+                generation: None,
+                mixed: false,
+            })
+        } else {
+            None
+        };
         let mut router = DeadLetterRouter::new(
             producer,
             config.dlq_topic_template.clone(),
@@ -426,19 +449,30 @@ impl Runner {
             sem: Semaphore::new(config.concurrency.max(1)),
             shared: Arc::clone(&handle.shared),
             config: config.clone(),
+            gate: eos.as_ref().map(|_| tokio::sync::RwLock::new(())),
         });
         let mut dispatcher = Dispatcher {
             consumer: &consumer,
             ctx,
             slots: HashMap::new(),
             tasks: JoinSet::new(),
+            eos,
         };
-        let result = dispatcher.run_loop(&config).await;
+        let mut result = dispatcher.run_loop(&config).await;
         // Graceful end: no new record starts; in-flight handlers finish.
         handle.shutdown();
         dispatcher.close_senders();
         while dispatcher.tasks.join_next().await.is_some() {}
         dispatcher.sync_handled();
+        if dispatcher.eos.is_some() {
+            // The last transaction: what the handlers finished commits with its offsets.
+            let last = if result.is_ok() {
+                dispatcher.commit_transaction(false).await
+            } else {
+                dispatcher.abort_transaction().await
+            };
+            result = result.and(last);
+        }
         let close = consumer.close().await;
         if let Some(t) = signal_task {
             t.abort();
@@ -467,6 +501,25 @@ struct Ctx<P> {
     sem: Semaphore,
     shared: Arc<RunShared>,
     config: RunnerConfig,
+    /// Exactly-once mode: held (read) by each record's processing, and (write) by the
+    /// transaction's commit, so a commit sees no record half processed.
+    gate: Option<tokio::sync::RwLock<()>>,
+}
+
+/// Time limit of each transactional call of the exactly-once mode.
+const EOS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The exactly-once mode's transaction.
+struct Eos {
+    producer: Producer,
+    /// Per partition, the offset the open transaction's records start at: committed by the
+    /// last transaction, or where this runner started the partition. An aborted transaction
+    /// is processed again from here.
+    base: HashMap<TopicPartition, i64>,
+    /// The group generation the open transaction's records were polled in.
+    generation: Option<i32>,
+    /// Records of more than one generation are in the open transaction.
+    mixed: bool,
 }
 
 impl<P> Ctx<P> {
@@ -494,6 +547,7 @@ struct Dispatcher<'a, P> {
     ctx: Arc<Ctx<P>>,
     slots: HashMap<TopicPartition, Slot>,
     tasks: JoinSet<()>,
+    eos: Option<Eos>,
 }
 
 impl<P: Process> Dispatcher<'_, P> {
@@ -506,7 +560,9 @@ impl<P: Process> Dispatcher<'_, P> {
             }
             self.sync_handled();
             if last_commit.elapsed() >= config.commit_interval {
-                if let Err(e) = self.consumer.commit_processed().await {
+                if self.eos.is_some() {
+                    self.commit_transaction(true).await?;
+                } else if let Err(e) = self.consumer.commit_processed().await {
                     tracing::warn!(error = %e, "committing processed offsets failed; retried at the next interval");
                 }
                 last_commit = Instant::now();
@@ -529,8 +585,102 @@ impl<P: Process> Dispatcher<'_, P> {
         }
     }
 
+    /// Exactly-once mode: waits until no record is in progress, then commits the open
+    /// transaction with the offsets after the records handled in it (or aborts it and rewinds
+    /// when the group rebalanced meanwhile or the commit failed); begins the next one when
+    /// `begin_next`. Only a fatal error (fenced) ends the run.
+    async fn commit_transaction(&mut self, begin_next: bool) -> Result<()> {
+        let ctx = Arc::clone(&self.ctx);
+        let Some(gate) = &ctx.gate else {
+            return Ok(());
+        };
+        let _no_record_in_progress = gate.write().await;
+        let Some(eos) = &self.eos else { return Ok(()) };
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .slots
+            .iter()
+            .filter_map(|(tp, s)| {
+                let handled = s.handled.load(Ordering::Acquire);
+                (handled >= 0 && eos.base.get(tp).is_none_or(|b| handled > *b))
+                    .then(|| (tp.clone(), handled))
+            })
+            .collect();
+        let metadata = self.consumer.group_metadata();
+        let rebalanced = eos.mixed || eos.generation.is_some_and(|g| g != metadata.generation_id);
+        let producer = eos.producer.clone();
+        let outcome = if rebalanced {
+            Err(Error::Transaction(
+                "the group rebalanced during the transaction".into(),
+            ))
+        } else {
+            let sent = if offsets.is_empty() {
+                Ok(())
+            } else {
+                producer
+                    .send_offsets_to_transaction(offsets.iter().cloned(), &metadata, EOS_TIMEOUT)
+                    .await
+            };
+            match sent {
+                Ok(()) => producer.commit_transaction(EOS_TIMEOUT).await,
+                Err(e) => Err(e),
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                let eos = self.eos.as_mut().expect("checked");
+                eos.base.extend(offsets);
+            }
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "exactly-once: the transaction failed; aborting it, its records are processed again");
+                producer.abort_transaction(EOS_TIMEOUT).await?;
+                self.rewind();
+            }
+        }
+        let eos = self.eos.as_mut().expect("checked");
+        eos.generation = None;
+        eos.mixed = false;
+        if begin_next {
+            producer.begin_transaction()?;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once mode, the run ends with an error: the open transaction is aborted.
+    async fn abort_transaction(&mut self) -> Result<()> {
+        match &self.eos {
+            Some(eos) => eos.producer.abort_transaction(EOS_TIMEOUT).await,
+            None => Ok(()),
+        }
+    }
+
+    /// After an abort: every partition's task is dropped and its position goes back to where
+    /// the aborted transaction started, so those records are processed again.
+    fn rewind(&mut self) {
+        let Some(eos) = &self.eos else { return };
+        for (tp, slot) in self.slots.drain() {
+            slot.revoked.store(true, Ordering::Release);
+            if let Some(&base) = eos.base.get(&tp) {
+                if let Err(e) = self.consumer.seek(&tp.topic, tp.partition, base) {
+                    tracing::debug!(partition = ?tp, error = %e, "rewind: partition no longer assigned");
+                }
+            }
+        }
+    }
+
     /// Hands each partition's run of records to its task, in the order polled.
     fn dispatch(&mut self, mut batch: Vec<ConsumedRecord>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(eos) = &mut self.eos {
+            let generation = self.consumer.group_metadata().generation_id;
+            match eos.generation {
+                None => eos.generation = Some(generation),
+                Some(g) if g != generation => eos.mixed = true,
+                Some(_) => {}
+            }
+        }
         // Split into runs of one partition (poll returns whole chunks, one partition each;
         // a partition may have several chunks in one batch). Split from the end so that
         // every record moves at most once, then send the runs in poll order.
@@ -559,6 +709,10 @@ impl<P: Process> Dispatcher<'_, P> {
             Some(s) if s.tx.as_ref().is_some_and(|t| !t.is_closed()) => s,
             _ => {
                 let slot = self.spawn_slot(run[0].offset);
+                if let Some(eos) = &mut self.eos {
+                    // The partition (re)starts here: from its committed offset.
+                    eos.base.insert(tp.clone(), run[0].offset);
+                }
                 self.slots.insert(tp.clone(), slot);
                 self.slots.get_mut(&tp).expect("just inserted")
             }
@@ -598,8 +752,13 @@ impl<P: Process> Dispatcher<'_, P> {
         slot
     }
 
-    /// Tells the consumer what the tasks finished (one lock for all partitions).
+    /// Tells the consumer what the tasks finished (one lock for all partitions). Not in the
+    /// exactly-once mode: there the offsets commit with the transaction, never by the
+    /// consumer (revoke and close then commit nothing).
     fn sync_handled(&self) {
+        if self.eos.is_some() {
+            return;
+        }
         let marks: Vec<(TopicPartition, i64)> = self
             .slots
             .iter()
@@ -682,6 +841,15 @@ async fn partition_task<P: Process>(
                 return;
             }
             if revoked.load(Ordering::Acquire) {
+                break;
+            }
+            // Exactly-once mode: no commit while this record is processed; a rewind may have
+            // come while waiting for a commit to end.
+            let _in_transaction = match &ctx.gate {
+                Some(gate) => Some(gate.read().await),
+                None => None,
+            };
+            if revoked.load(Ordering::Acquire) || ctx.stopping() {
                 break;
             }
             match handle_one(&ctx, record, &mut stop).await {

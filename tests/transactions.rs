@@ -80,6 +80,8 @@ struct RawBatch {
     control: Option<bool>,
     /// The keys of a data batch's records (uncompressed batches only, as these tests send).
     keys: Vec<String>,
+    /// Their values.
+    values: Vec<String>,
 }
 
 fn read_varint(buf: &mut Bytes) -> i64 {
@@ -113,6 +115,7 @@ fn parse_batches(mut data: Bytes) -> Vec<RawBatch> {
         let count = batch.get_i32();
         let is_control = attributes & 0x20 != 0;
         let mut keys = Vec::new();
+        let mut values = Vec::new();
         let mut control = None;
         for _ in 0..count {
             let _len = read_varint(&mut batch);
@@ -126,9 +129,11 @@ fn parse_batches(mut data: Bytes) -> Vec<RawBatch> {
                 Bytes::new()
             };
             let value_len = read_varint(&mut batch);
-            if value_len > 0 {
-                batch.advance(value_len as usize);
-            }
+            let value = if value_len > 0 {
+                batch.split_to(value_len as usize)
+            } else {
+                Bytes::new()
+            };
             let headers = read_varint(&mut batch);
             for _ in 0..headers {
                 let kl = read_varint(&mut batch);
@@ -145,6 +150,7 @@ fn parse_batches(mut data: Bytes) -> Vec<RawBatch> {
                 control = Some(k.get_i16() == 1);
             } else {
                 keys.push(String::from_utf8_lossy(&key).into_owned());
+                values.push(String::from_utf8_lossy(&value).into_owned());
             }
         }
         out.push(RawBatch {
@@ -153,6 +159,7 @@ fn parse_batches(mut data: Bytes) -> Vec<RawBatch> {
             transactional: attributes & 0x10 != 0,
             control,
             keys,
+            values,
         });
     }
     out
@@ -683,4 +690,292 @@ async fn a_failed_record_dooms_the_transaction_until_it_is_aborted() {
         .await
         .expect("commit after the abort");
     producer.close().await;
+}
+
+/// Committed records of `batches` (one transactional producer id writing): data batches
+/// followed by a commit marker before any abort marker; their keys (`values`: their values).
+fn committed(batches: &[RawBatch], values: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut open: Vec<String> = Vec::new();
+    for b in batches {
+        match b.control {
+            Some(true) => out.append(&mut open),
+            Some(false) => open.clear(),
+            None if values => open.extend(b.values.iter().cloned()),
+            None => open.extend(b.keys.iter().cloned()),
+        }
+    }
+    out
+}
+
+fn committed_keys(batches: &[RawBatch]) -> Vec<String> {
+    committed(batches, false)
+}
+
+/// The processing runtime in exactly-once mode on tansu: the records the handler produces,
+/// the dead letters and the consumed offsets commit together, transaction by transaction;
+/// every input appears exactly once among the committed output or dead-letter records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_runtime_commits_output_dead_letters_and_offsets_together() {
+    use purekafka::worker::RunnerConfig;
+    use purekafka::HandlerError;
+    const PER_PARTITION: usize = 100;
+    support::init_tracing();
+    let cluster = support::start(Backend::Tansu);
+    let input = unique_name("eos-in");
+    let output = unique_name("eos-out");
+    let dlq = format!("{input}.dlq");
+    for t in [&input, &output, &dlq] {
+        cluster.create_topic(t, 2).await.unwrap();
+    }
+    let group = unique_name("eos-group");
+    let txn_id = unique_name("eos-txn");
+    let client = support::client(
+        &cluster,
+        &group,
+        &[("transactional.id", txn_id.as_str()), ("linger.ms", "2")],
+    )
+    .await;
+    support::produce(&client, &input, 2, PER_PARTITION, 50).await;
+    let producer = client.producer();
+    let consumer = client.consumer(&[&input]).unwrap();
+    let runner = consumer
+        .runner()
+        .config(RunnerConfig {
+            exactly_once: true,
+            commit_interval: Duration::from_millis(200),
+            shutdown_on_signal: false,
+            retry: purekafka::worker::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            ..RunnerConfig::default()
+        })
+        .producer(producer.clone());
+    let handle = runner.handle();
+    let out = output.clone();
+    let run = tokio::spawn(runner.run(move |record| {
+        let producer = producer.clone();
+        let out = out.clone();
+        async move {
+            let value = record.value_str().unwrap_or_default().to_string();
+            // Every 10th input fails for good: dead-lettered, in the same transaction.
+            if value.ends_with('7') {
+                return Err(HandlerError::permanent("sevens are refused"));
+            }
+            producer
+                .send(Record::new(out, value.clone()).with_key(value))
+                .await
+                .map_err(HandlerError::retriable)?;
+            Ok(())
+        }
+    }));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let tp = |p| TopicPartition::new(input.as_str(), p);
+    loop {
+        let done = group_offset(&client, &group, &tp(0)).await == Some(PER_PARTITION as i64)
+            && group_offset(&client, &group, &tp(1)).await == Some(PER_PARTITION as i64);
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not commit every input"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    handle.shutdown();
+    let metrics = run.await.unwrap().expect("run");
+    assert_eq!(
+        metrics.processed + metrics.dead_lettered,
+        2 * PER_PARTITION as u64,
+        "{metrics:?}"
+    );
+
+    let mut outputs = Vec::new();
+    let mut dead = Vec::new();
+    for p in 0..2 {
+        let batches = raw_batches(&cluster, &output, p).await;
+        assert!(batches
+            .iter()
+            .filter(|b| b.control.is_none())
+            .all(|b| b.transactional));
+        outputs.extend(committed_keys(&batches));
+        let batches = raw_batches(&cluster, &dlq, p).await;
+        assert!(batches
+            .iter()
+            .filter(|b| b.control.is_none())
+            .all(|b| b.transactional));
+        dead.extend(committed_keys(&batches));
+    }
+    // Dead letters keep the original key ("k<i>"); outputs are keyed by the input value.
+    let mut expected_out = Vec::new();
+    let mut expected_dead = Vec::new();
+    for p in 0..2 {
+        for i in 0..PER_PARTITION {
+            let value = format!("{p}-{i}");
+            if value.ends_with('7') {
+                expected_dead.push(format!("k{i}"));
+            } else {
+                expected_out.push(value);
+            }
+        }
+    }
+    outputs.sort();
+    expected_out.sort();
+    dead.sort();
+    expected_dead.sort();
+    assert_eq!(outputs, expected_out, "every output once, committed");
+    assert_eq!(dead, expected_dead, "every dead letter once, committed");
+}
+
+/// The `exactly_once` example binary, built next to this test binary by `cargo nextest run`.
+fn exactly_once_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap(); // target/debug
+    let path = dir
+        .join("examples")
+        .join(format!("exactly_once{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --example exactly_once`",
+        path.display()
+    );
+    path
+}
+
+fn spawn_exactly_once(cluster: &TestCluster, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(exactly_once_example())
+        .args(args)
+        .args([
+            "--delay-ms",
+            "2",
+            "--set",
+            "session.timeout.ms=6000",
+            "--set",
+            "heartbeat.interval.ms=500",
+            "--set",
+            "max.poll.interval.ms=20000",
+            "--set",
+            "linger.ms=2",
+        ])
+        .env("KAFKA_BROKERS", cluster.bootstrap())
+        .env("RUST_LOG", "purekafka=warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the exactly_once example")
+}
+
+/// Consume-transform-produce in exactly-once mode (`examples/exactly_once`), SIGKILLed
+/// midway and restarted: among the committed records (read by their markers on tansu),
+/// every input's output appears exactly once, and the group's offsets cover every input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_sigkill_and_restart() {
+    const PER_PARTITION: usize = 1000;
+    support::init_tracing();
+    let cluster = support::start(Backend::Tansu);
+    let input = unique_name("eos-kill-in");
+    let output = unique_name("eos-kill-out");
+    cluster.create_topic(&input, 2).await.unwrap();
+    cluster.create_topic(&output, 2).await.unwrap();
+    let group = unique_name("eos-kill-group");
+    let txn_id = unique_name("eos-kill-txn");
+    let client = support::client(&cluster, &unique_name("eos-kill-admin"), &[]).await;
+    support::produce(&client, &input, 2, PER_PARTITION, 100).await;
+    let args = [
+        group.as_str(),
+        input.as_str(),
+        output.as_str(),
+        txn_id.as_str(),
+    ];
+    let committed_inputs = |client: Client, group: String, input: String| async move {
+        let offsets = client
+            .admin()
+            .group_offsets(&group)
+            .await
+            .expect("group offsets");
+        (0..2)
+            .map(|p| {
+                offsets
+                    .get(&TopicPartition::new(input.as_str(), p))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum::<i64>()
+    };
+
+    let mut first = spawn_exactly_once(&cluster, &args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = committed_inputs(client.clone(), group.clone(), input.clone()).await;
+        if done >= 300 {
+            assert!(
+                done < 2 * PER_PARTITION as i64,
+                "killed too late: {done} done"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first instance committed {done} inputs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill().await.expect("SIGKILL"); // kill_on_drop's signal: SIGKILL
+    first.wait().await.unwrap();
+
+    let mut second = spawn_exactly_once(&cluster, &args);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = committed_inputs(client.clone(), group.clone(), input.clone()).await;
+        if done == 2 * PER_PARTITION as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the restart {done} inputs committed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let pid = second.id().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), second.wait())
+        .await
+        .expect("stops after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    let mut values = Vec::new();
+    let mut written = 0;
+    for p in 0..2 {
+        let batches = raw_batches(&cluster, &output, p).await;
+        written += batches
+            .iter()
+            .filter(|b| b.control.is_none())
+            .map(|b| b.values.len())
+            .sum::<usize>();
+        values.extend(committed(&batches, true));
+    }
+    let mut expected: Vec<String> = (0..2)
+        .flat_map(|p| (0..PER_PARTITION).map(move |i| format!("{p}-{i}")))
+        .collect();
+    values.sort();
+    expected.sort();
+    assert_eq!(
+        values.len(),
+        expected.len(),
+        "committed outputs ({written} written)"
+    );
+    assert_eq!(
+        values, expected,
+        "every input once among the committed outputs"
+    );
+    eprintln!(
+        "exactly_once_survives_sigkill_and_restart: {written} outputs written, {} committed",
+        values.len()
+    );
 }

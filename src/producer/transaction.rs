@@ -105,6 +105,9 @@ pub(crate) struct Transactions {
     /// Held across AddPartitionsToTxn, AddOffsetsToTxn, EndTxn and InitProducerId, so that
     /// none overlaps another.
     serial: tokio::sync::Mutex<()>,
+    /// Group coordinators of the groups whose offsets were sent (their connections are kept
+    /// for the next transaction).
+    groups: Mutex<HashMap<String, Arc<Coordinator>>>,
 }
 
 impl std::fmt::Debug for Transactions {
@@ -191,6 +194,7 @@ impl Transactions {
             appended: Notify::new(),
             conn: Mutex::new(None),
             serial: tokio::sync::Mutex::new(()),
+            groups: Mutex::new(HashMap::new()),
         }
     }
 
@@ -691,8 +695,16 @@ impl Transactions {
                 member_id: &group.member_id,
                 group_instance_id: group.group_instance_id.as_deref(),
             };
-            let coordinator = Coordinator::new(Arc::clone(&self.cluster), &group.group_id);
-            let (coordinator, offsets) = (&coordinator, &offsets);
+            let coordinator = Arc::clone(
+                self.groups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(group.group_id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Coordinator::new(Arc::clone(&self.cluster), &group.group_id))
+                    }),
+            );
+            let (coordinator, offsets) = (&*coordinator, &offsets);
             reconnect::retry(
                 &self.policy,
                 self.hook.as_ref(),
