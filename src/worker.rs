@@ -9,6 +9,10 @@
 //! while their task is far behind, and all of them while the circuit breaker is open (the group
 //! membership stays alive: heartbeats run on their own task and the loop keeps polling).
 //!
+//! Exactly-once mode ([`RunnerConfig::exactly_once`]): the offsets commit instead in the
+//! runner's producer's transactions, together with what the handlers produced and the dead
+//! letters; a failed transaction is aborted and its records are processed again.
+//!
 //! Shutdown ([`RunHandle::shutdown`], SIGTERM/SIGINT unless turned off): no new record starts,
 //! handlers in flight finish (a record waiting between retries is abandoned, uncommitted, and
 //! delivered again later), the processed offsets are committed and the consumer leaves the

@@ -1,7 +1,8 @@
 //! The transactional producer (`transactional.id`) against real brokers: commit and abort
 //! round trips, send_offsets_to_transaction (KIP-447) committing the group's offsets only with
 //! the transaction, fencing by a second producer with the same transactional id, and the
-//! coordinator's transient errors retried (mock cluster).
+//! coordinator's transient errors retried (mock cluster); the processing runtime's
+//! exactly-once mode, including a SIGKILL and restart of `examples/exactly_once`.
 //!
 //! What each broker can prove: librdkafka's mock cluster runs the transaction protocol
 //! (InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn) but writes
@@ -11,7 +12,7 @@
 //! can show: the markers and their type on tansu, the transactional bit of every batch, the
 //! committed offsets per outcome, and that confluent-kafka reads the committed records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -977,5 +978,96 @@ async fn exactly_once_survives_sigkill_and_restart() {
     eprintln!(
         "exactly_once_survives_sigkill_and_restart: {written} outputs written, {} committed",
         values.len()
+    );
+}
+
+/// Exactly-once mode on the mock cluster: a commit that fails (EndTxn answered
+/// INVALID_TXN_STATE) aborts the transaction and its inputs are processed again from the last
+/// commit; the consumer itself commits nothing (offsets go only through transactions, which
+/// the mock does not store, so the group has no committed offset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_runtime_processes_an_aborted_transaction_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use purekafka::worker::RunnerConfig;
+    const PER_PARTITION: usize = 300;
+    support::init_tracing();
+    let cluster = support::start(Backend::MockCluster);
+    let input = unique_name("eos-abort-in");
+    let output = unique_name("eos-abort-out");
+    cluster.create_topic(&input, 2).await.unwrap();
+    cluster.create_topic(&output, 2).await.unwrap();
+    let group = unique_name("eos-abort-group");
+    let client = support::client(
+        &cluster,
+        &group,
+        &[("transactional.id", unique_name("eos-abort-txn").as_str())],
+    )
+    .await;
+    support::produce(&client, &input, 2, PER_PARTITION, 50).await;
+    let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let producer = client.producer();
+    let runner = client
+        .consumer(&[&input])
+        .unwrap()
+        .runner()
+        .config(RunnerConfig {
+            exactly_once: true,
+            commit_interval: Duration::from_millis(100),
+            shutdown_on_signal: false,
+            ..RunnerConfig::default()
+        })
+        .producer(producer.clone());
+    let handle = runner.handle();
+    let (out, seen, count) = (output.clone(), Arc::clone(&calls), Arc::clone(&handled));
+    let run = tokio::spawn(runner.run(move |record| {
+        let (producer, out, seen, count) = (
+            producer.clone(),
+            out.clone(),
+            Arc::clone(&seen),
+            Arc::clone(&count),
+        );
+        async move {
+            let value = record.value_str().unwrap_or_default().to_string();
+            // At least 0.5 s of work left when the error is pushed: a periodic commit
+            // (every 100 ms) takes it, not the last one.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            producer
+                .send(Record::new(out, value.clone()))
+                .await
+                .map_err(purekafka::HandlerError::retriable)?;
+            *seen.lock().unwrap().entry(value).or_default() += 1;
+            count.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while handled.load(Ordering::SeqCst) < 30 {
+        assert!(Instant::now() < deadline, "nothing handled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The next commit with records fails: the transaction is aborted, processed again.
+    cluster.push_request_errors(26, &[48]).unwrap();
+    loop {
+        let distinct = calls.lock().unwrap().len();
+        if distinct == 2 * PER_PARTITION {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{distinct} inputs handled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.shutdown();
+    run.await.unwrap().expect("the run goes on after the abort");
+    let again = calls.lock().unwrap().values().filter(|n| **n > 1).count();
+    assert!(
+        again > 0,
+        "the aborted transaction's inputs were processed again"
+    );
+    let offsets = client.admin().group_offsets(&group).await.unwrap();
+    assert!(
+        offsets.is_empty(),
+        "the consumer committed nothing itself: {offsets:?}"
     );
 }
