@@ -156,8 +156,9 @@ pub struct RunnerConfig {
     pub shutdown_on_signal: bool,
     /// Exactly-once processing (default false: at-least-once, offsets committed by the
     /// consumer). The runner's producer ([`Runner::producer`]) must be transactional
-    /// (`transactional.id`) and the handler must produce through that producer and await its
-    /// sends. Every `commit_interval` no new record starts, the records in progress finish,
+    /// (`transactional.id`; the runner calls its `init_transactions` and `begin_transaction`)
+    /// and the handler must produce through that producer and await its sends. Every
+    /// `commit_interval` no new record starts, the records in progress finish,
     /// and the records the handlers produced, the dead letters and the consumed offsets
     /// commit in one transaction (`send_offsets_to_transaction` with the member's group
     /// metadata); a failed transaction is aborted and its input records are processed again
@@ -610,7 +611,14 @@ impl<P: Process> Dispatcher<'_, P> {
             })
             .collect();
         let metadata = self.consumer.group_metadata();
-        let rebalanced = eos.mixed || eos.generation.is_some_and(|g| g != metadata.generation_id);
+        let assignment = self.consumer.assignment();
+        // A partition of this transaction that is no longer ours may be processed by its new
+        // owner from the last commit: committing our outputs for it would repeat them.
+        let lost = offsets
+            .iter()
+            .any(|(tp, _)| !assignment.iter().any(|a| a == tp));
+        let rebalanced =
+            lost || eos.mixed || eos.generation.is_some_and(|g| g != metadata.generation_id);
         let producer = eos.producer.clone();
         let outcome = if rebalanced {
             Err(Error::Transaction(
