@@ -76,6 +76,7 @@ async fn send_n(producer: &Producer, topic: &str, partitions: i32, tag: &str, n:
 struct RawBatch {
     base_offset: i64,
     last_offset: i64,
+    producer_id: i64,
     transactional: bool,
     /// `Some(true)`: a commit marker, `Some(false)`: an abort marker, `None`: data.
     control: Option<bool>,
@@ -112,7 +113,9 @@ fn parse_batches(mut data: Bytes) -> Vec<RawBatch> {
         batch.advance(4 + 1 + 4); // leader epoch, magic, crc
         let attributes = batch.get_i16();
         let last_offset_delta = batch.get_i32();
-        batch.advance(8 + 8 + 8 + 2 + 4); // timestamps, producer, sequence
+        batch.advance(8 + 8); // timestamps
+        let producer_id = batch.get_i64();
+        batch.advance(2 + 4); // epoch, sequence
         let count = batch.get_i32();
         let is_control = attributes & 0x20 != 0;
         let mut keys = Vec::new();
@@ -157,6 +160,7 @@ fn parse_batches(mut data: Bytes) -> Vec<RawBatch> {
         out.push(RawBatch {
             base_offset,
             last_offset: base_offset + i64::from(last_offset_delta),
+            producer_id,
             transactional: attributes & 0x10 != 0,
             control,
             keys,
@@ -693,17 +697,19 @@ async fn a_failed_record_dooms_the_transaction_until_it_is_aborted() {
     producer.close().await;
 }
 
-/// Committed records of `batches` (one transactional producer id writing): data batches
-/// followed by a commit marker before any abort marker; their keys (`values`: their values).
+/// Committed records of `batches`, as a read_committed reader would take them from the
+/// markers: a producer's data batches followed by its commit marker before its abort marker;
+/// their keys (`values`: their values).
 fn committed(batches: &[RawBatch], values: bool) -> Vec<String> {
     let mut out = Vec::new();
-    let mut open: Vec<String> = Vec::new();
+    let mut open: HashMap<i64, Vec<String>> = HashMap::new();
     for b in batches {
+        let pending = open.entry(b.producer_id).or_default();
         match b.control {
-            Some(true) => out.append(&mut open),
-            Some(false) => open.clear(),
-            None if values => open.extend(b.values.iter().cloned()),
-            None => open.extend(b.keys.iter().cloned()),
+            Some(true) => out.append(pending),
+            Some(false) => pending.clear(),
+            None if values => pending.extend(b.values.iter().cloned()),
+            None => pending.extend(b.keys.iter().cloned()),
         }
     }
     out
@@ -1069,5 +1075,139 @@ async fn exactly_once_runtime_processes_an_aborted_transaction_again() {
     assert!(
         offsets.is_empty(),
         "the consumer committed nothing itself: {offsets:?}"
+    );
+}
+
+/// Starts an exactly-once runner on `client` (group member, transactional producer) copying
+/// every input value to `output` after `delay`.
+fn start_eos_runner(
+    client: &Client,
+    input: &str,
+    output: &str,
+    delay: Duration,
+) -> (
+    purekafka::worker::RunHandle,
+    tokio::task::JoinHandle<purekafka::Result<purekafka::worker::RunMetrics>>,
+) {
+    use purekafka::worker::RunnerConfig;
+    let producer = client.producer();
+    let runner = client
+        .consumer(&[input])
+        .unwrap()
+        .runner()
+        .config(RunnerConfig {
+            exactly_once: true,
+            commit_interval: Duration::from_millis(200),
+            shutdown_on_signal: false,
+            ..RunnerConfig::default()
+        })
+        .producer(producer.clone());
+    let handle = runner.handle();
+    let output = output.to_string();
+    let run = tokio::spawn(runner.run(move |record| {
+        let (producer, output) = (producer.clone(), output.clone());
+        async move {
+            tokio::time::sleep(delay).await;
+            let value = record.value_str().unwrap_or_default().to_string();
+            producer
+                .send(Record::new(output, value))
+                .await
+                .map_err(purekafka::HandlerError::retriable)?;
+            Ok(())
+        }
+    }));
+    (handle, run)
+}
+
+/// Two exactly-once runners in one group on tansu, the second joining midway: the rebalance
+/// aborts the first one's open transaction (its partitions may move), and among the
+/// committed outputs every input appears once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_runners_hand_partitions_over_in_a_rebalance() {
+    const PER_PARTITION: usize = 600;
+    support::init_tracing();
+    let cluster = support::start(Backend::Tansu);
+    let input = unique_name("eos-rebalance-in");
+    let output = unique_name("eos-rebalance-out");
+    cluster.create_topic(&input, 2).await.unwrap();
+    cluster.create_topic(&output, 2).await.unwrap();
+    let group = unique_name("eos-rebalance-group");
+    let member = |id: &str| {
+        let txn = unique_name(id);
+        let (cluster, group) = (&cluster, group.clone());
+        async move { support::client(cluster, &group, &[("transactional.id", txn.as_str())]).await }
+    };
+    let a = member("eos-rebalance-a").await;
+    support::produce(&a, &input, 2, PER_PARTITION, 100).await;
+    let committed_inputs = |client: Client| {
+        let (group, input) = (group.clone(), input.clone());
+        async move {
+            let offsets = client.admin().group_offsets(&group).await.expect("offsets");
+            (0..2)
+                .map(|p| {
+                    offsets
+                        .get(&TopicPartition::new(input.as_str(), p))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .sum::<i64>()
+        }
+    };
+    let (handle_a, run_a) = start_eos_runner(&a, &input, &output, Duration::from_millis(3));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = committed_inputs(a.clone()).await;
+        if done >= 200 {
+            assert!(
+                done < 2 * PER_PARTITION as i64,
+                "B would join too late: {done} done"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "A committed {done} inputs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = member("eos-rebalance-b").await;
+    let (handle_b, run_b) = start_eos_runner(&b, &input, &output, Duration::from_millis(3));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = committed_inputs(a.clone()).await;
+        if done == 2 * PER_PARTITION as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} inputs committed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    handle_a.shutdown();
+    handle_b.shutdown();
+    let ma = run_a.await.unwrap().expect("run A");
+    let mb = run_b.await.unwrap().expect("run B");
+
+    let mut values = Vec::new();
+    let mut written = 0;
+    for p in 0..2 {
+        let batches = raw_batches(&cluster, &output, p).await;
+        written += batches
+            .iter()
+            .filter(|b| b.control.is_none())
+            .map(|b| b.values.len())
+            .sum::<usize>();
+        values.extend(committed(&batches, true));
+    }
+    let mut expected: Vec<String> = (0..2)
+        .flat_map(|p| (0..PER_PARTITION).map(move |i| format!("{p}-{i}")))
+        .collect();
+    values.sort();
+    expected.sort();
+    eprintln!(
+        "exactly_once_runners_hand_partitions_over_in_a_rebalance: A processed {}, B {}, {written} outputs written, {} committed",
+        ma.processed,
+        mb.processed,
+        values.len()
+    );
+    assert!(mb.processed > 0, "B took part");
+    assert_eq!(
+        values, expected,
+        "every input once among the committed outputs"
     );
 }
