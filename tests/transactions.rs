@@ -1211,3 +1211,53 @@ async fn exactly_once_runners_hand_partitions_over_in_a_rebalance() {
         "every input once among the committed outputs"
     );
 }
+
+/// Interop on tansu: confluent-kafka (librdkafka) initialising the same transactional id
+/// fences our producer (fatal from then on), and its transaction commits after ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confluent_kafka_producer_with_the_same_id_fences_ours() {
+    let cluster = support::start(Backend::Tansu);
+    let topic = unique_name("txn-fence-peer");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let id = unique_name("txn-fence-peer-id");
+    let client = txn_client(&cluster, &id).await;
+    let ours = client.producer();
+    ours.init_transactions(T).await.unwrap();
+    ours.begin_transaction().unwrap();
+    send_n(&ours, &topic, 1, "ours", 3).await;
+    ours.commit_transaction(T).await.unwrap();
+
+    let lines = support::confluent_peer(&[
+        "produce-txn",
+        "--bootstrap",
+        &cluster.bootstrap(),
+        "--topic",
+        &topic,
+        "--txn-id",
+        &id,
+        "--prefix",
+        "peer",
+        "--commit",
+        "2",
+    ])
+    .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+
+    ours.begin_transaction().unwrap();
+    let _ = ours.enqueue(record(&topic, 0, "zombie".into())).await;
+    let e = ours
+        .commit_transaction(T)
+        .await
+        .expect_err("fenced by the peer");
+    assert!(e.is_fatal(), "{e}");
+    assert_eq!(e.kafka_code(), Some(ErrorCode::ProducerFenced), "{e}");
+
+    let batches = raw_batches(&cluster, &topic, 0).await;
+    let mut keys = committed_keys(&batches);
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["ours-0", "ours-1", "ours-2", "peer-0-0", "peer-0-1"],
+        "{batches:?}"
+    );
+}
