@@ -170,7 +170,10 @@ pub struct PeerRecord {
 /// printed, one per line. Panics with its stderr when it fails. Installed by
 /// scripts/setup-test-env.sh (`pip install confluent-kafka`).
 pub async fn confluent_peer(args: &[&str]) -> Vec<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/confluent_peer.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/confluent_peer.py"
+    );
     let out = tokio::process::Command::new("python3")
         .arg(script)
         .args(args)
