@@ -331,10 +331,16 @@ async fn open_transaction_bounds_read_committed(outcome: &str) {
     // although the records after it are not transactional.
     let client = support::client(&cluster, &unique_name("rc-open-rc"), &[]).await;
     let consumer = client.consumer(&[&topic]).unwrap();
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
+    // Poll until the group assigned the partition (seconds on tansu), then 3 s more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut until = None;
+    while until.is_none_or(|t| Instant::now() < t) {
+        assert!(Instant::now() < deadline, "no position after 60 s");
         let polled = consumer.poll(Duration::from_millis(200)).await.unwrap();
         assert!(polled.is_empty(), "returned {:?}", keys(&polled));
+        if until.is_none() && consumer.position(&topic, 0).is_some() {
+            until = Some(Instant::now() + Duration::from_secs(3));
+        }
     }
     assert_eq!(consumer.position(&topic, 0), Some(0));
 

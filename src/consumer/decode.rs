@@ -81,7 +81,8 @@ pub(crate) struct Decoded {
     /// Records at or after the fetch offset, in order.
     pub(crate) records: Vec<ConsumedRecord>,
     /// The offset after the last complete batch seen (may pass records skipped as control
-    /// records or below the fetch offset); `None` when no complete batch was present.
+    /// records, aborted transactions or below the fetch offset); `None` when no complete
+    /// batch was present.
     pub(crate) next_offset: Option<i64>,
 }
 
