@@ -572,7 +572,11 @@ impl Admin {
     }
 
     /// How far `group` is behind on every partition it has committed: high watermark minus
-    /// committed offset, sorted by partition.
+    /// committed offset, sorted by partition. The high watermark whatever the group's
+    /// `isolation.level` (the admin does not know it; `kafka-consumer-groups.sh` counts the
+    /// same way): records of open transactions count as lag. A consumer's own
+    /// [`Consumer::lag`](crate::Consumer::lag) counts against the last stable offset under
+    /// `read_committed`.
     pub async fn group_lag(&self, group: &str) -> Result<Vec<PartitionLag>> {
         let committed = self.group_offsets(group).await?;
         let partitions: Vec<TopicPartition> = committed.keys().cloned().collect();

@@ -4,7 +4,9 @@
 //!   stunnel's port: the client learns no other address, so a single plaintext connection
 //!   (bootstrap, metadata, produce, fetch, group coordinator) would fail the test;
 //! - `verify = 2` in stunnel for mutual TLS;
-//! - `tansu broker --authentication` for SASL refusals.
+//! - `tansu broker --authentication` for SASL refusals, and (tansu with SQLite storage,
+//!   whose users survive a restart) for SCRAM-SHA-256/512 logins that succeed, over
+//!   `sasl_plaintext` and through stunnel over `sasl_ssl`.
 //!
 //! Certificates are made at run time with the openssl CLI in a temporary directory: a CA, a
 //! second unrelated CA, a server certificate for `localhost` and `127.0.0.1`, one for another
@@ -217,20 +219,51 @@ fn tansu_bin() -> String {
     })
 }
 
+/// tansu built with SQLite storage (`testcontainers/tansu/install.sh --sql`, installed as
+/// `tansu-sql`): the only tansu here whose SCRAM users outlive the broker that created them,
+/// because the wheel's memory storage forgets them and refuses to create them while
+/// `--authentication` is on.
+fn tansu_sql_bin() -> String {
+    std::env::var("PUREKAFKA_TANSU_SQL_BIN").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cargo/bin/tansu-sql")
+    })
+}
+
 /// tansu on a free port of its own, advertising `advertised` (`host:port`).
 fn tansu(port: u16, advertised: &str, extra: &[&str], dir: &Path) -> Proc {
+    tansu_with(
+        &tansu_bin(),
+        "memory://tansu/",
+        port,
+        advertised,
+        extra,
+        dir,
+    )
+}
+
+/// `bin` (a tansu) with `storage`, on `port`, advertising `advertised` (`host:port`).
+fn tansu_with(
+    bin: &str,
+    storage: &str,
+    port: u16,
+    advertised: &str,
+    extra: &[&str],
+    dir: &Path,
+) -> Proc {
     let listen = format!("tcp://127.0.0.1:{port}");
     let advertised = format!("tcp://{advertised}");
+    let storage = format!("--storage-engine={storage}");
     let mut args = vec![
         "broker",
-        "--storage-engine=memory://tansu/",
+        &storage,
         "--listener-url",
         &listen,
         "--advertised-listener-url",
         &advertised,
     ];
     args.extend(extra);
-    let p = Proc::spawn(&tansu_bin(), &args, dir.join(unique_name("tansu.log")));
+    let p = Proc::spawn(bin, &args, dir.join(unique_name("tansu.log")));
     wait_listening(port, &p);
     p
 }
@@ -669,4 +702,255 @@ async fn an_unsecured_oauthbearer_token_is_refused_with_a_clear_error() {
     assert!(!text.contains("eyJ"), "no token in the error: {text}");
     assert_eq!(retries.load(Ordering::SeqCst), 0, "not retried: {text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------
+// Successful SCRAM logins (tansu with SQLite storage)
+
+/// Runs `tansu-sql user create` against the unauthenticated broker at `port`.
+fn create_scram_user(port: u16, user: &str, password: &str, mechanism: &str) {
+    let out = Command::new(tansu_sql_bin())
+        .args(["user", "create", user, password, "--mechanism", mechanism])
+        .arg("--broker")
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .output()
+        .expect("run tansu-sql user create");
+    assert!(
+        out.status.success(),
+        "tansu-sql user create {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The SCRAM users of these tests, created in `storage` by a broker started without
+/// authentication (tansu refuses to create users while authentication is on), which is then
+/// stopped: a broker started later on the same database reads them back.
+fn scram_users(
+    bin: &str,
+    storage: &str,
+    dir: &Path,
+) -> [(&'static str, &'static str, &'static str); 2] {
+    let port = free_port();
+    let _open = tansu_with(bin, storage, port, &format!("127.0.0.1:{port}"), &[], dir);
+    create_scram_user(port, "alice", "alice-secret-256", "scram256");
+    create_scram_user(port, "bob", "bob-secret-512", "scram512");
+    [
+        ("SCRAM-SHA-256", "alice", "alice-secret-256"),
+        ("SCRAM-SHA-512", "bob", "bob-secret-512"),
+    ]
+}
+
+/// The tansu-sql binary, which must be installed (CI installs it).
+fn require_tansu_sql() -> String {
+    let bin = tansu_sql_bin();
+    assert!(
+        Path::new(&bin).exists(),
+        "{bin} is missing: `bash testcontainers/tansu/install.sh --sql` builds it \
+         (scripts/setup-test-env.sh runs it)"
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_logins_succeed_over_sasl_plaintext_and_sasl_ssl() {
+    let bin = require_tansu_sql();
+    let certs = Certs::generate();
+    // tansu takes the URL path without its first `/`: four slashes name an absolute path.
+    let storage = format!("sqlite:///{}", certs.path("tansu.db"));
+    // 1. Users, created while authentication is off (tansu refuses it otherwise); the broker
+    //    is then stopped, so the logins below read them back from the database.
+    let users = scram_users(&bin, &storage, &certs.dir);
+
+    // 2. sasl_plaintext: produce, group consume, commit, admin; the raw rskafka client built
+    //    from the same Config logs in too; a wrong password is refused and not retried.
+    {
+        let port = free_port();
+        let bootstrap = format!("127.0.0.1:{port}");
+        let broker = tansu_with(
+            &bin,
+            &storage,
+            port,
+            &bootstrap,
+            &["--authentication"],
+            &certs.dir,
+        );
+        for (mechanism, user, password) in users {
+            let retries = Arc::new(AtomicUsize::new(0));
+            let client = Client::connect(
+                config(&bootstrap, &retries)
+                    .set("security.protocol", "sasl_plaintext")
+                    .set("sasl.mechanism", mechanism)
+                    .set("sasl.username", user)
+                    .set("sasl.password", password)
+                    .group_id(unique_name("sasl-group"))
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{mechanism} login as {user}: {}\n{}",
+                    chain(&e),
+                    broker.log()
+                )
+            });
+            let label = format!("sasl-{}", mechanism.to_lowercase());
+            round_trip(&client, &label).await;
+            let raw = client.rskafka().await.expect("rskafka client with SASL");
+            let topics = raw
+                .list_topics()
+                .await
+                .expect("rskafka lists topics over SASL");
+            assert!(
+                topics
+                    .iter()
+                    .any(|t| t.name.starts_with(&format!("sec-{label}"))),
+                "rskafka sees the round trip's topic: {:?}",
+                topics.iter().map(|t| &t.name).collect::<Vec<_>>()
+            );
+            let retries = Arc::new(AtomicUsize::new(0));
+            let e = connect_error(
+                config(&bootstrap, &retries)
+                    .set("security.protocol", "sasl_plaintext")
+                    .set("sasl.mechanism", mechanism)
+                    .set("sasl.username", user)
+                    .set("sasl.password", "not-the-password"),
+            )
+            .await;
+            let text = chain(&e);
+            assert!(
+                text.contains(mechanism)
+                    && text.contains(user)
+                    && !text.contains("not-the-password"),
+                "{mechanism}: {text}"
+            );
+            assert_eq!(
+                retries.load(Ordering::SeqCst),
+                0,
+                "{mechanism}: not retried: {text}"
+            );
+        }
+    }
+
+    // 3. sasl_ssl through stunnel: tansu advertises only the TLS port, so every connection
+    //    (bootstrap, metadata, produce, fetch, coordinator) is TLS and then SASL.
+    {
+        let (tls_port, port) = (free_port(), free_port());
+        let advertised = format!("localhost:{tls_port}");
+        let _broker = tansu_with(
+            &bin,
+            &storage,
+            port,
+            &advertised,
+            &["--authentication"],
+            &certs.dir,
+        );
+        let _tunnel = stunnel(tls_port, port, &certs, "server", None);
+        for (mechanism, user, password) in users {
+            let retries = Arc::new(AtomicUsize::new(0));
+            let client = Client::connect(
+                config(&advertised, &retries)
+                    .set("security.protocol", "sasl_ssl")
+                    .set("ssl.ca.location", certs.path("ca.pem"))
+                    .set("sasl.mechanism", mechanism)
+                    .set("sasl.username", user)
+                    .set("sasl.password", password)
+                    .group_id(unique_name("sasl-ssl-group"))
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{mechanism} over TLS as {user}: {}", chain(&e)));
+            round_trip(&client, &format!("sasl-ssl-{}", mechanism.to_lowercase())).await;
+        }
+    }
+}
+
+/// KIP-368: tansu 0.6.0 answers a SCRAM login with a 60 s session lifetime. A client that
+/// produces and consumes for longer than that must open freshly authenticated connections
+/// before 85 % of it has passed (counted by a TCP proxy that tansu advertises, so every
+/// connection goes through it), and lose nothing on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sessions_are_renewed_before_the_brokers_lifetime_runs_out() {
+    let bin = require_tansu_sql();
+    let certs = Certs::generate();
+    let storage = format!("sqlite:///{}", certs.path("tansu.db"));
+    let [_, (mechanism, user, password)] = scram_users(&bin, &storage, &certs.dir);
+    let port = free_port();
+    let (proxy, connections) = counting_proxy(port).await;
+    let bootstrap = format!("127.0.0.1:{proxy}");
+    let _broker = tansu_with(
+        &bin,
+        &storage,
+        port,
+        &bootstrap,
+        &["--authentication"],
+        &certs.dir,
+    );
+    let retries = Arc::new(AtomicUsize::new(0));
+    let client = Client::connect(
+        config(&bootstrap, &retries)
+            .set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", mechanism)
+            .set("sasl.username", user)
+            .set("sasl.password", password)
+            .group_id(unique_name("sasl-renew-group"))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .expect("login");
+    let topic = unique_name("sasl-renew");
+    client
+        .create_topic(&topic, 1, 1)
+        .await
+        .expect("create topic");
+    let producer = client.producer();
+    let consumer = client.consumer(&[&topic]).expect("consumer");
+    let started = Instant::now();
+    let (mut sent, mut read) = (0usize, Vec::new());
+    let mut early = None;
+    // 75 s: past the first renewal (51 s) with room for a slow machine.
+    while started.elapsed() < Duration::from_secs(75) {
+        producer
+            .send(Record::new(topic.clone(), format!("r-{sent}")))
+            .await
+            .unwrap_or_else(|e| panic!("send {sent} at {:?}: {e:?}", started.elapsed()));
+        sent += 1;
+        let records = consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .unwrap_or_else(|e| panic!("poll at {:?}: {e:?}", started.elapsed()));
+        read.extend(records.iter().map(|r| r.value_str().unwrap().to_string()));
+        if early.is_none() && started.elapsed() > Duration::from_secs(20) {
+            early = Some(connections.load(Ordering::SeqCst));
+        }
+    }
+    let early = early.expect("the loop ran past 20 s");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read.len() < sent {
+        assert!(Instant::now() < deadline, "read {} of {sent}", read.len());
+        let records = consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .expect("poll");
+        read.extend(records.iter().map(|r| r.value_str().unwrap().to_string()));
+    }
+    let expected: Vec<String> = (0..sent).map(|i| format!("r-{i}")).collect();
+    assert_eq!(
+        read, expected,
+        "every record once, in order, across the renewal"
+    );
+    let after = connections.load(Ordering::SeqCst);
+    assert!(
+        after > early,
+        "no new connection after the session lifetime's 85 % ({early} before, {after} after)"
+    );
+    assert_eq!(
+        retries.load(Ordering::SeqCst),
+        0,
+        "renewal is not a failure to retry"
+    );
+    consumer.close().await.expect("close");
+    producer.close().await;
 }

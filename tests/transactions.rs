@@ -393,7 +393,7 @@ on_each_backend!(
             "20",
             "--timeout-s",
             "20",
-            "--partitions",
+            "--assign-partitions",
             "2",
         ])
         .await;

@@ -56,6 +56,7 @@
 //! | `fetch.wait.max.ms` (`fetch.max.wait.ms`) | 500 | broker-side fetch wait |
 //! | `queued.max.messages.kbytes` | 65536 | prefetch bound (KiB) |
 //! | `check.crcs` | `true` | verify fetched batches' CRC32C |
+//! | `isolation.level` | `read_committed` | `read_committed` (no records of aborted transactions, fetch up to the last stable offset), `read_uncommitted` |
 //!
 //! \* with the `lz4` / `zstd` features (on by default, pure Rust).
 //!
@@ -64,8 +65,8 @@
 use std::time::Duration;
 
 use super::{
-    Acks, Compression, ConfigBuilder, OffsetReset, SaslCredentials, SaslMechanism, Secret,
-    SecurityProtocol,
+    Acks, Compression, ConfigBuilder, IsolationLevel, OffsetReset, SaslCredentials, SaslMechanism,
+    Secret, SecurityProtocol,
 };
 use crate::error::{Error, Result};
 
@@ -228,6 +229,19 @@ pub(super) fn apply(b: &mut ConfigBuilder, key: &str, value: &str) -> Result<()>
         "max.partition.fetch.bytes" => c.consumer.max_partition_fetch_bytes = parse_size(key, v)?,
         "fetch.wait.max.ms" | "fetch.max.wait.ms" => c.consumer.fetch_max_wait = parse_ms(key, v)?,
         "check.crcs" => c.consumer.check_crcs = parse_bool(key, v)?,
+        "isolation.level" => {
+            c.consumer.isolation_level = match v.to_ascii_lowercase().as_str() {
+                "read_committed" => IsolationLevel::ReadCommitted,
+                "read_uncommitted" => IsolationLevel::ReadUncommitted,
+                _ => {
+                    return Err(Error::config(
+                        key,
+                        value,
+                        "expected read_committed or read_uncommitted",
+                    ))
+                }
+            }
+        }
         "queued.max.messages.kbytes" => {
             c.consumer.prefetch_max_bytes = parse_size(key, v)?
                 .checked_mul(1024)
@@ -410,6 +424,11 @@ mod tests {
         );
         assert_names(&err("enabled", "maybe"), "enabled", "maybe");
         assert_names(
+            &err("isolation.level", "read_mostly"),
+            "isolation.level",
+            "read_mostly",
+        );
+        assert_names(
             &err("partition.assignment.strategy", "sticky"),
             "partition.assignment.strategy",
             "sticky",
@@ -449,6 +468,26 @@ mod tests {
             c.sasl().unwrap().mechanism,
             super::SaslMechanism::ScramSha256
         );
+    }
+
+    #[test]
+    fn isolation_level_defaults_to_read_committed() {
+        let c = Config::builder().brokers(["a:1"]).build().unwrap();
+        assert_eq!(
+            c.consumer().isolation_level,
+            super::IsolationLevel::ReadCommitted
+        );
+        for (value, level) in [
+            ("read_uncommitted", super::IsolationLevel::ReadUncommitted),
+            ("READ_COMMITTED", super::IsolationLevel::ReadCommitted),
+        ] {
+            let c = Config::builder()
+                .brokers(["a:1"])
+                .set("isolation.level", value)
+                .build()
+                .unwrap();
+            assert_eq!(c.consumer().isolation_level, level, "{value}");
+        }
     }
 
     #[test]

@@ -242,6 +242,20 @@ pub enum OffsetReset {
     Error,
 }
 
+/// Which records a consumer reads (`isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    /// Only records of committed transactions (and records written outside transactions).
+    /// Fetches stop at the last stable offset (the first offset of the oldest transaction
+    /// still open), records of aborted transactions are dropped. The default, as in the Java
+    /// client and librdkafka: a consumer should never act on data whose producer took it back.
+    #[default]
+    ReadCommitted,
+    /// Every data record up to the high watermark, including those of open and aborted
+    /// transactions.
+    ReadUncommitted,
+}
+
 /// Producer options. Set them with [`ConfigBuilder::set`] or read them with
 /// [`Config::producer`]; each field names its key and default.
 #[derive(Debug, Clone, PartialEq)]
@@ -362,6 +376,11 @@ pub struct ConsumerConfig {
     /// Verify each fetched batch's CRC32C (`check.crcs`, default true as in the Java
     /// client); a mismatch is an error for that partition only.
     pub check_crcs: bool,
+    /// Which records `poll` returns (`isolation.level`, default `read_committed`, as in the
+    /// Java client and librdkafka): with `read_committed`, records of aborted transactions are
+    /// never returned and fetching stops at the last stable offset; with `read_uncommitted`,
+    /// every data record is. Control records (transaction markers) are never returned.
+    pub isolation_level: IsolationLevel,
 }
 
 impl Default for ConsumerConfig {
@@ -383,6 +402,7 @@ impl Default for ConsumerConfig {
             fetch_max_wait: Duration::from_millis(500),
             prefetch_max_bytes: 64 << 20,
             check_crcs: true,
+            isolation_level: IsolationLevel::ReadCommitted,
         }
     }
 }

@@ -5,6 +5,12 @@
 //! One request per broker is in flight at a time; the next one is sent as soon as its response
 //! is decoded, so `poll` normally finds data waiting. Leader changes (NOT_LEADER, unknown
 //! partition, fenced epoch) refresh metadata; OFFSET_OUT_OF_RANGE applies `auto.offset.reset`.
+//!
+//! Fetches carry the consumer's `isolation.level` (read_committed by default: the broker
+//! stops at the last stable offset and lists the aborted transactions, which the decoder
+//! drops). Batches that yield nothing (control batches, aborted transactions) still move the
+//! fetch offset and, once everything before them was polled, the position, so a consumer
+//! neither stalls on them nor commits an offset before them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -17,10 +23,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::assignor::TopicPartition;
-use super::decode::{decode_batches, decode_fetch_response, Decoded};
+use super::decode::{decode_batches, decode_fetch_response, AbortedTransaction, Decoded};
 use super::offsets;
 use super::state::{Chunk, Shared};
 use crate::client::Client;
+use crate::config::IsolationLevel;
 use crate::error::{Error, ErrorCode, Result};
 use crate::wire::BrokerConnection;
 
@@ -231,7 +238,10 @@ impl Fetcher {
             .with_max_wait_ms(config.fetch_max_wait.as_millis() as i32)
             .with_min_bytes(config.fetch_min_bytes as i32)
             .with_max_bytes(config.fetch_max_bytes.min(i32::MAX as usize) as i32)
-            .with_isolation_level(0)
+            .with_isolation_level(match config.isolation_level {
+                IsolationLevel::ReadCommitted => 1,
+                IsolationLevel::ReadUncommitted => 0,
+            })
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(topics);
@@ -291,7 +301,9 @@ impl Fetcher {
                     // A corrupt batch is this partition's error only: the batches before it
                     // are delivered, the partition waits before fetching it again, and the
                     // other partitions of the response go on.
-                    if let Err(e) = decode(records, f, config.check_crcs, &mut decoded) {
+                    let aborted = (config.isolation_level == IsolationLevel::ReadCommitted)
+                        .then_some(&p.aborted_transactions[..]);
+                    if let Err(e) = decode(records, f, config.check_crcs, aborted, &mut decoded) {
                         tracing::warn!(topic = %f.tp.topic, partition = f.tp.partition, error = %e, "undecodable fetch data");
                         outcome.errors.push(e);
                         outcome.corrupt.push(f.tp.clone());
@@ -320,6 +332,7 @@ impl Fetcher {
             if let Some(next) = next {
                 p.fetch_offset = next.max(p.fetch_offset);
             }
+            let next = p.fetch_offset;
             if !decoded.records.is_empty() {
                 state.buffered_bytes += bytes;
                 state.buffer.push_back(Chunk {
@@ -327,8 +340,21 @@ impl Fetcher {
                     epoch: f.epoch,
                     records: decoded.records,
                     bytes,
+                    next,
                 });
                 outcome.got_data = true;
+            } else if p.position == Some(f.offset) {
+                // Only skipped batches (markers, aborted transactions) and nothing of this
+                // partition waiting for poll: the position passes them now.
+                p.position = Some(next);
+            } else if let Some(c) = state
+                .buffer
+                .iter_mut()
+                .rev()
+                .find(|c| c.tp == f.tp && c.epoch == f.epoch)
+            {
+                // Records still wait for poll: it passes the skipped batches after them.
+                c.next = c.next.max(next);
             }
         }
         Ok(outcome)
@@ -338,9 +364,23 @@ impl Fetcher {
 /// Decodes one partition's records; a panic (a decoder bug) becomes that partition's error
 /// rather than ending the worker (with unwinding builds; release builds abort on panic, which
 /// is why the decoder is written and property-tested not to panic).
-fn decode(data: bytes::Bytes, f: &Planned, check_crcs: bool, out: &mut Decoded) -> Result<()> {
+fn decode(
+    data: bytes::Bytes,
+    f: &Planned,
+    check_crcs: bool,
+    aborted: Option<&[AbortedTransaction]>,
+    out: &mut Decoded,
+) -> Result<()> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decode_batches(data, &f.tp.topic, f.tp.partition, f.offset, check_crcs, out)
+        decode_batches(
+            data,
+            &f.tp.topic,
+            f.tp.partition,
+            f.offset,
+            check_crcs,
+            aborted,
+            out,
+        )
     }))
     .unwrap_or_else(|_| {
         Err(Error::Protocol(format!(

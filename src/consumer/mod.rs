@@ -372,6 +372,7 @@ impl Consumer {
                     epoch: chunk.epoch,
                     records: rest,
                     bytes: chunk.bytes - bytes_taken,
+                    next: chunk.next,
                 });
                 append(&mut out, taken);
                 break;
@@ -379,6 +380,8 @@ impl Consumer {
             if let Some(last) = chunk.records.last() {
                 p.position = Some(last.offset + 1);
             }
+            // Past the control batches / aborted transactions that followed its last record.
+            p.position = p.position.max(Some(chunk.next));
             freed += chunk.bytes;
             append(&mut out, chunk.records);
         }
@@ -585,12 +588,17 @@ impl Consumer {
         Ok(found.into_iter().collect())
     }
 
-    /// Lag per assigned partition: the high watermark (asked from each leader now) minus
-    /// the position (records not yet returned by `poll`). Partitions without a known
-    /// position are left out.
+    /// Lag per assigned partition: the end offset (asked from each leader now) minus the
+    /// position (records not yet returned by `poll`). The end offset is the last stable
+    /// offset with `isolation.level = read_committed` (the default: what this consumer can
+    /// read up to, as Java's consumer counts lag) and the high watermark with
+    /// `read_uncommitted`. Partitions without a known position are left out.
     pub async fn lag(&self) -> Result<BTreeMap<TopicPartition, i64>> {
         let tps = self.assignment();
-        let ends = offsets::list_offsets(&self.inner.client, &tps, offsets::LATEST).await?;
+        let isolation = self.inner.client.config().consumer().isolation_level;
+        let ends =
+            offsets::list_offsets_isolated(&self.inner.client, &tps, offsets::LATEST, isolation)
+                .await?;
         let state = self.inner.shared.lock();
         Ok(ends
             .into_iter()

@@ -12,7 +12,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::assignor::TopicPartition;
 use super::state::Shared;
 use crate::client::Client;
-use crate::config::OffsetReset;
+use crate::config::{IsolationLevel, OffsetReset};
 use crate::coordinator::Coordinator;
 use crate::error::{Error, ErrorCode, Result};
 
@@ -20,7 +20,8 @@ const LIST_OFFSETS_MAX: i16 = 7;
 
 /// ListOffsets timestamp for the earliest offset.
 pub(crate) const EARLIEST: i64 = -2;
-/// ListOffsets timestamp for the latest offset (the high watermark).
+/// ListOffsets timestamp for the latest offset: the high watermark, or with
+/// `read_committed` the last stable offset.
 pub(crate) const LATEST: i64 = -1;
 
 /// One attempt: the offsets at `timestamp` (EARLIEST / LATEST) of `partitions`, asking each
@@ -29,6 +30,7 @@ async fn list_offsets_once(
     client: &Client,
     partitions: &[TopicPartition],
     timestamp: i64,
+    isolation: IsolationLevel,
 ) -> Result<HashMap<TopicPartition, i64>> {
     let cluster = client.wire()?;
     let mut by_leader: HashMap<i32, HashMap<Arc<str>, Vec<i32>>> = HashMap::new();
@@ -51,6 +53,10 @@ async fn list_offsets_once(
         let version = conn.version_for::<ListOffsetsRequest>(Some(LIST_OFFSETS_MAX))?;
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
+            .with_isolation_level(match isolation {
+                IsolationLevel::ReadCommitted => 1,
+                IsolationLevel::ReadUncommitted => 0,
+            })
             .with_topics(
                 topics
                     .iter()
@@ -104,11 +110,29 @@ async fn list_offsets_once(
     Ok(out)
 }
 
-/// The offsets at `timestamp` (EARLIEST / LATEST) of `partitions`, with retries.
+/// The offsets at `timestamp` (EARLIEST / LATEST: the high watermark) of `partitions`, with
+/// retries.
 pub(crate) async fn list_offsets(
     client: &Client,
     partitions: &[TopicPartition],
     timestamp: i64,
+) -> Result<HashMap<TopicPartition, i64>> {
+    list_offsets_isolated(
+        client,
+        partitions,
+        timestamp,
+        IsolationLevel::ReadUncommitted,
+    )
+    .await
+}
+
+/// As [`list_offsets`], with LATEST meaning the last stable offset under `read_committed`
+/// (what a consumer of that isolation level can read up to; Java's consumer asks the same).
+pub(crate) async fn list_offsets_isolated(
+    client: &Client,
+    partitions: &[TopicPartition],
+    timestamp: i64,
+    isolation: IsolationLevel,
 ) -> Result<HashMap<TopicPartition, i64>> {
     if partitions.is_empty() {
         return Ok(HashMap::new());
@@ -120,7 +144,7 @@ pub(crate) async fn list_offsets(
     };
     client
         .retry(&format!("list {what} offsets"), || {
-            list_offsets_once(client, partitions, timestamp)
+            list_offsets_once(client, partitions, timestamp, isolation)
         })
         .await
 }
@@ -152,7 +176,10 @@ pub(crate) async fn reset_positions(
         }
     };
     let tps: Vec<TopicPartition> = partitions.iter().map(|(tp, _)| tp.clone()).collect();
-    let offsets = list_offsets(client, &tps, timestamp).await?;
+    // `latest` under read_committed is the last stable offset, so that a transaction open
+    // now is read from its start if it commits (as Java's consumer resets).
+    let isolation = client.config().consumer().isolation_level;
+    let offsets = list_offsets_isolated(client, &tps, timestamp, isolation).await?;
     let mut state = shared.lock();
     for (tp, epoch) in partitions {
         let Some(&offset) = offsets.get(tp) else {

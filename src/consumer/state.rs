@@ -68,6 +68,9 @@ pub(crate) struct Chunk {
     pub(crate) records: Vec<ConsumedRecord>,
     /// Bytes counted against the prefetch bound.
     pub(crate) bytes: usize,
+    /// The offset after the chunk, past any batches skipped behind its last record (control
+    /// batches, aborted transactions): the position once the whole chunk was polled.
+    pub(crate) next: i64,
 }
 
 /// The membership's view shared with commits.

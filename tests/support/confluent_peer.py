@@ -12,12 +12,28 @@ error on stderr when something fails):
       partition P (default 0) with keys "<prefix>-<txn>-<i>" and the same values; commits or
       aborts it. Prints {"txn": k, "outcome": "commit"|"abort", "records": N} per transaction.
 
+  produce-steps --bootstrap B --topic T [--partition P] [--prefix S] STEP [STEP ...]
+      Interleaves several producers on partition P (default 0), one step after the other:
+      "NAME+N" makes producer NAME write N records (keys and values
+      "<prefix>-<NAME>-<k>-<i>", k counting NAME's transactions) and flush them, so records
+      land in step order; a transactional producer (transactional.id "<prefix>-<NAME>")
+      begins a transaction first when none is open; "NAME:commit" / "NAME:abort" ends it.
+      The producer named "plain" is not transactional (idempotent only). Prints
+      {"producer", "key", "outcome": "commit"|"abort"|"plain", "seq": its place in the write
+      order} per record once its fate is
+      known. A transaction still open at the end is aborted (outcome "abort").
+
+  hold-txn --bootstrap B --topic T --txn-id ID [--partition P] [--prefix S] --records N
+      Begins a transaction, writes N records (keys and values "<prefix>-held-<i>"), flushes,
+      prints {"open": N}, then waits for a line on stdin: "commit" or "abort" ends the
+      transaction that way and prints {"outcome": ...}.
+
   consume --bootstrap B --topic T --group G [--isolation read_committed|read_uncommitted]
-          --count N [--timeout-s S] [--partitions P]
+          --count N [--timeout-s S] [--assign-partitions K]
       Reads from the earliest offset until N records arrived or S seconds passed with none
-      (default 10). With --partitions, reads partitions 0..P-1 assigned by hand (no group
-      join: tansu takes seconds per join) instead of subscribing. Prints {"partition", "offset", "key", "value"} per record (key and value
-      as UTF-8, or null), then {"done": count}.
+      (default 10). Prints {"partition", "offset", "key", "value"} per record (key and value
+      as UTF-8, or null), then {"done": count}. With --assign-partitions K, reads partitions
+      0..K of T by assignment instead of joining group G (group joins on tansu take seconds).
 """
 
 import argparse
@@ -58,6 +74,94 @@ def produce_txn(args):
         print(json.dumps({"txn": k, "outcome": kind, "records": n}), flush=True)
 
 
+def produce_steps(args):
+    producers = {}
+    open_txn = {}  # name -> (transaction number, keys written in it)
+    counts = {}
+    seq = {}  # key -> its place in the write order
+
+    def producer(name):
+        if name not in producers:
+            conf = {"bootstrap.servers": args.bootstrap, "enable.idempotence": True, "linger.ms": 5}
+            if name != "plain":
+                conf["transactional.id"] = f"{args.prefix}-{name}"
+            p = Producer(conf)
+            if name != "plain":
+                p.init_transactions(30)
+            producers[name] = p
+        return producers[name]
+
+    def report(name, keys, outcome):
+        for key in keys:
+            line = {"producer": name, "key": key, "outcome": outcome, "seq": seq[key]}
+            print(json.dumps(line), flush=True)
+
+    for step in args.steps:
+        if "+" in step:
+            name, n = step.split("+", 1)
+            p = producer(name)
+            if name != "plain" and name not in open_txn:
+                p.begin_transaction()
+                open_txn[name] = (counts.get(name, 0), [])
+                counts[name] = counts.get(name, 0) + 1
+            k = open_txn[name][0] if name != "plain" else counts.setdefault(name, 0)
+            keys = []
+            first = len(open_txn[name][1]) if name != "plain" else 0
+            for i in range(first, first + int(n)):
+                key = f"{args.prefix}-{name}-{k}-{i}"
+                p.produce(args.topic, key=key.encode(), value=key.encode(), partition=args.partition)
+                seq[key] = len(seq)
+                keys.append(key)
+            if p.flush(30) != 0:
+                raise RuntimeError(f"{step}: records not delivered")
+            if name == "plain":
+                counts["plain"] += 1
+                report(name, keys, "plain")
+            else:
+                open_txn[name][1].extend(keys)
+        else:
+            name, action = step.split(":", 1)
+            _, keys = open_txn.pop(name)
+            if action == "commit":
+                producer(name).commit_transaction(30)
+                report(name, keys, "commit")
+            elif action == "abort":
+                producer(name).abort_transaction(30)
+                report(name, keys, "abort")
+            else:
+                raise ValueError(f"unknown step {step!r}")
+    for name, (_, keys) in open_txn.items():
+        producers[name].abort_transaction(30)
+        report(name, keys, "abort")
+
+
+def hold_txn(args):
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "transactional.id": args.txn_id,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(args.records):
+        key = f"{args.prefix}-held-{i}".encode()
+        producer.produce(args.topic, key=key, value=key, partition=args.partition)
+    if producer.flush(30) != 0:
+        raise RuntimeError("records not delivered")
+    print(json.dumps({"open": args.records}), flush=True)
+    line = sys.stdin.readline().strip()
+    if line == "commit":
+        producer.commit_transaction(30)
+    elif line == "abort":
+        producer.abort_transaction(30)
+    else:
+        raise ValueError(f"expected commit or abort on stdin, got {line!r}")
+    print(json.dumps({"outcome": line}), flush=True)
+
+
 def consume(args):
     consumer = Consumer(
         {
@@ -68,9 +172,9 @@ def consume(args):
             "isolation.level": args.isolation,
         }
     )
-    if args.partitions:
+    if args.assign_partitions:
         consumer.assign(
-            [TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in range(args.partitions)]
+            [TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in range(args.assign_partitions)]
         )
     else:
         consumer.subscribe([args.topic])
@@ -114,6 +218,19 @@ def main():
     p.add_argument("--prefix", default="cf")
     p.add_argument("--commit", action=PlanAction, dest="plan_commit")
     p.add_argument("--abort", action=PlanAction, dest="plan_abort")
+    s = sub.add_parser("produce-steps")
+    s.add_argument("--bootstrap", required=True)
+    s.add_argument("--topic", required=True)
+    s.add_argument("--partition", type=int, default=0)
+    s.add_argument("--prefix", default="cf")
+    s.add_argument("steps", nargs="+")
+    h = sub.add_parser("hold-txn")
+    h.add_argument("--bootstrap", required=True)
+    h.add_argument("--topic", required=True)
+    h.add_argument("--txn-id", required=True)
+    h.add_argument("--partition", type=int, default=0)
+    h.add_argument("--prefix", default="cf")
+    h.add_argument("--records", type=int, required=True)
     c = sub.add_parser("consume")
     c.add_argument("--bootstrap", required=True)
     c.add_argument("--topic", required=True)
@@ -121,13 +238,17 @@ def main():
     c.add_argument("--isolation", default="read_committed")
     c.add_argument("--count", type=int, required=True)
     c.add_argument("--timeout-s", type=float, default=10.0)
-    c.add_argument("--partitions", type=int, default=0)
+    c.add_argument("--assign-partitions", type=int, default=0)
     args = parser.parse_args()
     try:
         if args.command == "produce-txn":
             if not getattr(args, "plan", None):
                 parser.error("produce-txn needs at least one --commit N or --abort N")
             produce_txn(args)
+        elif args.command == "produce-steps":
+            produce_steps(args)
+        elif args.command == "hold-txn":
+            hold_txn(args)
         else:
             consume(args)
     except Exception as e:  # reported to the Rust test, which fails with it
