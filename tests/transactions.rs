@@ -264,6 +264,50 @@ fn keys_and_markers(batches: &[RawBatch]) -> (Vec<String>, Vec<bool>) {
     (keys, markers)
 }
 
+/// What purekafka's own group consumer (read_committed, the default) reads from `topic`:
+/// (key, value) of each record, until `expected` came and 2 s more passed with nothing new.
+async fn read_committed(
+    cluster: &TestCluster,
+    topic: &str,
+    expected: usize,
+) -> Vec<(String, String)> {
+    let client = support::client(cluster, &unique_name("txn-reader"), &[]).await;
+    let consumer = client.consumer(&[topic]).expect("consumer");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut quiet_until: Option<Instant> = None;
+    loop {
+        let batch = consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .expect("poll");
+        if !batch.is_empty() && out.len() >= expected {
+            quiet_until = None; // more than expected: keep reading until it is quiet
+        }
+        for r in batch {
+            let text = |b: &Option<Bytes>| {
+                b.as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            out.push((text(&r.key), text(&r.value)));
+        }
+        if out.len() >= expected {
+            let until = *quiet_until.get_or_insert_with(|| Instant::now() + Duration::from_secs(2));
+            if Instant::now() >= until {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {expected} records of {topic}",
+            out.len()
+        );
+    }
+    consumer.close().await.expect("close");
+    out
+}
+
 on_each_backend!(
     commit_and_abort_round_trip,
     |cluster: TestCluster| async move {
@@ -406,6 +450,27 @@ on_each_backend!(
         }
         for i in 0..4 {
             assert!(seen.contains(&format!("committed2-{i}")), "{seen:?}");
+        }
+        // purekafka's consumer, read_committed: on tansu exactly the committed records (the
+        // aborted ones are dropped by their ABORT marker); the mock writes no markers, so
+        // there the aborted records that were written come too.
+        let mut ours: Vec<String> = read_committed(&cluster, &topic, 14)
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        ours.sort();
+        let mut expected: Vec<String> = (0..10)
+            .map(|i| format!("committed1-{i}"))
+            .chain((0..4).map(|i| format!("committed2-{i}")))
+            .collect();
+        expected.sort();
+        match cluster.backend() {
+            Backend::Tansu => assert_eq!(ours, expected, "read_committed on tansu"),
+            _ => {
+                ours.retain(|k| k.starts_with("committed"));
+                assert_eq!(ours, expected, "the committed records on the mock");
+            }
         }
         producer.close().await;
     }
@@ -985,6 +1050,14 @@ async fn exactly_once_survives_sigkill_and_restart() {
         "exactly_once_survives_sigkill_and_restart: {written} outputs written, {} committed",
         values.len()
     );
+    // purekafka's read_committed consumer reads each input's output once (upper-cased).
+    let mut read: Vec<String> = read_committed(&cluster, &output, expected.len())
+        .await
+        .into_iter()
+        .map(|(_, v)| v.to_lowercase())
+        .collect();
+    read.sort();
+    assert_eq!(read, expected, "read_committed by purekafka's consumer");
 }
 
 /// Exactly-once mode on the mock cluster: a commit that fails (EndTxn answered
@@ -1210,6 +1283,13 @@ async fn exactly_once_runners_hand_partitions_over_in_a_rebalance() {
         values, expected,
         "every input once among the committed outputs"
     );
+    let mut read: Vec<String> = read_committed(&cluster, &output, expected.len())
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    read.sort();
+    assert_eq!(read, expected, "read_committed by purekafka's consumer");
 }
 
 /// Interop on tansu: confluent-kafka (librdkafka) initialising the same transactional id
