@@ -1197,7 +1197,7 @@ fn start_eos_runner(
 /// committed outputs every input appears once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_runners_hand_partitions_over_in_a_rebalance() {
-    const PER_PARTITION: usize = 600;
+    const PER_PARTITION: usize = 1500;
     support::init_tracing();
     let cluster = support::start(Backend::Tansu);
     let input = unique_name("eos-rebalance-in");
