@@ -1197,16 +1197,16 @@ fn start_eos_runner(
 /// committed outputs every input appears once.
 ///
 /// Ignored in the suite: it passes alone (4 of 4 runs, 14:30 UTC) but failed once under the
-/// full parallel suite, with one commit interval's inputs (10 per partition) committed twice.
-/// Across a rebalance, exactly-once rests on the broker's KIP-447 fencing: OffsetFetch with
-/// `require_stable` must wait for pending transactional offsets, and TxnOffsetCommit must
-/// refuse a stale generation. tansu 0.6.0's memory storage does neither
-/// (`tansu-storage/src/dynostore.rs`: `offset_fetch` ignores `_require_stable`,
-/// `txn_offset_commit` checks only the producer), and our consumer rejoins in the background
-/// while a transaction may be open, so a rejoin racing a commit can hand the new owner an old
-/// offset. Run it with `--run-ignored all` to see it; closing the window on the client side
-/// (end the transaction in the revoke hook, before rejoining, as Java applications do) is
-/// the next step.
+/// full parallel suite, with one commit interval's inputs (10 per partition, on both
+/// partitions) committed twice: the members' start positions after the rejoin were older than
+/// the last committed transaction's offsets. tansu 0.6.0 is the cause, read in its source
+/// (`tansu-storage/src/dynostore.rs`): `txn_end` applies a transaction's offsets only once
+/// every overlapping transaction is prepared (here the other runner's is open), and
+/// `offset_fetch` ignores `require_stable`, so it answers the old offsets instead of
+/// UNSTABLE_OFFSET_COMMIT (which purekafka retries). A trial that ended the transaction in
+/// the revoke hook before rejoining (Java's pattern) made it fail every time on tansu, for
+/// the same reason. Run it with `--run-ignored all`; it needs a broker with KIP-447's
+/// stable offsets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "tansu 0.6.0 lacks KIP-447 fencing; flaky under load, see the doc comment"]
 async fn exactly_once_runners_hand_partitions_over_in_a_rebalance() {
