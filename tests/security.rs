@@ -707,6 +707,26 @@ async fn an_unsecured_oauthbearer_token_is_refused_with_a_clear_error() {
 // ---------------------------------------------------------------------------------------
 // Successful SCRAM logins (tansu with SQLite storage)
 
+/// [`config`] logging in with SCRAM as `(mechanism, user, password)`, over TLS trusting the
+/// test CA when `tls` is given.
+fn scram_config(
+    bootstrap: &str,
+    retries: &Arc<AtomicUsize>,
+    tls: Option<&Certs>,
+    (mechanism, user, password): (&str, &str, &str),
+) -> ConfigBuilder {
+    let builder = config(bootstrap, retries)
+        .set("sasl.mechanism", mechanism)
+        .set("sasl.username", user)
+        .set("sasl.password", password);
+    match tls {
+        Some(certs) => builder
+            .set("security.protocol", "sasl_ssl")
+            .set("ssl.ca.location", certs.path("ca.pem")),
+        None => builder.set("security.protocol", "sasl_plaintext"),
+    }
+}
+
 /// Runs `tansu-sql user create` against the unauthenticated broker at `port`.
 fn create_scram_user(port: u16, user: &str, password: &str, mechanism: &str) {
     let out = Command::new(tansu_sql_bin())
@@ -777,11 +797,7 @@ async fn scram_logins_succeed_over_sasl_plaintext_and_sasl_ssl() {
         for (mechanism, user, password) in users {
             let retries = Arc::new(AtomicUsize::new(0));
             let client = Client::connect(
-                config(&bootstrap, &retries)
-                    .set("security.protocol", "sasl_plaintext")
-                    .set("sasl.mechanism", mechanism)
-                    .set("sasl.username", user)
-                    .set("sasl.password", password)
+                scram_config(&bootstrap, &retries, None, (mechanism, user, password))
                     .group_id(unique_name("sasl-group"))
                     .build()
                     .unwrap(),
@@ -809,13 +825,12 @@ async fn scram_logins_succeed_over_sasl_plaintext_and_sasl_ssl() {
                 topics.iter().map(|t| &t.name).collect::<Vec<_>>()
             );
             let retries = Arc::new(AtomicUsize::new(0));
-            let e = connect_error(
-                config(&bootstrap, &retries)
-                    .set("security.protocol", "sasl_plaintext")
-                    .set("sasl.mechanism", mechanism)
-                    .set("sasl.username", user)
-                    .set("sasl.password", "not-the-password"),
-            )
+            let e = connect_error(scram_config(
+                &bootstrap,
+                &retries,
+                None,
+                (mechanism, user, "not-the-password"),
+            ))
             .await;
             let text = chain(&e);
             assert!(
@@ -849,15 +864,15 @@ async fn scram_logins_succeed_over_sasl_plaintext_and_sasl_ssl() {
         for (mechanism, user, password) in users {
             let retries = Arc::new(AtomicUsize::new(0));
             let client = Client::connect(
-                config(&advertised, &retries)
-                    .set("security.protocol", "sasl_ssl")
-                    .set("ssl.ca.location", certs.path("ca.pem"))
-                    .set("sasl.mechanism", mechanism)
-                    .set("sasl.username", user)
-                    .set("sasl.password", password)
-                    .group_id(unique_name("sasl-ssl-group"))
-                    .build()
-                    .unwrap(),
+                scram_config(
+                    &advertised,
+                    &retries,
+                    Some(&certs),
+                    (mechanism, user, password),
+                )
+                .group_id(unique_name("sasl-ssl-group"))
+                .build()
+                .unwrap(),
             )
             .await
             .unwrap_or_else(|e| panic!("{mechanism} over TLS as {user}: {}", chain(&e)));
@@ -889,11 +904,7 @@ async fn scram_sessions_are_renewed_before_the_brokers_lifetime_runs_out() {
     );
     let retries = Arc::new(AtomicUsize::new(0));
     let client = Client::connect(
-        config(&bootstrap, &retries)
-            .set("security.protocol", "sasl_plaintext")
-            .set("sasl.mechanism", mechanism)
-            .set("sasl.username", user)
-            .set("sasl.password", password)
+        scram_config(&bootstrap, &retries, None, (mechanism, user, password))
             .group_id(unique_name("sasl-renew-group"))
             .build()
             .unwrap(),
