@@ -60,15 +60,22 @@ impl ClientKind {
     }
 
     /// Whether the client can run `workload` with these settings (rdkafka_performance sends
-    /// one fixed key or none, and has no fixed-rate percentiles; rskafka has no groups and is
-    /// built with snappy only; only purekafka has the processing runtime).
-    pub fn supports(self, workload: WorkloadKind, keyed: bool, compression: &str) -> bool {
+    /// one fixed key or none, and has no fixed-rate percentiles; rskafka has no groups, no
+    /// idempotent producer and is built with snappy only; only purekafka has the processing
+    /// runtime).
+    pub fn supports(
+        self,
+        workload: WorkloadKind,
+        keyed: bool,
+        compression: &str,
+        idempotence: bool,
+    ) -> bool {
         match (self, workload) {
             (_, WorkloadKind::Runtime) => self == ClientKind::Purekafka,
             (ClientKind::RdkafkaPerformance, WorkloadKind::Produce) => !keyed,
             (ClientKind::RdkafkaPerformance, _) => false,
             (ClientKind::Rskafka, WorkloadKind::Produce | WorkloadKind::ProduceLatency) => {
-                matches!(compression, "none" | "snappy")
+                matches!(compression, "none" | "snappy") && !idempotence
             }
             _ => true,
         }
@@ -168,6 +175,8 @@ pub struct ChildSpec {
     pub partitions: i32,
     /// Runtime: deduplicate on the `event_id` header (1M keys).
     pub dedup: bool,
+    /// Producers: `enable.idempotence` (the same for every client of a row).
+    pub idempotence: bool,
 }
 
 impl ChildSpec {
@@ -202,6 +211,8 @@ impl ChildSpec {
             self.partitions.to_string(),
             "--dedup".into(),
             self.dedup.to_string(),
+            "--idempotence".into(),
+            self.idempotence.to_string(),
         ]
     }
 }
