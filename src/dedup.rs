@@ -1,5 +1,5 @@
 //! A bounded, time-limited "seen before?" cache for the processing runtime: keys in lock
-//! stripes, their lifetimes in generations kept by a moka cache.
+//! stripes, their lifetimes in two generations kept by a moka cache.
 //!
 //! A key goes through three steps: **claimed** (in progress) → **done** (the handler
 //! succeeded) or **released** (it failed; a redelivery is processed again). The claim is one
@@ -27,11 +27,13 @@
 //! six allocations (entry, key, two order-queue nodes, table bucket, value) freed one by one.
 //! The runtime processes a record in well under a microsecond, so no per-key cache entry
 //! fits. Here moka keeps **generations** instead: a key is claimed into the current
-//! generation; a new generation starts every `capacity / 8` keys or `ttl / 8`; moka holds the
-//! last eight generations (`max_capacity`) for `ttl + ttl / 8` each (`time_to_live`) and its
-//! eviction listener retires whole generations, whose keys every stripe then drops in one
-//! sweep. A new key costs one keyed hash, one stripe lock and one probe of a plain hash table
-//! with the key stored inline (no allocation for keys up to 40 bytes).
+//! generation; a new generation starts every `capacity` keys or `ttl`; moka holds the last two
+//! generations (`max_capacity`) for `2 × ttl` each (`time_to_live`) and its eviction listener
+//! retires whole generations. Each key carries its claim time, so it is forgotten exactly
+//! `ttl` after its claim; generations only bound the memory. Every stripe keeps one hash table per live generation
+//! and drops a retired one whole (no per-key removal, so no tombstones and no rehashing). A
+//! new key costs one keyed hash, one stripe lock, a probe of each of the two tables and an
+//! insert, with the key stored inline (no allocation for keys up to 40 bytes).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,9 +49,8 @@ use crate::record::ConsumedRecord;
 /// `Slot::state` of a key whose handler succeeded (claims hold their token, never 0).
 const DONE: u64 = 0;
 
-/// Generations alive at once: at least `(GENERATIONS - 1) / GENERATIONS` of the capacity is
-/// remembered, and a key is forgotten up to `ttl / GENERATIONS` later than its TTL.
-const GENERATIONS: u64 = 8;
+/// Generations alive at once: the current one (up to `capacity` keys) and the one before.
+const GENERATIONS: u64 = 2;
 
 /// Lock stripes: claims of keys in different stripes never wait for each other.
 const STRIPES: usize = 64;
@@ -102,18 +103,40 @@ impl KeyBytes {
 /// One key in a stripe's table.
 struct Slot {
     hash: u64,
-    /// The generation the key was claimed in.
-    generation: u64,
     /// The claim's token while its handler runs, [`DONE`] after.
     state: u64,
+    /// When the key was claimed (ns since `Inner::epoch`).
+    claimed: u64,
     key: KeyBytes,
 }
 
-/// The keys whose hash falls in one stripe, with the generation below which it already
-/// dropped everything.
+/// The keys one stripe holds of one generation.
+#[derive(Default)]
+struct Table {
+    generation: u64,
+    slots: HashTable<Slot>,
+}
+
+impl Table {
+    fn find_key(&mut self, hash: u64, key: &[u8]) -> Option<&mut Slot> {
+        self.slots
+            .find_mut(hash, |s| s.hash == hash && s.key.as_slice() == key)
+    }
+
+    fn remove_key(&mut self, hash: u64, key: &[u8]) {
+        if let Ok(slot) = self
+            .slots
+            .find_entry(hash, |s| s.hash == hash && s.key.as_slice() == key)
+        {
+            slot.remove();
+        }
+    }
+}
+
+/// The keys whose hash falls in one stripe: the current generation's and the previous one's.
 struct Stripe {
-    table: HashTable<Slot>,
-    swept_below: u64,
+    current: Table,
+    previous: Table,
     /// The next claim's token (unique within the stripe, never [`DONE`]).
     next_token: u64,
     /// Claims not yet added to `Inner::claims` (added in batches: one shared counter
@@ -122,12 +145,32 @@ struct Stripe {
 }
 
 impl Stripe {
-    /// Drops the keys of retired generations (every generation below `oldest`).
-    fn sweep(&mut self, oldest: u64) {
-        if self.swept_below < oldest {
-            self.table.retain(|s| s.generation >= oldest);
-            self.swept_below = oldest;
+    /// Drops the tables of retired generations (below `oldest`), and starts a table for
+    /// `generation` if it is newer than the current one (`expected`: keys it will hold).
+    fn advance(&mut self, generation: u64, oldest: u64, expected: usize) {
+        if self.current.generation < generation {
+            let current = std::mem::replace(
+                &mut self.current,
+                Table {
+                    generation,
+                    slots: HashTable::with_capacity(expected),
+                },
+            );
+            self.previous = current;
         }
+        if self.previous.generation < oldest && !self.previous.slots.is_empty() {
+            self.previous = Table::default();
+        }
+        if self.current.generation < oldest && !self.current.slots.is_empty() {
+            self.current.slots = HashTable::new();
+        }
+    }
+
+    /// The live tables, newest first.
+    fn live(&mut self, oldest: u64) -> impl Iterator<Item = &mut Table> {
+        [&mut self.current, &mut self.previous]
+            .into_iter()
+            .filter(move |t| t.generation >= oldest)
     }
 }
 
@@ -158,9 +201,12 @@ struct Inner {
     deadline: AtomicU64,
     per_generation: u64,
     span: Duration,
+    ttl: u64,
     epoch: Instant,
     /// Claims a stripe counts before it adds them to `claims`.
     report_every: u64,
+    /// Keys a stripe's table of one generation is sized for.
+    per_stripe: usize,
     rotating: Mutex<()>,
     hasher: std::hash::RandomState,
 }
@@ -187,21 +233,23 @@ impl std::fmt::Debug for Deduplicator {
 }
 
 impl Deduplicator {
-    /// A cache of about `capacity` keys, each forgotten `ttl` after it was claimed.
+    /// A cache that remembers each key for `ttl` after its claim, and at least the last
+    /// `capacity` keys.
     ///
-    /// Keys are forgotten oldest-claimed first, an eighth of the capacity at a time: at least
-    /// 7/8 of `capacity` most recent keys are always remembered, and a key is forgotten
-    /// between `ttl` and `ttl + ttl / 8` after its claim. Size the capacity to the number of
-    /// distinct keys expected within `ttl` (the window in which a producer retry or a
-    /// redelivery can repeat a record).
+    /// Keys beyond the capacity are forgotten oldest-claimed first, a generation at a time: a
+    /// generation takes up to `capacity` keys or lasts `ttl`, and the current and the previous
+    /// one are kept, so at least the `capacity` most recent keys (claimed within `ttl`) are
+    /// remembered and at most `2 × capacity` are held (about 80 bytes each for keys up to 40
+    /// bytes). Size the capacity to the number of distinct keys expected within `ttl` (the
+    /// window in which a producer retry or a redelivery can repeat a record).
     pub fn new(capacity: u64, ttl: Duration) -> Self {
-        let per_generation = capacity.div_ceil(GENERATIONS).max(1);
-        let span = ttl / GENERATIONS as u32;
+        let per_generation = capacity.max(1);
+        let span = ttl;
         let oldest = Arc::new(AtomicU64::new(0));
         let retired = Arc::clone(&oldest);
         let generations = moka::sync::Cache::builder()
             .max_capacity(GENERATIONS)
-            .time_to_live(ttl + span)
+            .time_to_live(ttl.saturating_mul(GENERATIONS as u32))
             // Plain LRU: a new generation is always admitted, and as generations are never
             // read through moka, the least recently used one is the oldest.
             .eviction_policy(EvictionPolicy::lru())
@@ -218,8 +266,8 @@ impl Deduplicator {
                 stripes: (0..STRIPES)
                     .map(|_| {
                         Arc::new(Padded(Mutex::new(Stripe {
-                            table: HashTable::new(),
-                            swept_below: 0,
+                            current: Table::default(),
+                            previous: Table::default(),
                             next_token: 1,
                             unreported: 0,
                         })))
@@ -232,8 +280,13 @@ impl Deduplicator {
                 deadline: AtomicU64::new(nanos(span)),
                 per_generation,
                 span,
+                ttl: nanos(ttl),
                 epoch,
                 report_every: (per_generation / (4 * STRIPES as u64)).clamp(1, 64),
+                // Hashes spread keys over the stripes unevenly: room for 1/8 more than even.
+                per_stripe: usize::try_from(per_generation / STRIPES as u64 * 9 / 8)
+                    .unwrap_or(usize::MAX)
+                    .min(1 << 20),
                 rotating: Mutex::new(()),
                 hasher: std::hash::RandomState::new(),
             }),
@@ -246,42 +299,37 @@ impl Deduplicator {
         let key = key.as_ref();
         let inner = &self.inner;
         let hash = std::hash::BuildHasher::hash_one(&inner.hasher, key);
-        let generation = inner.generation();
+        let (generation, now) = inner.generation();
         let oldest = inner.oldest.load(Ordering::Acquire);
         let padded = inner.stripe(hash);
         let mut guard = padded.lock();
         let stripe = &mut *guard;
-        stripe.sweep(oldest);
-        let token = stripe.next_token;
-        let found = stripe
-            .table
-            .find_mut(hash, |s| s.hash == hash && s.key.as_slice() == key);
-        match found {
-            Some(slot) if slot.generation >= oldest => {
-                return if slot.state == DONE {
-                    Check::Duplicate
-                } else {
-                    Check::InProgress
-                };
-            }
-            // Left over from a retired generation: claim it again in place.
-            Some(slot) => {
-                slot.generation = generation;
-                slot.state = token;
-            }
-            None => {
-                stripe.table.insert_unique(
-                    hash,
-                    Slot {
-                        hash,
-                        generation,
-                        state: token,
-                        key: KeyBytes::new(key),
-                    },
-                    |s| s.hash,
-                );
+        stripe.advance(generation, oldest, inner.per_stripe);
+        for table in stripe.live(oldest) {
+            if let Some(slot) = table.find_key(hash, key) {
+                if now.saturating_sub(slot.claimed) < inner.ttl {
+                    return if slot.state == DONE {
+                        Check::Duplicate
+                    } else {
+                        Check::InProgress
+                    };
+                }
+                // Claimed longer than the TTL ago: forgotten, claimed anew below.
+                table.remove_key(hash, key);
+                break;
             }
         }
+        let token = stripe.next_token;
+        stripe.current.slots.insert_unique(
+            hash,
+            Slot {
+                hash,
+                state: token,
+                claimed: now,
+                key: KeyBytes::new(key),
+            },
+            |s| s.hash,
+        );
         stripe.next_token += 1;
         stripe.unreported += 1;
         if stripe.unreported >= inner.report_every {
@@ -301,11 +349,13 @@ impl Deduplicator {
         let inner = &self.inner;
         let hash = std::hash::BuildHasher::hash_one(&inner.hasher, key);
         let oldest = inner.oldest.load(Ordering::Acquire);
-        let stripe = inner.stripe(hash).lock();
-        stripe
-            .table
-            .find(hash, |s| s.hash == hash && s.key.as_slice() == key)
-            .is_some_and(|s| s.generation >= oldest && s.state == DONE)
+        let now = nanos(inner.epoch.elapsed());
+        let mut stripe = inner.stripe(hash).lock();
+        let done = stripe.live(oldest).find_map(|t| {
+            t.find_key(hash, key)
+                .map(|s| s.state == DONE && now.saturating_sub(s.claimed) < inner.ttl)
+        });
+        done == Some(true)
     }
 
     /// Forgets every key.
@@ -323,19 +373,19 @@ impl Deduplicator {
         inner.oldest.fetch_max(next, Ordering::AcqRel);
     }
 
-    /// Number of keys held (claimed or done, within their lifetime).
+    /// Number of keys held (claimed or done; keys past their TTL count until their generation
+    /// is retired).
     pub fn len(&self) -> u64 {
         let oldest = self.inner.oldest.load(Ordering::Acquire);
         self.inner
             .stripes
             .iter()
             .map(|p| {
-                let stripe = p.lock();
+                let mut stripe = p.lock();
                 stripe
-                    .table
-                    .iter()
-                    .filter(|s| s.generation >= oldest)
-                    .count() as u64
+                    .live(oldest)
+                    .map(|t| t.slots.len() as u64)
+                    .sum::<u64>()
             })
             .sum()
     }
@@ -359,7 +409,8 @@ impl Inner {
 
     /// The generation a claim made now goes to: a new one when the current is full or its
     /// span is over (one caller starts it; the others go on with the current one meanwhile).
-    fn generation(&self) -> u64 {
+    /// Returns it with the time now (ns since `epoch`).
+    fn generation(&self) -> (u64, u64) {
         let now = nanos(self.epoch.elapsed());
         if self.claims.load(Ordering::Relaxed) >= self.per_generation
             || now >= self.deadline.load(Ordering::Relaxed)
@@ -374,13 +425,13 @@ impl Inner {
                     self.deadline
                         .store(now.saturating_add(nanos(self.span)), Ordering::Relaxed);
                     self.current.store(next, Ordering::Release);
-                    // Evicts the generation beyond the eighth and expires old ones (the
+                    // Evicts the generation beyond the second and expires old ones (the
                     // listener raises `oldest`).
                     self.generations.run_pending_tasks();
                 }
             }
         }
-        self.current.load(Ordering::Acquire)
+        (self.current.load(Ordering::Acquire), now)
     }
 }
 
@@ -406,14 +457,18 @@ impl Claim {
     pub fn complete(mut self) {
         if let Some(padded) = self.stripe.take() {
             let (hash, token) = (self.hash, self.token);
-            let mut stripe = padded.lock();
-            // The token is unique: it finds this claim's slot, unless the key was forgotten
-            // meanwhile (`clear`, or its generation retired and swept).
-            if let Some(slot) = stripe
-                .table
-                .find_mut(hash, |s| s.hash == hash && s.state == token)
-            {
-                slot.state = DONE;
+            let mut guard = padded.lock();
+            let stripe = &mut *guard;
+            // The token is unique in the stripe: it finds this claim's slot, unless the key
+            // was forgotten meanwhile (`clear`, or its generation retired).
+            for table in [&mut stripe.current, &mut stripe.previous] {
+                if let Some(slot) = table
+                    .slots
+                    .find_mut(hash, |s| s.hash == hash && s.state == token)
+                {
+                    slot.state = DONE;
+                    break;
+                }
             }
         }
     }
@@ -426,12 +481,16 @@ impl Claim {
     fn release_now(&mut self) {
         if let Some(padded) = self.stripe.take() {
             let (hash, token) = (self.hash, self.token);
-            let mut stripe = padded.lock();
-            if let Ok(slot) = stripe
-                .table
-                .find_entry(hash, |s| s.hash == hash && s.state == token)
-            {
-                slot.remove();
+            let mut guard = padded.lock();
+            let stripe = &mut *guard;
+            for table in [&mut stripe.current, &mut stripe.previous] {
+                if let Ok(slot) = table
+                    .slots
+                    .find_entry(hash, |s| s.hash == hash && s.state == token)
+                {
+                    slot.remove();
+                    break;
+                }
             }
         }
     }
@@ -593,17 +652,17 @@ mod tests {
 
     #[test]
     fn capacity_forgets_the_oldest_generation_and_keeps_the_recent_keys() {
-        // 80 keys: generations of 10, eight alive.
+        // Generations of 80 keys, two alive.
         let d = Deduplicator::new(80, Duration::from_secs(3600));
-        for i in 0..200 {
+        for i in 0..250 {
             let Check::Claimed(c) = d.check_and_mark(format!("k{i}")) else {
                 panic!("k{i} is new")
             };
             c.complete();
         }
-        assert!(d.len() <= 80, "{} keys held", d.len());
-        // At least 7/8 of the capacity, the most recent keys, are remembered.
-        for i in 130..200 {
+        assert!(d.len() <= 160, "{} keys held", d.len());
+        // At least the capacity, the most recent keys, is remembered.
+        for i in 170..250 {
             assert!(
                 matches!(d.check_and_mark(format!("k{i}")), Check::Duplicate),
                 "k{i} remembered"
@@ -615,6 +674,35 @@ mod tests {
         };
         c.complete();
         assert!(matches!(d.check_and_mark("k0"), Check::Duplicate));
+    }
+
+    #[test]
+    fn each_key_is_forgotten_ttl_after_its_own_claim_not_its_generations() {
+        let ttl = Duration::from_millis(600);
+        let d = Deduplicator::new(1000, ttl);
+        let Check::Claimed(a) = d.check_and_mark("a") else {
+            panic!()
+        };
+        a.complete();
+        std::thread::sleep(Duration::from_millis(350));
+        let Check::Claimed(b) = d.check_and_mark("b") else {
+            panic!()
+        };
+        let b_claimed = std::time::Instant::now();
+        b.complete();
+        std::thread::sleep(Duration::from_millis(350));
+        // "a" is older than the TTL: claimable again, once.
+        let Check::Claimed(again) = d.check_and_mark("a") else {
+            panic!("a is past its TTL")
+        };
+        again.complete();
+        assert!(matches!(d.check_and_mark("a"), Check::Duplicate));
+        // "b" (one generation with "a") is remembered while younger than the TTL (checked
+        // only if this thread was not held up past it).
+        let b_done = d.is_done(b"b");
+        if b_claimed.elapsed() < ttl {
+            assert!(b_done, "b is younger than its TTL");
+        }
     }
 
     #[test]
