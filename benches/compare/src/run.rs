@@ -777,7 +777,10 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
     for &c in &o.clients {
         let lines: Vec<String> = match c {
             ClientKind::RdkafkaPerformance => vec![
-                "rdkafka_performance -P -a -1 -s SIZE -c N -m PAYLOAD, keyless only".into(),
+                "rdkafka_performance -P -a -1 -s SIZE -c N -m PAYLOAD, keyless only, -idem-off \
+                 rows only (its idempotent producer acquires its producer id inside its timed \
+                 window: ~0.5 s)"
+                    .into(),
                 format!(
                     "-X linger.ms={linger} batch.size={BATCH_BYTES} batch.num.messages=1000000 \
                      queue.buffering.max.kbytes={BUFFER_KBYTES} \
