@@ -32,6 +32,7 @@ run options:
   --broker mock|tansu       local broker started through the testkit (default: mock);
                             KAFKA_BROKERS=host:port,... uses that cluster instead
   --clients LIST            comma-separated: rdkafka_performance,librdkafka,librdkafka-future,
+                            krafka (not on the mock cluster),
                             rskafka,purekafka
   --workloads LIST          comma-separated: produce,produce-latency,consume,first-record,runtime
   --sizes LIST              value sizes of the produce runs (default 100,1024; quick 100)

@@ -38,14 +38,18 @@ pub enum ClientKind {
     /// librdkafka's own benchmark tool, `examples/rdkafka_performance.c`, built by this
     /// crate's build script against the librdkafka that rdkafka-sys builds.
     RdkafkaPerformance,
+    /// krafka 0.28 (pure Rust): `Producer::enqueue` + `DeliveryHandle`, producer only, not on
+    /// the librdkafka mock cluster (its ApiVersions answer breaks KIP-511).
+    Krafka,
 }
 
 impl ClientKind {
-    pub const ALL: [ClientKind; 5] = [
+    pub const ALL: [ClientKind; 6] = [
         ClientKind::RdkafkaPerformance,
         ClientKind::Librdkafka,
         ClientKind::LibrdkafkaFuture,
         ClientKind::Rskafka,
+        ClientKind::Krafka,
         ClientKind::Purekafka,
     ];
 
@@ -56,6 +60,7 @@ impl ClientKind {
             ClientKind::Rskafka => "rskafka",
             ClientKind::Purekafka => "purekafka",
             ClientKind::RdkafkaPerformance => "rdkafka_performance",
+            ClientKind::Krafka => "krafka",
         }
     }
 
@@ -78,6 +83,8 @@ impl ClientKind {
             // 3.76 M/s and 24 MiB without), so it runs the -idem-off rows only.
             (ClientKind::RdkafkaPerformance, WorkloadKind::Produce) => !keyed && !idempotence,
             (ClientKind::RdkafkaPerformance, _) => false,
+            (ClientKind::Krafka, WorkloadKind::Produce) => true,
+            (ClientKind::Krafka, _) => false,
             (ClientKind::Rskafka, WorkloadKind::Produce | WorkloadKind::ProduceLatency) => {
                 matches!(compression, "none" | "snappy") && !idempotence
             }

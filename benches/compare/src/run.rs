@@ -475,6 +475,7 @@ impl Runner {
                 )
             })
             .filter(|c| *c != ClientKind::RdkafkaPerformance || rdkafka_performance::available())
+            .filter(|c| self.opts.broker.runs(*c))
             .collect();
         let n = c.len().max(1);
         c.rotate_left(rep % n);
@@ -603,6 +604,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
             .iter()
             .filter(|k| k.supports(c.workload, c.keyed, &c.compression, c.idempotence))
             .filter(|k| **k != ClientKind::RdkafkaPerformance || rdkafka_performance::available())
+            .filter(|k| opts.broker.runs(**k))
             .count()
     };
     let total_runs = (cases.iter().map(runnable).sum::<usize>() * opts.reps) as u64
@@ -812,6 +814,18 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                      isolation.level=read_uncommitted max.partition.fetch.bytes=1048576 \
                      fetch.max.bytes=52428800 fetch.wait.max.ms=500 auto-commit 5 s"
                 ),
+            ],
+            ClientKind::Krafka => vec![
+                format!(
+                    "krafka 0.28.1 producer: acks=all linger {linger} ms batch_size={BATCH_BYTES} \
+                     buffer_memory={} idempotent={idem} compression=CODEC tcp_nodelay=true; \
+                     enqueue + DeliveryHandle per record, reaped in send order",
+                    BUFFER_KBYTES * 1024
+                ),
+                "produce rows only; not on the librdkafka mock cluster (its ApiVersions answer to \
+                 a request above v3 breaks KIP-511), so it runs with --broker tansu or \
+                 KAFKA_BROKERS"
+                    .into(),
             ],
             ClientKind::Rskafka => vec![
                 format!(
