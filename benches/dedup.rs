@@ -2,9 +2,9 @@
 //!
 //! `cargo bench --bench dedup`
 //!
-//! - `claim_complete_new`: a new key each time (claim: one cache operation; complete: an
-//!   atomic store on the claimed slot),
-//!   cycling over 2 M keys, so the cache stays full and evicts;
+//! - `claim_complete_new`: a new key each time (claim: a keyed hash, a stripe lock, one
+//!   hash-table probe and insert; complete: one more probe under the stripe lock), cycling
+//!   over 2 M keys, so the cache stays full and forgets its oldest generation every 125k keys;
 //! - `duplicate_hit`: keys already marked done (the skip path);
 //! - `claim_complete_new_2_threads`: two threads claiming distinct new keys at once.
 

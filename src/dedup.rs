@@ -1,4 +1,5 @@
-//! A bounded, time-limited "seen before?" cache (moka) for the processing runtime.
+//! A bounded, time-limited "seen before?" cache for the processing runtime: keys in lock
+//! stripes, their lifetimes in two generations kept by a moka cache.
 //!
 //! A key goes through three steps: **claimed** (in progress) → **done** (the handler
 //! succeeded) or **released** (it failed; a redelivery is processed again). The claim is one
@@ -17,28 +18,45 @@
 //! claim.complete();
 //! assert!(matches!(dedup.check_and_mark("event-1"), Check::Duplicate));
 //! ```
+//!
+//! # Why generations
+//!
+//! One moka entry per key cost 5–10 µs per new key once the cache was full (`perf`, issue 14):
+//! every eviction leaves a tombstone in moka's concurrent hash table, which rehashes a whole
+//! segment every few thousand tombstones (re-hashing every live key), and each entry is about
+//! six allocations (entry, key, two order-queue nodes, table bucket, value) freed one by one.
+//! The runtime processes a record in well under a microsecond, so no per-key cache entry
+//! fits. Here moka keeps **generations** instead: a key is claimed into the current
+//! generation; a new generation starts every `capacity` keys or `ttl`; moka holds the last two
+//! generations (`max_capacity`) for `2 × ttl` each (`time_to_live`) and its eviction listener
+//! retires whole generations. Each key carries its claim time, so it is forgotten exactly
+//! `ttl` after its claim; generations only bound the memory. Every stripe keeps one hash table per live generation
+//! and drops a retired one whole (no per-key removal, so no tombstones and no rehashing). A
+//! new key costs one keyed hash, one stripe lock, a probe of each of the two tables and an
+//! insert, with the key stored inline (no allocation for keys up to 40 bytes).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hashbrown::HashTable;
+use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 
 use crate::record::ConsumedRecord;
 
-/// `Slot::state` of a key whose handler succeeded.
+/// `Slot::state` of a key whose handler succeeded (claims hold their token, never 0).
 const DONE: u64 = 0;
-/// `Slot::state` of a key whose claim was released (failed or dropped): claimable again.
-const RELEASED: u64 = u64::MAX;
 
-/// What the cache holds for a key: its state, shared with the claim that inserted it, so
-/// that completing a claim is one atomic store instead of a second cache operation. The
-/// state is the claim's token while its handler runs, [`DONE`] or [`RELEASED`] after.
-#[derive(Debug)]
-struct Slot {
-    state: AtomicU64,
-}
+/// Generations alive at once: the current one (up to `capacity` keys) and the one before.
+const GENERATIONS: u64 = 2;
+
+/// Lock stripes: claims of keys in different stripes never wait for each other.
+const STRIPES: usize = 64;
+
+/// Key bytes stored in the table itself up to this length (a UUID in text is 36).
+const INLINE: usize = 40;
 
 /// The answer of [`Deduplicator::check_and_mark`].
 #[derive(Debug)]
@@ -53,152 +71,405 @@ pub enum Check {
     InProgress,
 }
 
+/// A key's bytes, copied out of the record (so that the cache never keeps a fetched record
+/// batch alive): inline up to [`INLINE`] bytes, else in their own allocation.
+enum KeyBytes {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl KeyBytes {
+    fn new(key: &[u8]) -> KeyBytes {
+        if key.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..key.len()].copy_from_slice(key);
+            KeyBytes::Inline {
+                len: key.len() as u8,
+                buf,
+            }
+        } else {
+            KeyBytes::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline { len, buf } => &buf[..usize::from(*len)],
+            KeyBytes::Heap(b) => b,
+        }
+    }
+}
+
+/// One key in a stripe's table.
+struct Slot {
+    hash: u64,
+    /// The claim's token while its handler runs, [`DONE`] after.
+    state: u64,
+    /// When the key was claimed (ns since `Inner::epoch`).
+    claimed: u64,
+    key: KeyBytes,
+}
+
+/// The keys one stripe holds of one generation.
+#[derive(Default)]
+struct Table {
+    generation: u64,
+    slots: HashTable<Slot>,
+}
+
+impl Table {
+    fn find_key(&mut self, hash: u64, key: &[u8]) -> Option<&mut Slot> {
+        self.slots
+            .find_mut(hash, |s| s.hash == hash && s.key.as_slice() == key)
+    }
+
+    fn remove_key(&mut self, hash: u64, key: &[u8]) {
+        if let Ok(slot) = self
+            .slots
+            .find_entry(hash, |s| s.hash == hash && s.key.as_slice() == key)
+        {
+            slot.remove();
+        }
+    }
+}
+
+/// The keys whose hash falls in one stripe: the current generation's and the previous one's.
+struct Stripe {
+    current: Table,
+    previous: Table,
+    /// The next claim's token (unique within the stripe, never [`DONE`]).
+    next_token: u64,
+    /// Claims not yet added to `Inner::claims` (added in batches: one shared counter
+    /// updated per claim would bounce its cache line between threads).
+    unreported: u64,
+}
+
+impl Stripe {
+    /// Drops the tables of retired generations (below `oldest`), and starts a table for
+    /// `generation` if it is newer than the current one (`expected`: keys it will hold).
+    fn advance(&mut self, generation: u64, oldest: u64, expected: usize) {
+        if self.current.generation < generation {
+            let current = std::mem::replace(
+                &mut self.current,
+                Table {
+                    generation,
+                    slots: HashTable::with_capacity(expected),
+                },
+            );
+            self.previous = current;
+        }
+        if self.previous.generation < oldest && !self.previous.slots.is_empty() {
+            self.previous = Table::default();
+        }
+        if self.current.generation < oldest && !self.current.slots.is_empty() {
+            self.current.slots = HashTable::new();
+        }
+    }
+
+    /// The live tables, newest first.
+    fn live(&mut self, oldest: u64) -> impl Iterator<Item = &mut Table> {
+        [&mut self.current, &mut self.previous]
+            .into_iter()
+            .filter(move |t| t.generation >= oldest)
+    }
+}
+
+/// A stripe on a cache line of its own (two threads claiming keys in neighbouring stripes do
+/// not share one). A claim holds its stripe, not the whole cache, so that claims on different
+/// stripes touch no shared reference count.
+#[repr(align(64))]
+struct Padded(Mutex<Stripe>);
+
+impl Padded {
+    fn lock(&self) -> MutexGuard<'_, Stripe> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Inner {
+    stripes: Box<[Arc<Padded>]>,
+    /// The live generations (the value is unused): moka evicts the oldest beyond
+    /// [`GENERATIONS`] and expires each `ttl + span` after it started; its listener raises
+    /// `oldest`.
+    generations: moka::sync::Cache<u64, ()>,
+    /// The generation new claims go to.
+    current: AtomicU64,
+    /// The oldest generation still alive: keys of older ones are forgotten.
+    oldest: Arc<AtomicU64>,
+    /// Claims made in the current generation, and when it ends (ns since `epoch`).
+    claims: AtomicU64,
+    deadline: AtomicU64,
+    per_generation: u64,
+    span: Duration,
+    ttl: u64,
+    epoch: Instant,
+    /// Claims a stripe counts before it adds them to `claims`.
+    report_every: u64,
+    /// Keys a stripe's table of one generation is sized for.
+    per_stripe: usize,
+    rotating: Mutex<()>,
+    hasher: std::hash::RandomState,
+}
+
 /// A bounded, time-limited cache of processed keys. Cheap to clone (clones share the cache):
 /// share one between runners of the same process so that a successor skips what its
 /// predecessor processed.
 ///
-/// Cost: a lookup and, for a new key, one insert (completing a claim is an atomic store on
-/// the key's slot); claims of one key are made atomic by a small striped lock rather than
-/// moka's entry API (whose per-call initialisation bookkeeping cost more than the cache
-/// itself). Keys are copied into their own allocation, so that the cache never keeps a
-/// fetched record batch alive.
+/// Cost per new key: a keyed hash (SipHash, so that keys chosen by a producer cannot flood one
+/// table slot), a stripe lock, one hash-table probe and insert (no allocation for keys up to
+/// 40 bytes), and an atomic store to complete; about 80 bytes of memory per key. Keys are
+/// copied, so that the cache never keeps a fetched record batch alive.
 #[derive(Clone)]
 pub struct Deduplicator {
-    cache: moka::sync::Cache<Bytes, Arc<Slot>>,
-    stripes: Arc<[Mutex<()>]>,
-    next_token: Arc<AtomicU64>,
+    inner: Arc<Inner>,
 }
-
-/// Lock stripes: claims of keys in different stripes never wait for each other.
-const STRIPES: usize = 64;
 
 impl std::fmt::Debug for Deduplicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deduplicator")
-            .field("entries", &self.cache.entry_count())
+            .field("entries", &self.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Deduplicator {
-    /// A cache of at most `capacity` keys (the least recently used ones are evicted first),
-    /// each forgotten `ttl` after it was claimed.
+    /// A cache that remembers each key for `ttl` after its claim, and at least the last
+    /// `capacity` keys.
     ///
-    /// Size the capacity to the number of distinct keys expected within `ttl` (the window in
-    /// which a producer retry or a redelivery can repeat a record).
+    /// Keys beyond the capacity are forgotten oldest-claimed first, a generation at a time: a
+    /// generation takes up to `capacity` keys or lasts `ttl`, and the current and the previous
+    /// one are kept, so at least the `capacity` most recent keys (claimed within `ttl`) are
+    /// remembered and at most `2 × capacity` are held (about 80 bytes each for keys up to 40
+    /// bytes). Size the capacity to the number of distinct keys expected within `ttl` (the
+    /// window in which a producer retry or a redelivery can repeat a record).
     pub fn new(capacity: u64, ttl: Duration) -> Self {
+        let per_generation = capacity.max(1);
+        let span = ttl;
+        let oldest = Arc::new(AtomicU64::new(0));
+        let retired = Arc::clone(&oldest);
+        let generations = moka::sync::Cache::builder()
+            .max_capacity(GENERATIONS)
+            .time_to_live(ttl.saturating_mul(GENERATIONS as u32))
+            // Plain LRU: a new generation is always admitted, and as generations are never
+            // read through moka, the least recently used one is the oldest.
+            .eviction_policy(EvictionPolicy::lru())
+            .eviction_listener(move |generation: Arc<u64>, _, cause| {
+                if matches!(cause, RemovalCause::Expired | RemovalCause::Size) {
+                    retired.fetch_max(*generation + 1, Ordering::AcqRel);
+                }
+            })
+            .build();
+        generations.insert(0, ());
+        let epoch = Instant::now();
         Deduplicator {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                // Sized up front (up to 1M keys): growing moka's hash table from empty
-                // rehashes every key at each doubling while a run fills it.
-                .initial_capacity(capacity.min(1 << 20) as usize)
-                .time_to_live(ttl)
-                // Plain LRU: every new key is admitted. (moka's default TinyLFU admission
-                // may turn away a new key while the cache is full, which would forget a
-                // key just processed; it also costs a frequency-sketch update per insert.)
-                .eviction_policy(EvictionPolicy::lru())
-                .build(),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            next_token: Arc::new(AtomicU64::new(1)),
+            inner: Arc::new(Inner {
+                stripes: (0..STRIPES)
+                    .map(|_| {
+                        Arc::new(Padded(Mutex::new(Stripe {
+                            current: Table::default(),
+                            previous: Table::default(),
+                            next_token: 1,
+                            unreported: 0,
+                        })))
+                    })
+                    .collect(),
+                generations,
+                current: AtomicU64::new(0),
+                oldest,
+                claims: AtomicU64::new(0),
+                deadline: AtomicU64::new(nanos(span)),
+                per_generation,
+                span,
+                ttl: nanos(ttl),
+                epoch,
+                report_every: (per_generation / (4 * STRIPES as u64)).clamp(1, 64),
+                // Hashes spread keys over the stripes unevenly: room for 1/8 more than even.
+                per_stripe: usize::try_from(per_generation / STRIPES as u64 * 9 / 8)
+                    .unwrap_or(usize::MAX)
+                    .min(1 << 20),
+                rotating: Mutex::new(()),
+                hasher: std::hash::RandomState::new(),
+            }),
         }
     }
 
-    /// The lock of `key`'s stripe (FNV-1a of the key: only spreads contention, so it need
-    /// not resist chosen keys; moka hashes with its own keyed hasher).
-    fn stripe(&self, key: &[u8]) -> MutexGuard<'_, ()> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in key.iter().take(64) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.stripes[(h % STRIPES as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Claims `key` if it was neither processed nor claimed: atomic for the key (one lock
-    /// stripe covers every change of its entry).
-    pub fn check_and_mark(&self, key: impl Into<Bytes>) -> Check {
-        let key = key.into();
-        let _stripe = self.stripe(&key);
-        if let Some(slot) = self.cache.get(&key) {
-            match slot.state.load(Ordering::Acquire) {
-                DONE => return Check::Duplicate,
-                RELEASED => {}
-                _ => return Check::InProgress,
+    /// Claims `key` if it was neither processed nor claimed: atomic for the key (its stripe's
+    /// lock covers the lookup and the insert). The key's bytes are copied when claimed.
+    pub fn check_and_mark(&self, key: impl AsRef<[u8]>) -> Check {
+        let key = key.as_ref();
+        let inner = &self.inner;
+        let hash = std::hash::BuildHasher::hash_one(&inner.hasher, key);
+        let (generation, now) = inner.generation();
+        let oldest = inner.oldest.load(Ordering::Acquire);
+        let padded = inner.stripe(hash);
+        let mut guard = padded.lock();
+        let stripe = &mut *guard;
+        stripe.advance(generation, oldest, inner.per_stripe);
+        for table in stripe.live(oldest) {
+            if let Some(slot) = table.find_key(hash, key) {
+                if now.saturating_sub(slot.claimed) < inner.ttl {
+                    return if slot.state == DONE {
+                        Check::Duplicate
+                    } else {
+                        Check::InProgress
+                    };
+                }
+                // Claimed longer than the TTL ago: forgotten, claimed anew below.
+                table.remove_key(hash, key);
+                break;
             }
         }
-        // New, or released and not yet removed: claim it with a fresh slot.
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot {
-            state: AtomicU64::new(token),
-        });
-        let key = Bytes::copy_from_slice(&key);
-        self.cache.insert(key.clone(), Arc::clone(&slot));
+        let token = stripe.next_token;
+        stripe.current.slots.insert_unique(
+            hash,
+            Slot {
+                hash,
+                state: token,
+                claimed: now,
+                key: KeyBytes::new(key),
+            },
+            |s| s.hash,
+        );
+        stripe.next_token += 1;
+        stripe.unreported += 1;
+        if stripe.unreported >= inner.report_every {
+            inner.claims.fetch_add(stripe.unreported, Ordering::Relaxed);
+            stripe.unreported = 0;
+        }
+        drop(guard);
         Check::Claimed(Claim {
-            dedup: self.clone(),
-            key: Some(key),
-            slot,
+            stripe: Some(Arc::clone(padded)),
+            hash,
             token,
         })
     }
 
     /// Whether `key` is marked done.
     pub fn is_done(&self, key: &[u8]) -> bool {
-        self.cache
-            .get(key)
-            .is_some_and(|s| s.state.load(Ordering::Acquire) == DONE)
+        let inner = &self.inner;
+        let hash = std::hash::BuildHasher::hash_one(&inner.hasher, key);
+        let oldest = inner.oldest.load(Ordering::Acquire);
+        let now = nanos(inner.epoch.elapsed());
+        let mut stripe = inner.stripe(hash).lock();
+        let done = stripe.live(oldest).find_map(|t| {
+            t.find_key(hash, key)
+                .map(|s| s.state == DONE && now.saturating_sub(s.claimed) < inner.ttl)
+        });
+        done == Some(true)
     }
 
     /// Forgets every key.
     pub fn clear(&self) {
-        self.cache.invalidate_all();
+        let inner = &self.inner;
+        let _rotating = inner.rotating.lock().unwrap_or_else(|p| p.into_inner());
+        let next = inner.current.load(Ordering::Acquire) + 1;
+        inner.generations.invalidate_all();
+        inner.generations.insert(next, ());
+        inner.claims.store(0, Ordering::Relaxed);
+        inner
+            .deadline
+            .store(nanos(inner.epoch.elapsed() + inner.span), Ordering::Relaxed);
+        inner.current.store(next, Ordering::Release);
+        inner.oldest.fetch_max(next, Ordering::AcqRel);
     }
 
-    /// Approximate number of keys held (moka updates it lazily).
+    /// Number of keys held (claimed or done; keys past their TTL count until their generation
+    /// is retired).
     pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        let oldest = self.inner.oldest.load(Ordering::Acquire);
+        self.inner
+            .stripes
+            .iter()
+            .map(|p| {
+                let mut stripe = p.lock();
+                stripe
+                    .live(oldest)
+                    .map(|t| t.slots.len() as u64)
+                    .sum::<u64>()
+            })
+            .sum()
     }
 
     /// Whether no key is held (see [`len`](Self::len)).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Forgets `key` if it still holds `slot` (a released claim's).
-    fn forget(&self, key: Bytes, slot: &Arc<Slot>) {
-        let _stripe = self.stripe(&key);
-        if self
-            .cache
-            .get(&key)
-            .is_some_and(|current| Arc::ptr_eq(&current, slot))
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Inner {
+    /// The stripe of `hash` (chosen by bits that hashbrown uses for neither the slot index
+    /// nor the control byte).
+    fn stripe(&self, hash: u64) -> &Arc<Padded> {
+        &self.stripes[((hash >> 32) as usize) % STRIPES]
+    }
+
+    /// The generation a claim made now goes to: a new one when the current is full or its
+    /// span is over (one caller starts it; the others go on with the current one meanwhile).
+    /// Returns it with the time now (ns since `epoch`).
+    fn generation(&self) -> (u64, u64) {
+        let now = nanos(self.epoch.elapsed());
+        if self.claims.load(Ordering::Relaxed) >= self.per_generation
+            || now >= self.deadline.load(Ordering::Relaxed)
         {
-            self.cache.invalidate(&key);
+            if let Ok(_rotating) = self.rotating.try_lock() {
+                if self.claims.load(Ordering::Relaxed) >= self.per_generation
+                    || now >= self.deadline.load(Ordering::Relaxed)
+                {
+                    let next = self.current.load(Ordering::Acquire) + 1;
+                    self.generations.insert(next, ());
+                    self.claims.store(0, Ordering::Relaxed);
+                    self.deadline
+                        .store(now.saturating_add(nanos(self.span)), Ordering::Relaxed);
+                    self.current.store(next, Ordering::Release);
+                    // Evicts the generation beyond the second and expires old ones (the
+                    // listener raises `oldest`).
+                    self.generations.run_pending_tasks();
+                }
+            }
         }
+        (self.current.load(Ordering::Acquire), now)
     }
 }
 
 /// A key claimed by [`Deduplicator::check_and_mark`]; released when dropped unless completed.
-#[derive(Debug)]
+#[must_use = "a claim is released when dropped"]
 pub struct Claim {
-    dedup: Deduplicator,
-    key: Option<Bytes>,
-    slot: Arc<Slot>,
+    stripe: Option<Arc<Padded>>,
+    hash: u64,
     token: u64,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Claim {
     /// Marks the key processed (the handler succeeded): redeliveries within the TTL are
-    /// duplicates. An atomic store on the key's slot, no cache operation.
+    /// duplicates.
     pub fn complete(mut self) {
-        if self.key.take().is_some() {
-            let _ = self.slot.state.compare_exchange(
-                self.token,
-                DONE,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+        if let Some(padded) = self.stripe.take() {
+            let (hash, token) = (self.hash, self.token);
+            let mut guard = padded.lock();
+            let stripe = &mut *guard;
+            // The token is unique in the stripe: it finds this claim's slot, unless the key
+            // was forgotten meanwhile (`clear`, or its generation retired).
+            for table in [&mut stripe.current, &mut stripe.previous] {
+                if let Some(slot) = table
+                    .slots
+                    .find_mut(hash, |s| s.hash == hash && s.state == token)
+                {
+                    slot.state = DONE;
+                    break;
+                }
+            }
         }
     }
 
@@ -208,14 +479,18 @@ impl Claim {
     }
 
     fn release_now(&mut self) {
-        if let Some(key) = self.key.take() {
-            let released = self
-                .slot
-                .state
-                .compare_exchange(self.token, RELEASED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok();
-            if released {
-                self.dedup.forget(key, &self.slot);
+        if let Some(padded) = self.stripe.take() {
+            let (hash, token) = (self.hash, self.token);
+            let mut guard = padded.lock();
+            let stripe = &mut *guard;
+            for table in [&mut stripe.current, &mut stripe.previous] {
+                if let Ok(slot) = table
+                    .slots
+                    .find_entry(hash, |s| s.hash == hash && s.state == token)
+                {
+                    slot.remove();
+                    break;
+                }
             }
         }
     }
@@ -373,6 +648,100 @@ mod tests {
         c.complete();
         std::thread::sleep(Duration::from_millis(120));
         assert!(matches!(d.check_and_mark("x"), Check::Claimed(_)));
+    }
+
+    #[test]
+    fn capacity_forgets_the_oldest_generation_and_keeps_the_recent_keys() {
+        // Generations of 80 keys, two alive.
+        let d = Deduplicator::new(80, Duration::from_secs(3600));
+        for i in 0..250 {
+            let Check::Claimed(c) = d.check_and_mark(format!("k{i}")) else {
+                panic!("k{i} is new")
+            };
+            c.complete();
+        }
+        assert!(d.len() <= 160, "{} keys held", d.len());
+        // At least the capacity, the most recent keys, is remembered.
+        for i in 170..250 {
+            assert!(
+                matches!(d.check_and_mark(format!("k{i}")), Check::Duplicate),
+                "k{i} remembered"
+            );
+        }
+        // The oldest are forgotten, and claimable once more (exactly once).
+        let Check::Claimed(c) = d.check_and_mark("k0") else {
+            panic!("k0 forgotten")
+        };
+        c.complete();
+        assert!(matches!(d.check_and_mark("k0"), Check::Duplicate));
+    }
+
+    #[test]
+    fn each_key_is_forgotten_ttl_after_its_own_claim_not_its_generations() {
+        let ttl = Duration::from_millis(600);
+        let d = Deduplicator::new(1000, ttl);
+        let Check::Claimed(a) = d.check_and_mark("a") else {
+            panic!()
+        };
+        a.complete();
+        std::thread::sleep(Duration::from_millis(350));
+        let Check::Claimed(b) = d.check_and_mark("b") else {
+            panic!()
+        };
+        let b_claimed = std::time::Instant::now();
+        b.complete();
+        std::thread::sleep(Duration::from_millis(350));
+        // "a" is older than the TTL: claimable again, once.
+        let Check::Claimed(again) = d.check_and_mark("a") else {
+            panic!("a is past its TTL")
+        };
+        again.complete();
+        assert!(matches!(d.check_and_mark("a"), Check::Duplicate));
+        // "b" (one generation with "a") is remembered while younger than the TTL (checked
+        // only if this thread was not held up past it).
+        let b_done = d.is_done(b"b");
+        if b_claimed.elapsed() < ttl {
+            assert!(b_done, "b is younger than its TTL");
+        }
+    }
+
+    #[test]
+    fn long_keys_and_keys_differing_only_in_length() {
+        let d = Deduplicator::new(1000, Duration::from_secs(60));
+        let long = "x".repeat(300);
+        for k in [long.clone(), "x".repeat(40), "x".repeat(41), String::new()] {
+            let Check::Claimed(c) = d.check_and_mark(k.clone()) else {
+                panic!("{} bytes: new", k.len())
+            };
+            c.complete();
+        }
+        assert!(matches!(d.check_and_mark(long.clone()), Check::Duplicate));
+        assert!(d.is_done(long.as_bytes()));
+        assert!(!d.is_done("x".repeat(39).as_bytes()));
+        assert_eq!(d.len(), 4);
+    }
+
+    #[test]
+    fn clear_forgets_and_a_stale_claim_does_not_come_back() {
+        let d = Deduplicator::new(1000, Duration::from_secs(60));
+        let Check::Claimed(done) = d.check_and_mark("a") else {
+            panic!()
+        };
+        done.complete();
+        let Check::Claimed(stale) = d.check_and_mark("b") else {
+            panic!()
+        };
+        d.clear();
+        assert!(d.is_empty());
+        // "b" is claimable again; the claim from before `clear` completes nothing.
+        let Check::Claimed(fresh) = d.check_and_mark("b") else {
+            panic!("b forgotten by clear")
+        };
+        stale.complete();
+        assert!(matches!(d.check_and_mark("b"), Check::InProgress));
+        fresh.complete();
+        assert!(matches!(d.check_and_mark("b"), Check::Duplicate));
+        assert!(matches!(d.check_and_mark("a"), Check::Claimed(_)));
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub enum BrokerChoice {
 }
 
 impl BrokerChoice {
+    /// Whether `client` can talk to this broker: krafka cannot read the librdkafka mock
+    /// cluster's ApiVersions answer to a request above v3 (the mock answers in the flexible
+    /// layout where KIP-511 prescribes v0), so it runs on tansu and external clusters only.
+    pub fn runs(&self, client: crate::model::ClientKind) -> bool {
+        !(client == crate::model::ClientKind::Krafka && *self == BrokerChoice::Mock)
+    }
+
     pub fn parse(s: &str) -> Result<BrokerChoice, String> {
         match s {
             "mock" => Ok(BrokerChoice::Mock),

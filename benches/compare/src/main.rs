@@ -32,11 +32,15 @@ run options:
   --broker mock|tansu       local broker started through the testkit (default: mock);
                             KAFKA_BROKERS=host:port,... uses that cluster instead
   --clients LIST            comma-separated: rdkafka_performance,librdkafka,librdkafka-future,
+                            krafka (not on the mock cluster),
                             rskafka,purekafka
   --workloads LIST          comma-separated: produce,produce-latency,consume,first-record,runtime
   --sizes LIST              value sizes of the produce runs (default 100,1024; quick 100)
   --keys LIST               keyless,keyed (default both; quick keyless)
   --lingers LIST            linger.ms of the produce runs (default 5,50; quick 5)
+  --idempotence LIST        on,off (default both): enable.idempotence of every producer in
+                            the row (on: purekafka's default; rskafka runs the off rows only);
+                            the latency row runs with the first value
   --compressions LIST       none,snappy (default; quick none); lz4,zstd,gzip where the
                             clients are built with them
   --consume-records N       records of the consume topic (default 4000000; quick 50000)
@@ -87,6 +91,13 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
                 })?
             }
             "--lingers" => o.lingers = list(&value()?, |x| num("--lingers", x))?,
+            "--idempotence" => {
+                o.idempotence = list(&value()?, |x| match x {
+                    "on" => Ok(true),
+                    "off" => Ok(false),
+                    other => Err(format!("--idempotence: {other:?}: expected on or off")),
+                })?
+            }
             "--compressions" => o.compressions = list(&value()?, |x| Ok(x.to_string()))?,
             "--consume-records" => o.consume_records = num(flag, &value()?)?,
             "--out" => o.out_dir = value()?.into(),
@@ -105,8 +116,10 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             c.name()
         ));
     }
-    if o.reps == 0 || o.records == 0 || o.clients.is_empty() {
-        return Err("--reps, --records and --clients must not be zero or empty".into());
+    if o.reps == 0 || o.records == 0 || o.clients.is_empty() || o.idempotence.is_empty() {
+        return Err(
+            "--reps, --records, --clients and --idempotence must not be zero or empty".into(),
+        );
     }
     Ok(o)
 }
@@ -127,6 +140,7 @@ fn parse_child(args: &[String]) -> Result<ChildSpec, String> {
         compression: "none".into(),
         partitions: model::PARTITIONS,
         dedup: false,
+        idempotence: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -146,6 +160,7 @@ fn parse_child(args: &[String]) -> Result<ChildSpec, String> {
             "--compression" => spec.compression = v.clone(),
             "--partitions" => spec.partitions = num(flag, v)?,
             "--dedup" => spec.dedup = v == "true",
+            "--idempotence" => spec.idempotence = v == "true",
             other => return Err(format!("unknown option {other:?}")),
         }
     }

@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub keys: Vec<bool>,
     pub lingers: Vec<u64>,
     pub compressions: Vec<String>,
+    /// `enable.idempotence` of the produce rows (every combination is a case; the latency row
+    /// takes the first).
+    pub idempotence: Vec<bool>,
     /// Records of the consume topic (before the warm-up record).
     pub consume_records: u64,
     pub consume_value_size: usize,
@@ -67,6 +70,9 @@ impl RunOptions {
             } else {
                 vec!["none".into(), "snappy".into()]
             },
+            // On: every client's idempotent producer (purekafka's default); off: the same rows
+            // without it, where raw rskafka (no idempotent producer) runs too.
+            idempotence: vec![true, false],
             consume_records: if quick { 50_000 } else { 3_000_000 },
             consume_value_size: 100,
             rate: 20_000,
@@ -88,6 +94,7 @@ struct Case {
     linger_ms: u64,
     compression: String,
     dedup: bool,
+    idempotence: bool,
 }
 
 impl Case {
@@ -100,6 +107,7 @@ impl Case {
             linger_ms: 5,
             compression: "none".into(),
             dedup: false,
+            idempotence: true,
         }
     }
 }
@@ -123,34 +131,49 @@ fn cases(o: &RunOptions) -> Vec<Case> {
                     .map(String::as_str)
                     .collect::<Vec<_>>()
                 {
-                    for &linger in &o.lingers {
-                        for &keyed in &o.keys {
-                            for &size in &o.sizes {
-                                let mut name = format!("produce-{}", size_name(size));
-                                if keyed {
-                                    name.push_str("-keyed");
+                    for &idempotence in &o.idempotence {
+                        for &linger in &o.lingers {
+                            for &keyed in &o.keys {
+                                for &size in &o.sizes {
+                                    let mut name = format!("produce-{}", size_name(size));
+                                    if keyed {
+                                        name.push_str("-keyed");
+                                    }
+                                    if linger != 5 {
+                                        name.push_str(&format!("-linger{linger}"));
+                                    }
+                                    if compression != "none" {
+                                        name.push_str(&format!("-{compression}"));
+                                    }
+                                    if !idempotence {
+                                        name.push_str("-idem-off");
+                                    }
+                                    let mut c = Case::new(name, w, size);
+                                    c.keyed = keyed;
+                                    c.linger_ms = linger;
+                                    c.compression = compression.to_string();
+                                    c.idempotence = idempotence;
+                                    v.push(c);
                                 }
-                                if linger != 5 {
-                                    name.push_str(&format!("-linger{linger}"));
-                                }
-                                if compression != "none" {
-                                    name.push_str(&format!("-{compression}"));
-                                }
-                                let mut c = Case::new(name, w, size);
-                                c.keyed = keyed;
-                                c.linger_ms = linger;
-                                c.compression = compression.to_string();
-                                v.push(c);
                             }
                         }
                     }
                 }
             }
-            WorkloadKind::ProduceLatency => v.push(Case::new(
-                format!("produce-latency-{}k/s", o.rate / 1000),
-                w,
-                o.latency_value_size,
-            )),
+            WorkloadKind::ProduceLatency => {
+                let idempotence = o.idempotence.first().copied().unwrap_or(true);
+                let mut c = Case::new(
+                    format!(
+                        "produce-latency-{}k/s{}",
+                        o.rate / 1000,
+                        if idempotence { "" } else { "-idem-off" }
+                    ),
+                    w,
+                    o.latency_value_size,
+                );
+                c.idempotence = idempotence;
+                v.push(c)
+            }
             WorkloadKind::Consume => v.push(Case::new("consume".into(), w, o.consume_value_size)),
             WorkloadKind::FirstRecord => {
                 v.push(Case::new("first-record".into(), w, o.consume_value_size))
@@ -431,6 +454,7 @@ impl Runner {
             compression: case.compression.clone(),
             partitions: broker.partitions,
             dedup: case.dedup,
+            idempotence: case.idempotence,
         }
     }
 
@@ -442,8 +466,16 @@ impl Runner {
             .clients
             .iter()
             .copied()
-            .filter(|c| c.supports(case.workload, case.keyed, &case.compression))
+            .filter(|c| {
+                c.supports(
+                    case.workload,
+                    case.keyed,
+                    &case.compression,
+                    case.idempotence,
+                )
+            })
             .filter(|c| *c != ClientKind::RdkafkaPerformance || rdkafka_performance::available())
+            .filter(|c| self.opts.broker.runs(*c))
             .collect();
         let n = c.len().max(1);
         c.rotate_left(rep % n);
@@ -509,6 +541,7 @@ impl Runner {
             compression: "none".into(),
             partitions: CONSUME_PARTITIONS,
             dedup: true,
+            idempotence: false,
         };
         let filled = self
             .child(&fill)
@@ -569,8 +602,9 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
     let runnable = |c: &Case| {
         opts.clients
             .iter()
-            .filter(|k| k.supports(c.workload, c.keyed, &c.compression))
+            .filter(|k| k.supports(c.workload, c.keyed, &c.compression, c.idempotence))
             .filter(|k| **k != ClientKind::RdkafkaPerformance || rdkafka_performance::available())
+            .filter(|k| opts.broker.runs(**k))
             .count()
     };
     let total_runs = (cases.iter().map(runnable).sum::<usize>() * opts.reps) as u64
@@ -640,6 +674,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
             "batch_bytes": BATCH_BYTES,
             "buffer_kbytes": BUFFER_KBYTES,
             "compression": opts.compressions,
+            "idempotence": opts.idempotence,
             "value_sizes": opts.sizes,
             "keyed": opts.keys,
             "partitions": PARTITIONS,
@@ -668,7 +703,8 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
     println!("broker: {broker}");
     println!("machine: {}", report.machine);
     println!(
-        "settings: acks=all, batch ≤ 1 MiB, buffer 64 MiB, Nagle off, idempotence off; \
+        "settings: acks=all, batch ≤ 1 MiB, buffer 64 MiB, Nagle off, enable.idempotence \
+         the same for every client of a row (true, except in the -idem-off rows); \
          produce {} records on {PARTITIONS} partitions after 1 acknowledged warm-up record; \
          consume {} records on {CONSUME_PARTITIONS} partitions, timed from subscribe; \
          {} repetition(s) (median; ± = half the range); ratios to rdkafka_performance where \
@@ -726,16 +762,32 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join("/");
+    // Per row: the default rows are idempotent, the -idem-off rows are not.
+    let idem = o
+        .idempotence
+        .iter()
+        .map(|on| {
+            if *on {
+                "true (default rows)"
+            } else {
+                "false (-idem-off rows)"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" / ");
     let mut out = Vec::new();
     for &c in &o.clients {
         let lines: Vec<String> = match c {
             ClientKind::RdkafkaPerformance => vec![
-                "rdkafka_performance -P -a -1 -s SIZE -c N -m PAYLOAD, keyless only".into(),
+                "rdkafka_performance -P -a -1 -s SIZE -c N -m PAYLOAD, keyless only, -idem-off \
+                 rows only (its idempotent producer acquires its producer id inside its timed \
+                 window: ~0.5 s)"
+                    .into(),
                 format!(
                     "-X linger.ms={linger} batch.size={BATCH_BYTES} batch.num.messages=1000000 \
                      queue.buffering.max.kbytes={BUFFER_KBYTES} \
                      queue.buffering.max.messages={BUFFER_MESSAGES} socket.nagle.disable=true \
-                     enable.idempotence=false compression.type=CODEC"
+                     enable.idempotence={idem} compression.type=CODEC"
                 ),
                 "no copy of the payload (its default), reports served every 1,000 sends, \
                  clock from before the first send (bootstrap inside), no warm-up"
@@ -746,7 +798,7 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                     "producer: acks=all linger.ms={linger} batch.size={BATCH_BYTES} \
                      batch.num.messages=1000000 queue.buffering.max.kbytes={BUFFER_KBYTES} \
                      queue.buffering.max.messages={BUFFER_MESSAGES} socket.nagle.disable=true \
-                     enable.idempotence=false"
+                     enable.idempotence={idem}"
                 ),
                 if c == ClientKind::Librdkafka {
                     "BaseProducer, all waiting reports served every 1,000 sends and on \
@@ -763,11 +815,24 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                      fetch.max.bytes=52428800 fetch.wait.max.ms=500 auto-commit 5 s"
                 ),
             ],
+            ClientKind::Krafka => vec![
+                format!(
+                    "krafka 0.28.1 producer: acks=all linger {linger} ms batch_size={BATCH_BYTES} \
+                     buffer_memory={} idempotent={idem} compression=CODEC tcp_nodelay=true; \
+                     enqueue + DeliveryHandle per record, reaped in send order",
+                    BUFFER_KBYTES * 1024
+                ),
+                "produce rows only; not on the librdkafka mock cluster (its ApiVersions answer to \
+                 a request above v3 breaks KIP-511), so it runs with --broker tansu or \
+                 KAFKA_BROKERS"
+                    .into(),
+            ],
             ClientKind::Rskafka => vec![
                 format!(
                     "own per-partition batcher (round robin, keyed or not): linger {linger} ms, \
                      batch ≤ {BATCH_BYTES} B, at most 30 requests in flight, no buffer bound \
-                     beyond that; acks=all (rskafka's only mode); none/snappy only"
+                     beyond that; acks=all (rskafka's only mode); none/snappy only; no \
+                     idempotent producer: runs the -idem-off rows only"
                 ),
                 "consume: one fetch loop per partition from offset 0 (no group, no commits)".into(),
             ],
@@ -775,7 +840,7 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                 format!(
                     "producer: acks=all linger.ms={linger}+1 (its sender may send up to 1 ms \
                      early) batch.size={BATCH_BYTES} queue.buffering.max.kbytes={BUFFER_KBYTES} \
-                     enable.idempotence=false, TCP_NODELAY always"
+                     enable.idempotence={idem}, TCP_NODELAY always"
                 ),
                 "DetachedProducer (one report per batch) for throughput, enqueue + \
                  DeliveryFuture per record for the fixed rate"

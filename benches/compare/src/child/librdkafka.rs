@@ -64,8 +64,9 @@ pub fn producer_settings(spec: &ChildSpec) -> Vec<(&'static str, String)> {
         ("queue.buffering.max.messages", BUFFER_MESSAGES.to_string()),
         // purekafka sets TCP_NODELAY on every connection; so does librdkafka with this.
         ("socket.nagle.disable", "true".into()),
-        // Off for every client in this harness (see README: idempotence rows come later).
-        ("enable.idempotence", "false".into()),
+        // The same for every client of a row: on in the default rows (purekafka's default),
+        // off in the -idem-off rows.
+        ("enable.idempotence", spec.idempotence.to_string()),
     ]
 }
 

@@ -3,6 +3,7 @@
 //! Each measured client runs in a process of its own so that the orchestrator's
 //! `wait4` rusage (CPU time, peak RSS) belongs to that client alone.
 
+mod krafka_client;
 pub mod librdkafka;
 #[cfg(feature = "purekafka")]
 mod purekafka;
@@ -24,6 +25,7 @@ pub fn main(spec: ChildSpec) -> Result<(), String> {
     let result = match spec.client {
         ClientKind::Librdkafka | ClientKind::LibrdkafkaFuture => librdkafka::run(&spec)?,
         ClientKind::Rskafka => rskafka_raw::run(&spec)?,
+        ClientKind::Krafka => krafka_client::run(&spec)?,
         ClientKind::RdkafkaPerformance => rdkafka_performance::run(&spec)?,
         #[cfg(feature = "purekafka")]
         ClientKind::Purekafka => purekafka::run(&spec)?,

@@ -43,7 +43,7 @@ pub fn settings(spec: &ChildSpec, group: bool) -> Vec<(&'static str, String)> {
         ("batch.size", BATCH_BYTES.to_string()),
         ("compression.type", spec.compression.clone()),
         ("queue.buffering.max.kbytes", BUFFER_KBYTES.to_string()),
-        ("enable.idempotence", "false".to_string()),
+        ("enable.idempotence", spec.idempotence.to_string()),
     ];
     if group {
         v.extend([

@@ -136,6 +136,7 @@ mod tests {
             compression: "none".into(),
             partitions: 6,
             dedup: false,
+            idempotence: true,
         };
         let out = "% Sending 1000 messages of size 100 bytes\n\
             % 1000 messages produced (100000 bytes), 1000 delivered (offset 170, 0 failed) \

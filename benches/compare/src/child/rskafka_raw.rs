@@ -169,6 +169,9 @@ impl Sender {
 }
 
 async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
+    if spec.idempotence {
+        return Err("rskafka has no idempotent producer (run it with idempotence off)".into());
+    }
     let total = produce_count(spec);
     let paced = spec.workload == WorkloadKind::ProduceLatency;
     let payload = value(spec.value_size);
