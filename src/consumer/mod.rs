@@ -35,7 +35,7 @@
 //! that returned it is followed by another poll.
 
 pub mod assignor;
-mod decode;
+pub(crate) mod decode;
 mod fetcher;
 mod group_metadata;
 pub(crate) mod membership;
