@@ -89,8 +89,19 @@ pub enum DlqFailurePolicy {
     Skip,
 }
 
-/// How a retriable handler failure is retried.
+/// How a retriable handler failure is retried: [`Default`], then the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use purekafka::{ReconnectPolicy, RetryPolicy};
+///
+/// let retry = RetryPolicy::default()
+///     .max_attempts(3)
+///     .backoff(ReconnectPolicy::default().initial_delay(Duration::from_millis(20)));
+/// assert_eq!(retry.max_attempts, 3);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Delays between attempts (`backoff` crate schedule) and the time budget
     /// (`max_elapsed`, counted from the first failure). Default: 100 ms doubling up to 5 s,
@@ -116,8 +127,36 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Options of [`Runner`]; every field documents its default.
+impl RetryPolicy {
+    /// Sets [`backoff`](Self::backoff).
+    pub fn backoff(mut self, backoff: ReconnectPolicy) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`max_attempts`](Self::max_attempts).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+}
+
+/// Options of [`Runner`]; every field documents its default. Built from [`Default`] with
+/// the setters (one per field, named after it).
+///
+/// ```
+/// use std::time::Duration;
+/// use purekafka::{BreakerConfig, RetryPolicy, RunnerConfig};
+///
+/// let config = RunnerConfig::default()
+///     .concurrency(4)
+///     .retry(RetryPolicy::default().max_attempts(3))
+///     .breaker(BreakerConfig::default().failure_threshold(0))
+///     .commit_interval(Duration::from_millis(500));
+/// assert_eq!(config.concurrency, 4);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RunnerConfig {
     /// Retries of retriable handler failures (see [`RetryPolicy`]).
     pub retry: RetryPolicy,
@@ -194,8 +233,95 @@ impl Default for RunnerConfig {
     }
 }
 
+impl RunnerConfig {
+    /// Sets [`retry`](Self::retry).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets [`concurrency`](Self::concurrency).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Sets [`dlq_topic_template`](Self::dlq_topic_template).
+    pub fn dlq_topic_template(mut self, dlq_topic_template: impl Into<String>) -> Self {
+        self.dlq_topic_template = dlq_topic_template.into();
+        self
+    }
+
+    /// Sets [`dlq_retry`](Self::dlq_retry).
+    pub fn dlq_retry(mut self, dlq_retry: ReconnectPolicy) -> Self {
+        self.dlq_retry = dlq_retry;
+        self
+    }
+
+    /// Sets [`dlq_permanent_failure`](Self::dlq_permanent_failure).
+    pub fn dlq_permanent_failure(mut self, dlq_permanent_failure: DlqFailurePolicy) -> Self {
+        self.dlq_permanent_failure = dlq_permanent_failure;
+        self
+    }
+
+    /// Sets [`dlq_create_topic`](Self::dlq_create_topic).
+    pub fn dlq_create_topic(mut self, dlq_create_topic: bool) -> Self {
+        self.dlq_create_topic = dlq_create_topic;
+        self
+    }
+
+    /// Sets [`dlq_topic_partitions`](Self::dlq_topic_partitions).
+    pub fn dlq_topic_partitions(mut self, dlq_topic_partitions: Option<i32>) -> Self {
+        self.dlq_topic_partitions = dlq_topic_partitions;
+        self
+    }
+
+    /// Sets [`dlq_topic_replication`](Self::dlq_topic_replication).
+    pub fn dlq_topic_replication(mut self, dlq_topic_replication: i16) -> Self {
+        self.dlq_topic_replication = dlq_topic_replication;
+        self
+    }
+
+    /// Sets [`decode_errors`](Self::decode_errors).
+    pub fn decode_errors(mut self, decode_errors: DecodeErrorPolicy) -> Self {
+        self.decode_errors = decode_errors;
+        self
+    }
+
+    /// Sets [`breaker`](Self::breaker).
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Sets [`commit_interval`](Self::commit_interval).
+    pub fn commit_interval(mut self, commit_interval: Duration) -> Self {
+        self.commit_interval = commit_interval;
+        self
+    }
+
+    /// Sets [`max_pending_per_partition`](Self::max_pending_per_partition).
+    pub fn max_pending_per_partition(mut self, max_pending_per_partition: usize) -> Self {
+        self.max_pending_per_partition = max_pending_per_partition;
+        self
+    }
+
+    /// Sets [`shutdown_on_signal`](Self::shutdown_on_signal).
+    pub fn shutdown_on_signal(mut self, shutdown_on_signal: bool) -> Self {
+        self.shutdown_on_signal = shutdown_on_signal;
+        self
+    }
+
+    /// Sets [`exactly_once`](Self::exactly_once).
+    pub fn exactly_once(mut self, exactly_once: bool) -> Self {
+        self.exactly_once = exactly_once;
+        self
+    }
+}
+
 /// Counters of a run (a snapshot: [`RunHandle::metrics`], or the result of `run`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RunMetrics {
     /// Records whose handler succeeded.
     pub processed: u64,

@@ -819,16 +819,13 @@ async fn exactly_once_runtime_commits_output_dead_letters_and_offsets_together()
     let consumer = client.consumer(&[&input]).unwrap();
     let runner = consumer
         .runner()
-        .config(RunnerConfig {
-            exactly_once: true,
-            commit_interval: Duration::from_millis(200),
-            shutdown_on_signal: false,
-            retry: purekafka::worker::RetryPolicy {
-                max_attempts: 1,
-                ..Default::default()
-            },
-            ..RunnerConfig::default()
-        })
+        .config(
+            RunnerConfig::default()
+                .exactly_once(true)
+                .commit_interval(Duration::from_millis(200))
+                .shutdown_on_signal(false)
+                .retry(purekafka::worker::RetryPolicy::default().max_attempts(1)),
+        )
         .producer(producer.clone());
     let handle = runner.handle();
     let out = output.clone();
@@ -1098,12 +1095,12 @@ async fn exactly_once_runtime_processes_an_aborted_transaction_again() {
         .consumer(&[&input])
         .unwrap()
         .runner()
-        .config(RunnerConfig {
-            exactly_once: true,
-            commit_interval: Duration::from_millis(100),
-            shutdown_on_signal: false,
-            ..RunnerConfig::default()
-        })
+        .config(
+            RunnerConfig::default()
+                .exactly_once(true)
+                .commit_interval(Duration::from_millis(100))
+                .shutdown_on_signal(false),
+        )
         .producer(producer.clone());
     let handle = runner.handle();
     let (out, seen, count) = (output.clone(), Arc::clone(&calls), Arc::clone(&handled));
@@ -1174,12 +1171,12 @@ fn start_eos_runner(
         .consumer(&[input])
         .unwrap()
         .runner()
-        .config(RunnerConfig {
-            exactly_once: true,
-            commit_interval: Duration::from_millis(200),
-            shutdown_on_signal: false,
-            ..RunnerConfig::default()
-        })
+        .config(
+            RunnerConfig::default()
+                .exactly_once(true)
+                .commit_interval(Duration::from_millis(200))
+                .shutdown_on_signal(false),
+        )
         .producer(producer.clone());
     let handle = runner.handle();
     let output = output.to_string();

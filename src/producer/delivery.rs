@@ -103,6 +103,7 @@ impl From<SendError> for Error {
 
 /// Where a record was written: what a successful send resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivery {
     /// The topic (shared by the records of a batch: no allocation per record).
     pub topic: Arc<str>,
