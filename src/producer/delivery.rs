@@ -331,9 +331,15 @@ impl BatchCompletion {
                 timestamp: Some(r.timestamp),
             },
             None => {
-                // Not reached: every failed batch is resolved with its bytes (see
-                // `ReadyBatch`'s drop). Topic and partition are all that is known.
-                debug_assert!(false, "record {delta} missing from its failed batch");
+                // Every failed batch is resolved with its bytes (see `ReadyBatch::fail` and its
+                // drop); only a batch whose compression failed has none. Topic and partition
+                // are all that is known then.
+                tracing::error!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    delta,
+                    "a failed record could not be recovered from its batch; handing back an empty record"
+                );
                 let mut r = Record::new(self.topic.to_string(), Bytes::new());
                 r.value = None;
                 r.partition = Some(self.partition);
