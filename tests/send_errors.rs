@@ -282,3 +282,44 @@ async fn retries_exhausted_hand_every_record_back() {
         assert_eq!(back.timestamp, sent.timestamp);
     }
 }
+
+/// The broker fences the idempotent producer (PRODUCER_FENCED, injected): the batch in flight
+/// and every batch still queued behind it fail, and each of their records comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_producer_hands_back_what_was_queued() {
+    support::init_tracing();
+    let cluster = support::start(Backend::MockCluster);
+    let topic = unique_name("send-errors-fenced");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    // One record per batch, one batch in flight: the others wait in the queue.
+    let config = config_for(&cluster)
+        .set("batch.size", "1")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("compression.type", "snappy");
+    let client = connect(config).await;
+    let producer = client.producer();
+    producer.send(sample(&topic, 0)).await.expect("delivered");
+    cluster.push_request_errors(0, &[90]).unwrap();
+    let sent: Vec<Record> = (1..30)
+        .map(|i| sample(&topic, i).with_partition(0))
+        .collect();
+    // A record enqueued after the fencing is refused at once; either way it comes back.
+    let mut outcomes = Vec::new();
+    for r in &sent {
+        outcomes.push(producer.enqueue(r.clone()).await);
+    }
+    for (outcome, sent) in outcomes.into_iter().zip(&sent) {
+        let back = match outcome {
+            Err(refused) => refused,
+            Ok(f) => tokio::time::timeout(Duration::from_secs(60), f)
+                .await
+                .expect("resolved")
+                .expect_err("fenced"),
+        };
+        assert!(back.error().is_fatal(), "{}", back.error());
+        let partition = back.record().partition;
+        assert_handed_back(&back, sent, partition);
+        assert_eq!(partition, Some(0));
+    }
+    cluster.command("clear-request-errors 0").unwrap();
+}
