@@ -35,6 +35,8 @@
 //! that returned it is followed by another poll.
 
 pub mod assignor;
+mod auto_commit;
+mod close;
 pub(crate) mod decode;
 mod fetcher;
 mod group_metadata;
@@ -51,6 +53,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use assignor::TopicPartition;
+pub use close::shutdown_signal;
 pub use group_metadata::ConsumerGroupMetadata;
 pub(crate) use membership::is_fatal_group_error;
 
@@ -258,25 +261,11 @@ impl Consumer {
         tasks.push(tokio::spawn(membership::run(Arc::clone(&self.inner))));
         let config = self.inner.client.config().consumer();
         if config.enable_auto_commit {
-            let inner = Arc::clone(&self.inner);
             let every = config.auto_commit_interval;
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let offsets = inner.shared.lock().uncommitted_processed();
-                    if let Err(e) = offsets::commit(
-                        &inner.client,
-                        &inner.coordinator,
-                        &inner.shared,
-                        offsets,
-                        false,
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "auto-commit failed");
-                    }
-                }
-            }));
+            tasks.push(tokio::spawn(auto_commit::run(
+                Arc::clone(&self.inner),
+                every,
+            )));
         }
     }
 
@@ -628,17 +617,6 @@ impl Consumer {
             .store(!enabled, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Commits what was processed, leaves the group (static members stay, so a restart keeps
-    /// their partitions) and stops the background tasks. Later polls return
-    /// [`Error::Closed`]. Calling it again does nothing.
-    ///
-    /// When [`close_on_shutdown_signal`](Self::close_on_shutdown_signal) is closing the
-    /// consumer already, waits until that close has committed and left, so a process that
-    /// returns from `main` after `close` does not cut the LeaveGroup off.
-    pub async fn close(&self) -> Result<()> {
-        close_inner(&self.inner).await
-    }
-
     /// The client this consumer was made from.
     pub(crate) fn client(&self) -> &Client {
         &self.inner.client
@@ -696,114 +674,6 @@ impl Consumer {
             false,
         )
         .await
-    }
-
-    /// Closes the consumer (commit, leave) when the process gets SIGTERM or SIGINT (Ctrl-C);
-    /// polls then return [`Error::Closed`], so a poll loop ends cleanly.
-    pub fn close_on_shutdown_signal(&self) -> JoinHandle<()> {
-        let inner = Arc::clone(&self.inner);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!(group = %inner.coordinator.group(), "shutdown signal: closing consumer");
-            if let Err(e) = close_inner(&inner).await {
-                tracing::warn!(error = %e, "commit on shutdown failed");
-            }
-        })
-    }
-}
-
-/// Commits what was processed, lets the membership task revoke and leave (waiting for it up
-/// to twice the request timeout), and stops the other tasks. Runs once; a concurrent second
-/// call waits for the first to finish and returns `Ok`.
-async fn close_inner(inner: &Inner) -> Result<()> {
-    let mut done = inner.close_done.lock().await;
-    if *done {
-        return Ok(());
-    }
-    // With auto-commit, a clean close commits what the last poll returned too (as Java and
-    // librdkafka do), so that a successor is not handed those records again.
-    let auto_commit = inner.client.config().consumer().enable_auto_commit
-        && !inner
-            .callbacks
-            .manual_processed
-            .load(std::sync::atomic::Ordering::Relaxed);
-    let processed = {
-        let mut state = inner.shared.lock();
-        state.closed = true;
-        if auto_commit {
-            for p in state.partitions.values_mut() {
-                if p.position > p.processed {
-                    p.processed = p.position;
-                }
-            }
-        }
-        state.uncommitted_processed()
-    };
-    inner.fetcher.stop();
-    // Close has a deadline even when the coordinator never answers: the commit gets one
-    // request timeout (its retries included), the LeaveGroup two below.
-    let limit = inner.client.config().request_timeout();
-    let commit = tokio::time::timeout(
-        limit,
-        offsets::commit(
-            &inner.client,
-            &inner.coordinator,
-            &inner.shared,
-            processed,
-            false,
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Error::Timeout {
-            operation: "commit on close".into(),
-            after: limit,
-        })
-    });
-    // Clear what revoke would commit again, then let the membership task leave.
-    for p in inner.shared.lock().partitions.values_mut() {
-        p.processed = p.committed;
-    }
-    inner.shared.membership_wakeup.notify_waiters();
-    inner.shared.data_ready.notify_waiters();
-    let tasks = inner
-        .tasks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain(..)
-        .collect::<Vec<_>>();
-    let mut iter = tasks.into_iter();
-    if let Some(membership) = iter.next() {
-        let limit = inner.client.config().request_timeout() * 2;
-        let _ = tokio::time::timeout(limit, membership).await;
-    }
-    for t in iter {
-        t.abort();
-    }
-    *done = true;
-    commit
-}
-
-/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C elsewhere than Unix).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
