@@ -4,17 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{offsets, Inner};
+use super::{offsets, GroupMember};
 
 /// Commits what was processed every `every`, until the consumer stops the task.
-pub(super) async fn run(inner: Arc<Inner>, every: Duration) {
+pub(super) async fn run(member: Arc<GroupMember>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let offsets = inner.shared.lock().uncommitted_processed();
+        let offsets = member.shared.lock().uncommitted_processed();
         if let Err(e) = offsets::commit(
-            &inner.client,
-            &inner.coordinator,
-            &inner.shared,
+            &member.client,
+            &member.coordinator,
+            &member.shared,
             offsets,
             false,
         )

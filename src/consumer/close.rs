@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use super::{offsets, Consumer, Inner};
+use super::{offsets, Consumer, GroupMember};
 use crate::error::{Error, Result};
 
 impl Consumer {
@@ -17,17 +17,17 @@ impl Consumer {
     /// consumer already, waits until that close has committed and left, so a process that
     /// returns from `main` after `close` does not cut the LeaveGroup off.
     pub async fn close(&self) -> Result<()> {
-        close_inner(&self.inner).await
+        close_member(&self.member).await
     }
 
     /// Closes the consumer (commit, leave) when the process gets SIGTERM or SIGINT (Ctrl-C);
     /// polls then return [`Error::Closed`], so a poll loop ends cleanly.
     pub fn close_on_shutdown_signal(&self) -> JoinHandle<()> {
-        let inner = Arc::clone(&self.inner);
+        let member = Arc::clone(&self.member);
         tokio::spawn(async move {
             shutdown_signal().await;
-            tracing::info!(group = %inner.coordinator.group(), "shutdown signal: closing consumer");
-            if let Err(e) = close_inner(&inner).await {
+            tracing::info!(group = %member.coordinator.group(), "shutdown signal: closing consumer");
+            if let Err(e) = close_member(&member).await {
                 tracing::warn!(error = %e, "commit on shutdown failed");
             }
         })
@@ -37,20 +37,20 @@ impl Consumer {
 /// Commits what was processed, lets the membership task revoke and leave (waiting for it up
 /// to twice the request timeout), and stops the other tasks. Runs once; a concurrent second
 /// call waits for the first to finish and returns `Ok`.
-async fn close_inner(inner: &Inner) -> Result<()> {
-    let mut done = inner.close_done.lock().await;
+async fn close_member(member: &GroupMember) -> Result<()> {
+    let mut done = member.close_done.lock().await;
     if *done {
         return Ok(());
     }
     // With auto-commit, a clean close commits what the last poll returned too (as Java and
     // librdkafka do), so that a successor is not handed those records again.
-    let auto_commit = inner.client.config().consumer().enable_auto_commit
-        && !inner
+    let auto_commit = member.client.config().consumer().enable_auto_commit
+        && !member
             .callbacks
             .manual_processed
             .load(std::sync::atomic::Ordering::Relaxed);
     let processed = {
-        let mut state = inner.shared.lock();
+        let mut state = member.shared.lock();
         state.closed = true;
         if auto_commit {
             for p in state.partitions.values_mut() {
@@ -61,16 +61,16 @@ async fn close_inner(inner: &Inner) -> Result<()> {
         }
         state.uncommitted_processed()
     };
-    inner.fetcher.stop();
+    member.fetcher.stop();
     // Close has a deadline even when the coordinator never answers: the commit gets one
     // request timeout (its retries included), the LeaveGroup two below.
-    let limit = inner.client.config().request_timeout();
+    let limit = member.client.config().request_timeout();
     let commit = tokio::time::timeout(
         limit,
         offsets::commit(
-            &inner.client,
-            &inner.coordinator,
-            &inner.shared,
+            &member.client,
+            &member.coordinator,
+            &member.shared,
             processed,
             false,
         ),
@@ -83,12 +83,12 @@ async fn close_inner(inner: &Inner) -> Result<()> {
         })
     });
     // Clear what revoke would commit again, then let the membership task leave.
-    for p in inner.shared.lock().partitions.values_mut() {
+    for p in member.shared.lock().partitions.values_mut() {
         p.processed = p.committed;
     }
-    inner.shared.membership_wakeup.notify_waiters();
-    inner.shared.data_ready.notify_waiters();
-    let tasks = inner
+    member.shared.membership_wakeup.notify_waiters();
+    member.shared.data_ready.notify_waiters();
+    let tasks = member
         .tasks
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -96,7 +96,7 @@ async fn close_inner(inner: &Inner) -> Result<()> {
         .collect::<Vec<_>>();
     let mut iter = tasks.into_iter();
     if let Some(membership) = iter.next() {
-        let limit = inner.client.config().request_timeout() * 2;
+        let limit = member.client.config().request_timeout() * 2;
         let _ = tokio::time::timeout(limit, membership).await;
     }
     for t in iter {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::assignor::{self, MemberSubscription, TopicPartition};
 use super::state::PartitionState;
-use super::Inner;
+use super::GroupMember;
 use crate::coordinator::{codes, Joined, MemberIdentityInfo};
 use crate::error::{Error, Result};
 
@@ -153,7 +153,7 @@ const GROUP_MAX_SIZE_REACHED: i16 = 81;
 /// As the leader: whether a subscribed topic's partition count changed (or it appeared)
 /// since the last assignment (`topic.metadata.refresh.interval.ms`); then the group must
 /// rebalance so that the new partitions are consumed. A failed lookup says no.
-async fn leader_view_changed(inner: &Inner) -> bool {
+async fn leader_view_changed(inner: &GroupMember) -> bool {
     let Some(view) = inner.shared.lock().leader_view.clone() else {
         return false;
     };
@@ -183,7 +183,7 @@ async fn leader_view_changed(inner: &Inner) -> bool {
 }
 
 /// Ends the membership for good: every later poll (and `run`) fails with `e`.
-fn fail_fatally(inner: &Inner, e: &Error) {
+fn fail_fatally(inner: &GroupMember, e: &Error) {
     tracing::error!(group = %inner.coordinator.group(), error = %e, "fatal group error: the consumer stops");
     let code = code_of(e).unwrap_or(-1);
     let mut s = inner.shared.lock();
@@ -193,7 +193,7 @@ fn fail_fatally(inner: &Inner, e: &Error) {
 }
 
 /// The membership task: runs until the consumer closes.
-pub(crate) async fn run(inner: Arc<Inner>) {
+pub(crate) async fn run(inner: Arc<GroupMember>) {
     let config = inner.client.config().consumer().clone();
     let mut me = MemberIdentityInfo {
         member_id: String::new(),
@@ -281,7 +281,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 /// JoinGroup then SyncGroup until one generation completes; returns this member's partitions.
-async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec<TopicPartition>> {
+async fn join_and_sync(
+    inner: &GroupMember,
+    me: &mut MemberIdentityInfo,
+) -> Result<Vec<TopicPartition>> {
     let config = inner.client.config().consumer();
     inner.shared.lock().leader_view = None;
     let metadata = encode_subscription(&inner.topics);
@@ -360,7 +363,7 @@ async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec
 }
 
 /// The leader's job: decode everyone's subscription, look up partition counts, assign.
-async fn leader_assign(inner: &Inner, joined: &Joined) -> Result<Vec<(String, Bytes)>> {
+async fn leader_assign(inner: &GroupMember, joined: &Joined) -> Result<Vec<(String, Bytes)>> {
     let assignor = assignor::by_name(&joined.protocol).ok_or_else(|| {
         Error::Protocol(format!(
             "the group chose assignor {:?}, which purekafka does not have",
@@ -411,7 +414,7 @@ async fn leader_assign(inner: &Inner, joined: &Joined) -> Result<Vec<(String, By
 }
 
 /// Takes on a new assignment: start positions, fetchers, the `on_assigned` callback.
-async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPartition>) {
+async fn assign(inner: &GroupMember, me: &MemberIdentityInfo, assignment: Vec<TopicPartition>) {
     tracing::info!(group = %inner.coordinator.group(), generation = me.generation, partitions = ?assignment, "partitions assigned");
     {
         let mut state = inner.shared.lock();
@@ -461,7 +464,7 @@ async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPar
 /// Gives up every partition: commits what was processed (unless disabled) and calls
 /// `on_revoked`, or, when they were `lost` (session ran out, member fenced), commits nothing
 /// and calls `on_lost`; drops buffered records.
-async fn revoke(inner: &Inner, lost: bool) {
+async fn revoke(inner: &GroupMember, lost: bool) {
     let (partitions, processed) = {
         let state = inner.shared.lock();
         let processed = state.uncommitted_processed();
@@ -497,7 +500,7 @@ async fn revoke(inner: &Inner, lost: bool) {
 }
 
 /// LeaveGroup (skipped for static members, so that a restart keeps their partitions).
-async fn leave(inner: &Inner, me: &MemberIdentityInfo) {
+async fn leave(inner: &GroupMember, me: &MemberIdentityInfo) {
     if me.member_id.is_empty() || me.instance_id.is_some() {
         return;
     }
@@ -523,7 +526,7 @@ async fn leave(inner: &Inner, me: &MemberIdentityInfo) {
 }
 
 /// Heartbeats until the member has to rejoin, leave or stop.
-async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
+async fn heartbeat(inner: &GroupMember, me: &MemberIdentityInfo) -> Exit {
     let config = inner.client.config().consumer();
     let metadata_every = inner.client.config().metadata_max_age();
     let mut metadata_checked = Instant::now();
@@ -593,7 +596,7 @@ async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
 
 /// Offsets to commit for the partitions still assigned out of `offsets`.
 pub(crate) fn still_assigned(
-    inner: &Inner,
+    inner: &GroupMember,
     offsets: HashMap<TopicPartition, i64>,
 ) -> HashMap<TopicPartition, i64> {
     let state = inner.shared.lock();

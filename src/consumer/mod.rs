@@ -139,8 +139,9 @@ impl Callbacks {
     }
 }
 
-/// What the consumer's tasks share.
-pub(crate) struct Inner {
+/// The group member behind a [`Consumer`]: what its poll, membership, fetch and commit tasks
+/// share.
+pub(crate) struct GroupMember {
     client: Client,
     topics: Vec<String>,
     coordinator: Coordinator,
@@ -163,14 +164,14 @@ pub(crate) struct Inner {
 /// [`close`](Self::close) stops its tasks without committing or leaving (the coordinator then
 /// drops the member after `session.timeout.ms`).
 pub struct Consumer {
-    inner: Arc<Inner>,
+    member: Arc<GroupMember>,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("group", &self.inner.coordinator.group())
-            .field("topics", &self.inner.topics)
+            .field("group", &self.member.coordinator.group())
+            .field("topics", &self.member.topics)
             .finish_non_exhaustive()
     }
 }
@@ -178,7 +179,7 @@ impl std::fmt::Debug for Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         for t in self
-            .inner
+            .member
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -186,7 +187,7 @@ impl Drop for Consumer {
         {
             t.abort();
         }
-        self.inner.fetcher.stop();
+        self.member.fetcher.stop();
     }
 }
 
@@ -220,7 +221,7 @@ impl Client {
                 .manual_processed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let inner = Arc::new(Inner {
+        let member = Arc::new(GroupMember {
             client: self.clone(),
             topics: names,
             coordinator: Coordinator::new(Arc::clone(self.wire()?), &group),
@@ -230,20 +231,20 @@ impl Client {
             tasks: Mutex::new(Vec::new()),
             close_done: tokio::sync::Mutex::new(false),
         });
-        Ok(Consumer { inner })
+        Ok(Consumer { member })
     }
 }
 
 impl Consumer {
     /// The group id.
     pub fn group_id(&self) -> &str {
-        self.inner.coordinator.group()
+        self.member.coordinator.group()
     }
 
     /// This member's group id, generation, member id and instance id now, for
     /// [`Producer::send_offsets_to_transaction`](crate::Producer::send_offsets_to_transaction).
     pub fn group_metadata(&self) -> ConsumerGroupMetadata {
-        let me = self.inner.shared.lock().group.me.clone();
+        let me = self.member.shared.lock().group.me.clone();
         ConsumerGroupMetadata {
             group_id: self.group_id().to_string(),
             generation_id: me.generation,
@@ -254,16 +255,16 @@ impl Consumer {
 
     /// Starts the membership (and auto-commit) tasks once.
     fn ensure_started(&self) {
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.member.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if !tasks.is_empty() {
             return;
         }
-        tasks.push(tokio::spawn(membership::run(Arc::clone(&self.inner))));
-        let config = self.inner.client.config().consumer();
+        tasks.push(tokio::spawn(membership::run(Arc::clone(&self.member))));
+        let config = self.member.client.config().consumer();
         if config.enable_auto_commit {
             let every = config.auto_commit_interval;
             tasks.push(tokio::spawn(auto_commit::run(
-                Arc::clone(&self.inner),
+                Arc::clone(&self.member),
                 every,
             )));
         }
@@ -278,17 +279,17 @@ impl Consumer {
     pub async fn poll(&self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
         self.ensure_started();
         let deadline = Instant::now() + timeout;
-        let max_poll = self.inner.client.config().consumer().max_poll_interval;
+        let max_poll = self.member.client.config().consumer().max_poll_interval;
         {
-            let mut state = self.inner.shared.lock();
+            let mut state = self.member.shared.lock();
             if state.last_poll.elapsed() > max_poll {
-                self.inner.shared.membership_wakeup.notify_waiters();
+                self.member.shared.membership_wakeup.notify_waiters();
             }
             state.last_poll = Instant::now();
             // Records handed out by the previous poll count as processed now (unless the
             // runtime says what was processed).
             if !self
-                .inner
+                .member
                 .callbacks
                 .manual_processed
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -301,7 +302,7 @@ impl Consumer {
             }
         }
         loop {
-            let ready = self.inner.shared.data_ready.notified();
+            let ready = self.member.shared.data_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             if let Some(out) = self.take_buffered()? {
@@ -315,7 +316,7 @@ impl Consumer {
 
     /// Takes buffered records of assigned, unpaused partitions, dropping stale chunks.
     fn take_buffered(&self) -> Result<Option<Vec<ConsumedRecord>>> {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         if state.closed {
             return Err(Error::Closed("consumer"));
         }
@@ -377,7 +378,7 @@ impl Consumer {
         state.buffered_bytes -= freed;
         drop(state);
         if freed > 0 {
-            self.inner.shared.fetch_wakeup.notify_waiters();
+            self.member.shared.fetch_wakeup.notify_waiters();
         }
         Ok((!out.is_empty()).then_some(out))
     }
@@ -430,11 +431,11 @@ impl Consumer {
         offsets: HashMap<TopicPartition, i64>,
         rewind: bool,
     ) -> Result<()> {
-        if self.inner.shared.lock().closed {
+        if self.member.shared.lock().closed {
             return Err(Error::Closed("consumer"));
         }
         let before = offsets.len();
-        let offsets = membership::still_assigned(&self.inner, offsets);
+        let offsets = membership::still_assigned(&self.member, offsets);
         if offsets.len() < before {
             tracing::info!(
                 skipped = before - offsets.len(),
@@ -442,9 +443,9 @@ impl Consumer {
             );
         }
         offsets::commit(
-            &self.inner.client,
-            &self.inner.coordinator,
-            &self.inner.shared,
+            &self.member.client,
+            &self.member.coordinator,
+            &self.member.shared,
             offsets,
             rewind,
         )
@@ -454,13 +455,13 @@ impl Consumer {
     /// Commits `records` in the background; a failure is logged (the next commit covers it).
     pub fn commit_async(&self, records: &[ConsumedRecord]) {
         let offsets = next_offsets(records);
-        let inner = Arc::clone(&self.inner);
+        let member = Arc::clone(&self.member);
         tokio::spawn(async move {
-            let offsets = membership::still_assigned(&inner, offsets);
+            let offsets = membership::still_assigned(&member, offsets);
             if let Err(e) = offsets::commit(
-                &inner.client,
-                &inner.coordinator,
-                &inner.shared,
+                &member.client,
+                &member.coordinator,
+                &member.shared,
                 offsets,
                 false,
             )
@@ -474,7 +475,7 @@ impl Consumer {
     /// Moves the position of an assigned partition: the next poll returns records from
     /// `offset`. Buffered records of the partition are dropped.
     pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         let tp = TopicPartition::new(topic, partition);
         let p = state
             .partitions
@@ -484,7 +485,7 @@ impl Consumer {
         p.backoff_until = None;
         state.drop_buffered(&tp);
         drop(state);
-        self.inner.shared.fetch_wakeup.notify_waiters();
+        self.member.shared.fetch_wakeup.notify_waiters();
         Ok(())
     }
 
@@ -492,7 +493,7 @@ impl Consumer {
     /// [`resume`](Self::resume); their positions stay where they are. A rebalance forgets
     /// pauses, as in the Java client.
     pub fn pause(&self, partitions: &[(&str, i32)]) -> Result<()> {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         for &(topic, partition) in partitions {
             let tp = TopicPartition::new(topic, partition);
             let p = state
@@ -510,7 +511,7 @@ impl Consumer {
 
     /// Resumes paused partitions.
     pub fn resume(&self, partitions: &[(&str, i32)]) -> Result<()> {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         for &(topic, partition) in partitions {
             let tp = TopicPartition::new(topic, partition);
             let p = state
@@ -520,13 +521,13 @@ impl Consumer {
             p.paused = false;
         }
         drop(state);
-        self.inner.shared.fetch_wakeup.notify_waiters();
+        self.member.shared.fetch_wakeup.notify_waiters();
         Ok(())
     }
 
     /// The partitions paused now.
     pub fn paused(&self) -> Vec<TopicPartition> {
-        let state = self.inner.shared.lock();
+        let state = self.member.shared.lock();
         let mut out: Vec<TopicPartition> = state
             .partitions
             .iter()
@@ -540,7 +541,7 @@ impl Consumer {
     /// The next offset `poll` returns for an assigned partition (`None`: not assigned, or
     /// its start position is not known yet).
     pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
-        let state = self.inner.shared.lock();
+        let state = self.member.shared.lock();
         state
             .partitions
             .get(&TopicPartition::new(topic, partition))
@@ -549,7 +550,7 @@ impl Consumer {
 
     /// The partitions assigned to this member now, sorted.
     pub fn assignment(&self) -> Vec<TopicPartition> {
-        let state = self.inner.shared.lock();
+        let state = self.member.shared.lock();
         let mut out: Vec<TopicPartition> = state.partitions.keys().cloned().collect();
         out.sort();
         out
@@ -565,9 +566,9 @@ impl Consumer {
             .iter()
             .map(|&(t, p)| TopicPartition::new(t, p))
             .collect();
-        let coordinator = &self.inner.coordinator;
+        let coordinator = &self.member.coordinator;
         let found = self
-            .inner
+            .member
             .client
             .retry(
                 &format!("fetch offsets of group {}", coordinator.group()),
@@ -584,11 +585,11 @@ impl Consumer {
     /// `read_uncommitted`. Partitions without a known position are left out.
     pub async fn lag(&self) -> Result<BTreeMap<TopicPartition, i64>> {
         let tps = self.assignment();
-        let isolation = self.inner.client.config().consumer().isolation_level;
+        let isolation = self.member.client.config().consumer().isolation_level;
         let ends =
-            offsets::list_offsets_isolated(&self.inner.client, &tps, offsets::LATEST, isolation)
+            offsets::list_offsets_isolated(&self.member.client, &tps, offsets::LATEST, isolation)
                 .await?;
-        let state = self.inner.shared.lock();
+        let state = self.member.shared.lock();
         Ok(ends
             .into_iter()
             .filter_map(|(tp, end)| {
@@ -602,7 +603,7 @@ impl Consumer {
     /// (replacing any earlier one).
     pub fn set_rebalance_listener(&self, listener: impl RebalanceListener) {
         *self
-            .inner
+            .member
             .callbacks
             .listener
             .lock()
@@ -611,7 +612,7 @@ impl Consumer {
 
     /// Whether processed offsets are committed when partitions are revoked (default true).
     pub fn commit_on_revoke(&self, enabled: bool) {
-        self.inner
+        self.member
             .callbacks
             .no_commit_on_revoke
             .store(!enabled, std::sync::atomic::Ordering::Relaxed);
@@ -619,14 +620,14 @@ impl Consumer {
 
     /// The client this consumer was made from.
     pub(crate) fn client(&self) -> &Client {
-        &self.inner.client
+        &self.member.client
     }
 
     /// From now on, only [`mark_processed`](Self::mark_processed) moves what revoke, close
     /// and [`commit_processed`](Self::commit_processed) commit (used by the runtime, whose
     /// handlers finish records long after they were polled).
     pub(crate) fn track_processed_manually(&self) {
-        self.inner
+        self.member
             .callbacks
             .manual_processed
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -653,7 +654,7 @@ impl Consumer {
     /// Records `offsets` (next offset, per partition) as processed; partitions no longer
     /// assigned are ignored. One lock for the whole map.
     pub(crate) fn mark_processed(&self, offsets: impl IntoIterator<Item = (TopicPartition, i64)>) {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         for (tp, next) in offsets {
             if let Some(p) = state.partitions.get_mut(&tp) {
                 if p.processed.is_none_or(|done| done < next) {
@@ -665,11 +666,11 @@ impl Consumer {
 
     /// Commits what was processed and not yet committed, and waits.
     pub(crate) async fn commit_processed(&self) -> Result<()> {
-        let offsets = self.inner.shared.lock().uncommitted_processed();
+        let offsets = self.member.shared.lock().uncommitted_processed();
         offsets::commit(
-            &self.inner.client,
-            &self.inner.coordinator,
-            &self.inner.shared,
+            &self.member.client,
+            &self.member.coordinator,
+            &self.member.shared,
             offsets,
             false,
         )

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::partition_task::{partition_task, Ctx};
+use super::partition_task::{partition_task, TaskContext};
 use super::RunnerConfig;
 use crate::breaker::BreakerState;
 use crate::consumer::{Consumer, TopicPartition};
@@ -36,7 +36,7 @@ pub(super) struct Eos {
 }
 
 /// One assigned partition's task, seen from the run loop.
-pub(super) struct Slot {
+pub(super) struct PartitionSlot {
     /// `None` once shutting down.
     pub(super) tx: Option<mpsc::UnboundedSender<Vec<ConsumedRecord>>>,
     /// Records sent to the task and not finished.
@@ -51,15 +51,15 @@ pub(super) struct Slot {
 
 pub(super) struct Dispatcher<'a, P> {
     pub(super) consumer: &'a Consumer,
-    pub(super) ctx: Arc<Ctx<P>>,
-    pub(super) slots: HashMap<TopicPartition, Slot>,
+    pub(super) ctx: Arc<TaskContext<P>>,
+    pub(super) slots: HashMap<TopicPartition, PartitionSlot>,
     pub(super) tasks: JoinSet<()>,
     pub(super) eos: Option<Eos>,
 }
 
 impl<P: Process> Dispatcher<'_, P> {
     pub(super) async fn run_loop(&mut self, config: &RunnerConfig) -> Result<()> {
-        let mut stop = self.ctx.shared.stop.subscribe();
+        let mut stop = self.ctx.control.stop.subscribe();
         let mut last_commit = Instant::now();
         loop {
             if *stop.borrow() {
@@ -247,9 +247,9 @@ impl<P: Process> Dispatcher<'_, P> {
         }
     }
 
-    pub(super) fn spawn_slot(&mut self, first: i64) -> Slot {
+    pub(super) fn spawn_slot(&mut self, first: i64) -> PartitionSlot {
         let (tx, rx) = mpsc::unbounded_channel();
-        let slot = Slot {
+        let slot = PartitionSlot {
             tx: Some(tx),
             backlog: Arc::new(AtomicUsize::new(0)),
             handled: Arc::new(AtomicI64::new(-1)),

@@ -68,9 +68,11 @@ use crate::producer::Producer;
 use crate::record::ConsumedRecord;
 use dispatcher::{Dispatcher, Eos, EOS_TIMEOUT};
 use metrics::Counters;
-use partition_task::Ctx;
+use partition_task::TaskContext;
 
-struct RunShared {
+/// What a run's handle, loop and partition tasks share: the stop switch, the counters, the
+/// breaker and the error that stopped the run on its own.
+struct RunControl {
     counters: Counters,
     /// Why the run stopped on its own ([`DlqFailurePolicy::Stop`]); `run` returns it.
     fatal: std::sync::Mutex<Option<Error>>,
@@ -81,7 +83,7 @@ struct RunShared {
 /// Stops a run and reads its counters; cheap to clone.
 #[derive(Clone)]
 pub struct RunHandle {
-    shared: Arc<RunShared>,
+    control: Arc<RunControl>,
 }
 
 impl std::fmt::Debug for RunHandle {
@@ -96,18 +98,18 @@ impl RunHandle {
     /// Asks the run to stop gracefully (finish in-flight handlers, commit, leave the group);
     /// `run` returns when that is done.
     pub fn shutdown(&self) {
-        self.shared.stop.send_replace(true);
+        self.control.stop.send_replace(true);
     }
 
     /// Whether shutdown was asked for.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shared.stop.borrow()
+        *self.control.stop.borrow()
     }
 
     /// The counters now.
     pub fn metrics(&self) -> RunMetrics {
-        let c = &self.shared.counters;
-        let (breaker_state, breaker_opened) = match self.shared.breaker.get() {
+        let c = &self.control.counters;
+        let (breaker_state, breaker_opened) = match self.control.breaker.get() {
             Some(b) => (b.state(), b.times_opened()),
             None => (BreakerState::Closed, 0),
         };
@@ -156,7 +158,7 @@ impl Consumer {
             dedup: None,
             producer: None,
             handle: RunHandle {
-                shared: Arc::new(RunShared {
+                control: Arc::new(RunControl {
                     counters: Counters::default(),
                     fatal: std::sync::Mutex::new(None),
                     breaker: OnceLock::new(),
@@ -250,7 +252,7 @@ impl Runner {
         } = self;
         consumer.track_processed_manually();
         let breaker = Arc::new(CircuitBreaker::new(config.breaker.clone()));
-        let _ = handle.shared.breaker.set(Arc::clone(&breaker));
+        let _ = handle.control.breaker.set(Arc::clone(&breaker));
         let producer = producer.unwrap_or_else(|| consumer.client().producer());
         let eos = if config.exactly_once {
             producer.init_transactions(EOS_TIMEOUT).await?;
@@ -284,13 +286,13 @@ impl Runner {
                 h.shutdown();
             })
         });
-        let ctx = Arc::new(Ctx {
+        let ctx = Arc::new(TaskContext {
             process,
             dedup,
             router,
             breaker: Arc::clone(&breaker),
             sem: Semaphore::new(config.concurrency.max(1)),
-            shared: Arc::clone(&handle.shared),
+            control: Arc::clone(&handle.control),
             config: config.clone(),
             gate: eos.as_ref().map(|_| tokio::sync::RwLock::new(())),
         });
@@ -323,7 +325,7 @@ impl Runner {
         let metrics = handle.metrics();
         tracing::info!(?metrics, "runner stopped");
         let fatal = handle
-            .shared
+            .control
             .fatal
             .lock()
             .unwrap_or_else(|p| p.into_inner())

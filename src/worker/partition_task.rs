@@ -10,7 +10,7 @@ use backoff::backoff::Backoff;
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::{DecodeErrorPolicy, DlqFailurePolicy, RunShared, RunnerConfig};
+use super::{DecodeErrorPolicy, DlqFailurePolicy, RunControl, RunnerConfig};
 use crate::breaker::CircuitBreaker;
 use crate::dedup::{Check, DedupKey, Deduplicator};
 use crate::dlq::DeadLetterRouter;
@@ -19,22 +19,22 @@ use crate::handler::{HandlerError, Process};
 use crate::record::ConsumedRecord;
 
 /// What the partition tasks share.
-pub(super) struct Ctx<P> {
+pub(super) struct TaskContext<P> {
     pub(super) process: P,
     pub(super) dedup: Option<(Deduplicator, DedupKey)>,
     pub(super) router: DeadLetterRouter,
     pub(super) breaker: Arc<CircuitBreaker>,
     pub(super) sem: Semaphore,
-    pub(super) shared: Arc<RunShared>,
+    pub(super) control: Arc<RunControl>,
     pub(super) config: RunnerConfig,
     /// Exactly-once mode: held (read) by each record's processing, and (write) by the
     /// transaction's commit, so a commit sees no record half processed.
     pub(super) gate: Option<tokio::sync::RwLock<()>>,
 }
 
-impl<P> Ctx<P> {
+impl<P> TaskContext<P> {
     pub(super) fn stopping(&self) -> bool {
-        *self.shared.stop.borrow()
+        *self.control.stop.borrow()
     }
 }
 
@@ -47,13 +47,13 @@ pub(super) enum Outcome {
 }
 
 pub(super) async fn partition_task<P: Process>(
-    ctx: Arc<Ctx<P>>,
+    ctx: Arc<TaskContext<P>>,
     mut rx: mpsc::UnboundedReceiver<Vec<ConsumedRecord>>,
     backlog: Arc<AtomicUsize>,
     handled: Arc<AtomicI64>,
     revoked: Arc<AtomicBool>,
 ) {
-    let mut stop = ctx.shared.stop.subscribe();
+    let mut stop = ctx.control.stop.subscribe();
     while let Some(chunk) = rx.recv().await {
         let n = chunk.len();
         for record in &chunk {
@@ -82,11 +82,11 @@ pub(super) async fn partition_task<P: Process>(
 }
 
 pub(super) async fn handle_one<P: Process>(
-    ctx: &Ctx<P>,
+    ctx: &TaskContext<P>,
     record: &ConsumedRecord,
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
-    let counters = &ctx.shared.counters;
+    let counters = &ctx.control.counters;
     let mut claim = None;
     if let Some((dedup, key)) = &ctx.dedup {
         if let Some(key) = key.of(record) {
@@ -219,12 +219,12 @@ pub(super) async fn handle_one<P: Process>(
                 }
                 DlqFailurePolicy::Stop => {
                     tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %e, "dead letter could not be written; stopping the run (DlqFailurePolicy::Stop)");
-                    ctx.shared
+                    ctx.control
                         .fatal
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .get_or_insert(e);
-                    ctx.shared.stop.send_replace(true);
+                    ctx.control.stop.send_replace(true);
                     Outcome::Abandoned
                 }
             }
