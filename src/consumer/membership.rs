@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use super::assignor::{self, MemberSubscription, TopicPartition};
 use super::state::PartitionState;
 use super::GroupMember;
-use crate::coordinator::{codes, Joined, MemberIdentityInfo};
-use crate::error::{Error, Result};
+use crate::coordinator::{Joined, MemberIdentityInfo};
+use crate::error::{Error, ErrorCode, Result};
 
 /// Subscription metadata version sent in JoinGroup (v1: topics, user data, owned partitions).
 const SUBSCRIPTION_VERSION: i16 = 1;
@@ -120,8 +120,8 @@ pub(crate) fn decode_assignment(mut data: Bytes) -> Result<Vec<TopicPartition>> 
     Ok(out)
 }
 
-fn code_of(e: &Error) -> Option<i16> {
-    e.kafka_code().map(|c| c.code())
+fn code_of(e: &Error) -> Option<ErrorCode> {
+    e.kafka_code()
 }
 
 /// Group errors after which the member must not rejoin (as the Java client treats them):
@@ -132,23 +132,16 @@ pub(crate) fn is_fatal_group_error(e: &Error) -> bool {
     matches!(
         code_of(e),
         Some(
-            codes::FENCED_INSTANCE_ID
-                | GROUP_AUTHORIZATION_FAILED
-                | INCONSISTENT_GROUP_PROTOCOL
-                | INVALID_SESSION_TIMEOUT
-                | GROUP_MAX_SIZE_REACHED
-                | TOPIC_AUTHORIZATION_FAILED
-                | UNSUPPORTED_VERSION
+            ErrorCode::FencedInstanceId
+                | ErrorCode::GroupAuthorizationFailed
+                | ErrorCode::InconsistentGroupProtocol
+                | ErrorCode::InvalidSessionTimeout
+                | ErrorCode::GroupMaxSizeReached
+                | ErrorCode::TopicAuthorizationFailed
+                | ErrorCode::UnsupportedVersion
         )
     )
 }
-
-const UNSUPPORTED_VERSION: i16 = 35;
-const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-const INVALID_SESSION_TIMEOUT: i16 = 26;
-const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
-const GROUP_AUTHORIZATION_FAILED: i16 = 30;
-const GROUP_MAX_SIZE_REACHED: i16 = 81;
 
 /// As the leader: whether a subscribed topic's partition count changed (or it appeared)
 /// since the last assignment (`topic.metadata.refresh.interval.ms`); then the group must
@@ -185,7 +178,7 @@ async fn leader_view_changed(inner: &GroupMember) -> bool {
 /// Ends the membership for good: every later poll (and `run`) fails with `e`.
 fn fail_fatally(inner: &GroupMember, e: &Error) {
     tracing::error!(group = %inner.coordinator.group(), error = %e, "fatal group error: the consumer stops");
-    let code = code_of(e).unwrap_or(-1);
+    let code = code_of(e).map_or(-1, |c| c.code());
     let mut s = inner.shared.lock();
     s.fatal = Some((code, format!("group {}: {e}", inner.coordinator.group())));
     drop(s);
@@ -313,7 +306,7 @@ async fn join_and_sync(
         let joined = match joined {
             Ok(j) => j,
             Err(e) => match code_of(&e) {
-                Some(codes::MEMBER_ID_REQUIRED) => {
+                Some(ErrorCode::MemberIdRequired) => {
                     if let Error::Broker {
                         message: Some(id), ..
                     } = &e
@@ -322,12 +315,12 @@ async fn join_and_sync(
                     }
                     continue;
                 }
-                Some(codes::UNKNOWN_MEMBER_ID) | Some(codes::ILLEGAL_GENERATION) => {
+                Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration) => {
                     me.member_id.clear();
                     me.generation = -1;
                     continue;
                 }
-                Some(codes::REBALANCE_IN_PROGRESS) => continue,
+                Some(ErrorCode::RebalanceInProgress) => continue,
                 _ => return Err(e),
             },
         };
@@ -350,8 +343,8 @@ async fn join_and_sync(
         match synced {
             Ok(bytes) => return decode_assignment(bytes),
             Err(e) => match code_of(&e) {
-                Some(codes::REBALANCE_IN_PROGRESS) => continue,
-                Some(codes::UNKNOWN_MEMBER_ID) | Some(codes::ILLEGAL_GENERATION) => {
+                Some(ErrorCode::RebalanceInProgress) => continue,
+                Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration) => {
                     me.member_id.clear();
                     me.generation = -1;
                     continue;
@@ -567,7 +560,7 @@ async fn heartbeat(inner: &GroupMember, me: &MemberIdentityInfo) -> Exit {
                 last_ok = Instant::now();
             }
             Err(e) => match code_of(&e) {
-                Some(codes::REBALANCE_IN_PROGRESS) => {
+                Some(ErrorCode::RebalanceInProgress) => {
                     tracing::info!(group = %inner.coordinator.group(), "group is rebalancing");
                     return Exit::Rejoin;
                 }
@@ -575,7 +568,7 @@ async fn heartbeat(inner: &GroupMember, me: &MemberIdentityInfo) -> Exit {
                     fail_fatally(inner, &e);
                     return Exit::Fatal;
                 }
-                Some(codes::UNKNOWN_MEMBER_ID | codes::ILLEGAL_GENERATION) => {
+                Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration) => {
                     tracing::warn!(group = %inner.coordinator.group(), error = %e, "member fenced; rejoining as a new member");
                     return Exit::Reset;
                 }
