@@ -73,11 +73,11 @@ async fn main() -> ExitCode {
     let producer = client.producer();
     let runner = consumer
         .runner()
-        .config(RunnerConfig {
-            exactly_once: true,
-            commit_interval: Duration::from_millis(200),
-            ..RunnerConfig::default()
-        })
+        .config(
+            RunnerConfig::default()
+                .exactly_once(true)
+                .commit_interval(Duration::from_millis(200)),
+        )
         .producer(producer.clone());
     let result = runner
         .run(move |record| {

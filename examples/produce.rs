@@ -118,7 +118,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn report(line: usize, result: purekafka::Result<purekafka::Delivery>) -> usize {
+fn report(line: usize, result: Result<purekafka::Delivery, purekafka::SendError>) -> usize {
     match result {
         Ok(d) => {
             println!("{} {}", d.partition, d.offset);

@@ -26,14 +26,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (records, size, partitions) = (filled.records, filled.size, filled.partitions);
 
     // Run a no-op handler over every record (timed).
-    let runner = client
-        .consumer(&[topic.as_str()])?
-        .runner()
-        .config(RunnerConfig {
-            concurrency: partitions as usize,
-            shutdown_on_signal: false,
-            ..RunnerConfig::default()
-        });
+    let runner = client.consumer(&[topic.as_str()])?.runner().config(
+        RunnerConfig::default()
+            .concurrency(partitions as usize)
+            .shutdown_on_signal(false),
+    );
     let handle = runner.handle();
     let cpu0 = bench::cpu_time();
     let t0 = Instant::now();

@@ -41,8 +41,19 @@ impl BreakerState {
     }
 }
 
-/// When the breaker opens and how long it stays open.
+/// When the breaker opens and how long it stays open: [`Default`], then the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use purekafka::BreakerConfig;
+///
+/// let breaker = BreakerConfig::default()
+///     .failure_threshold(5)
+///     .cool_down(Duration::from_secs(10));
+/// assert_eq!(breaker.failure_threshold, 5);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Consecutive failed handler calls (retries included) that open the breaker; 0 turns
     /// the breaker off. Default 10: a few unlucky records do not stop a partition, a
@@ -59,6 +70,20 @@ impl Default for BreakerConfig {
             failure_threshold: 10,
             cool_down: Duration::from_secs(30),
         }
+    }
+}
+
+impl BreakerConfig {
+    /// Sets [`failure_threshold`](Self::failure_threshold) (0 turns the breaker off).
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures;
+        self
+    }
+
+    /// Sets [`cool_down`](Self::cool_down).
+    pub fn cool_down(mut self, cool_down: Duration) -> Self {
+        self.cool_down = cool_down;
+        self
     }
 }
 

@@ -17,6 +17,7 @@ use crate::wire::Cluster;
 
 /// A topic as the cluster describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TopicInfo {
     /// The topic name.
     pub name: String,

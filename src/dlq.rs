@@ -201,7 +201,8 @@ impl DeadLetterRouter {
                     }
                     return Ok(d);
                 }
-                Err(e) => e,
+                // The record is kept here (cloned per attempt): only the reason is needed.
+                Err(e) => Error::from(e),
             };
             let missing = matches!(e, Error::UnknownTopic(_))
                 || e.kafka_code() == Some(crate::ErrorCode::UnknownTopicOrPartition);

@@ -93,7 +93,7 @@ pub use dlq::DeadLetterRouter;
 pub use error::{Error, ErrorCode, ErrorKind, Result};
 pub use handler::HandlerError;
 pub use health::Health;
-pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics};
+pub use producer::{Delivery, DeliveryFuture, Producer, ProducerMetrics, SendError};
 pub use reconnect::{ReconnectPolicy, RetryEvent};
 pub use record::{ConsumedRecord, Headers, Record};
 pub use rskafka;

@@ -136,8 +136,19 @@ impl Record {
     }
 }
 
-/// A record read from a partition.
+/// A record read from a partition. The consumer makes them; tests of a handler build one
+/// with [`new`](Self::new) and the `with_*` setters.
+///
+/// ```
+/// use purekafka::ConsumedRecord;
+///
+/// let r = ConsumedRecord::new("orders", 0, 42)
+///     .with_key("customer-7")
+///     .with_value("{\"id\":1}");
+/// assert_eq!(r.value_str(), Some("{\"id\":1}"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumedRecord {
     /// The topic (shared between the records of a partition: no allocation per record).
     pub topic: Arc<str>,
@@ -156,6 +167,44 @@ pub struct ConsumedRecord {
 }
 
 impl ConsumedRecord {
+    /// A record at `offset` of `topic`/`partition`, without key, value (a tombstone) or
+    /// headers, timestamp 0.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32, offset: i64) -> Self {
+        ConsumedRecord {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: None,
+            value: None,
+            headers: Headers::new(),
+            timestamp: 0,
+        }
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the value.
+    pub fn with_value(mut self, value: impl Into<Bytes>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// Appends a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sets the timestamp (milliseconds since the Unix epoch).
+    pub fn with_timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = millis;
+        self
+    }
+
     /// Decodes the value as JSON into `T`. A missing value or a value that does not decode
     /// is an [`Error::Json`](crate::Error::Json).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {

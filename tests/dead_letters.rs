@@ -34,22 +34,19 @@ async fn client(cluster: &TestCluster, group: Option<&str>, extra: &[(&str, &str
 }
 
 fn runner_config(policy: DlqFailurePolicy, template: &str, create: bool) -> RunnerConfig {
-    RunnerConfig {
-        dlq_topic_template: template.to_string(),
-        dlq_retry: ReconnectPolicy::default()
-            .initial_delay(Duration::from_millis(50))
-            .max_delay(Duration::from_millis(200))
-            .max_elapsed(None),
-        dlq_permanent_failure: policy,
-        dlq_create_topic: create,
-        breaker: BreakerConfig {
-            failure_threshold: 0,
-            ..BreakerConfig::default()
-        },
-        commit_interval: Duration::from_millis(100),
-        shutdown_on_signal: false,
-        ..RunnerConfig::default()
-    }
+    RunnerConfig::default()
+        .dlq_topic_template(template)
+        .dlq_retry(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(200))
+                .max_elapsed(None),
+        )
+        .dlq_permanent_failure(policy)
+        .dlq_create_topic(create)
+        .breaker(BreakerConfig::default().failure_threshold(0))
+        .commit_interval(Duration::from_millis(100))
+        .shutdown_on_signal(false)
 }
 
 /// Produces `values` to partition 0 of a new one-partition `topic`.

@@ -13,7 +13,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use purekafka::{Client, Config, ConfigBuilder, DeliveryFuture, Error, Record};
+use purekafka::{Client, Config, ConfigBuilder, DeliveryFuture, Record};
 use purekafka_testkit::{unique_name, Backend, TestCluster};
 
 #[macro_use]
@@ -426,8 +426,8 @@ async fn fatal_errors_fail_every_later_send() {
         .await
         .expect("first record");
     cluster.push_request_errors(0, &[90]).unwrap();
-    let code = |r: Result<purekafka::Delivery, Error>| {
-        r.expect_err("fails").kafka_code().map(|c| c.code())
+    let code = |r: Result<purekafka::Delivery, purekafka::SendError>| {
+        r.expect_err("fails").error().kafka_code().map(|c| c.code())
     };
     assert_eq!(code(producer.send(record(&topic, 1)).await), Some(90));
     assert_eq!(code(producer.send(record(&topic, 2)).await), Some(90));
@@ -435,7 +435,7 @@ async fn fatal_errors_fail_every_later_send() {
         producer
             .try_send(record(&topic, 3))
             .err()
-            .and_then(|e| e.kafka_code())
+            .and_then(|e| e.error().kafka_code())
             .map(|c| c.code()),
         Some(90)
     );

@@ -192,7 +192,7 @@ on_each_backend!(
             .await
             .unwrap();
         let big = Record::new(topic.clone(), vec![0u8; 30_000]).with_key("the-big-one");
-        match producer.enqueue(big).await {
+        match producer.enqueue(big).await.map_err(Error::from) {
             Err(Error::RecordTooLarge {
                 topic: t,
                 size,
@@ -220,7 +220,8 @@ on_each_backend!(
         if matches!(cluster.backend(), Backend::MockCluster) {
             // The broker's MESSAGE_TOO_LARGE is reported the same way.
             cluster.push_request_errors(0, &[10]).unwrap();
-            match producer.send(Record::new(topic.clone(), "rejected")).await {
+            let rejected = producer.send(Record::new(topic.clone(), "rejected")).await;
+            match rejected.map_err(Error::from) {
                 Err(Error::RecordTooLarge { topic: t, .. }) => assert_eq!(t, topic),
                 other => panic!("expected RecordTooLarge from the broker, got {other:?}"),
             }
@@ -489,7 +490,7 @@ async fn an_unreachable_cluster_fails_records_after_the_delivery_timeout() {
     let started = Instant::now();
     let result = producer.send(Record::new(topic.clone(), "lost")).await;
     let took = started.elapsed();
-    match result {
+    match result.map_err(Error::from) {
         Err(e @ Error::RetriesExhausted { .. }) => {
             let text = e.to_string();
             assert!(text.contains(&topic), "{text}");
@@ -571,19 +572,20 @@ async fn backpressure_keeps_memory_bounded_and_loses_nothing() {
             .with_key(format!("k{i}"))
             .with_header("seq", i.to_string());
         if !queue_full_seen {
-            // The non-blocking form refuses instead of waiting (and drops nothing: the
-            // record is then enqueued with waiting).
-            match producer.try_send(record.clone()) {
-                Err(Error::QueueFull { limit, .. }) => {
-                    assert_eq!(limit, BOUND);
-                    queue_full_seen = true;
-                }
-                Ok(f) => {
-                    pending.push((i, f));
-                    continue;
-                }
-                Err(e) => panic!("try_send: {e}"),
+            // The non-blocking form refuses instead of waiting and hands the record back
+            // (which is then enqueued with waiting).
+            match producer.try_send(record) {
+                Err(refused) => match refused.into_parts() {
+                    (Error::QueueFull { limit, .. }, record) => {
+                        assert_eq!(limit, BOUND);
+                        queue_full_seen = true;
+                        pending.push((i, producer.enqueue(record).await.unwrap()));
+                    }
+                    (e, _) => panic!("try_send: {e}"),
+                },
+                Ok(f) => pending.push((i, f)),
             }
+            continue;
         }
         pending.push((i, producer.enqueue(record).await.unwrap()));
     }
@@ -645,7 +647,10 @@ on_each_backend!(
         assert!(f.is_done(), "close waits for everything enqueued");
         f.await.unwrap();
         assert!(matches!(
-            producer.send(numbered(&topic, 1_001)).await,
+            producer
+                .send(numbered(&topic, 1_001))
+                .await
+                .map_err(Error::from),
             Err(Error::Closed(_))
         ));
         let read = read_topic(&client, &topic, 2).await;
@@ -702,11 +707,16 @@ async fn disabled_kafka_sends_nothing_and_says_so() {
     let client = Client::connect(config).await.unwrap();
     let producer = client.producer();
     assert!(matches!(
-        producer.send(Record::new("t", "v")).await,
+        producer
+            .send(Record::new("t", "v"))
+            .await
+            .map_err(Error::from),
         Err(Error::Disabled)
     ));
     let f = producer.try_send(Record::new("t", "v")).unwrap();
-    assert!(matches!(f.await, Err(Error::Disabled)));
+    let (error, record) = f.await.expect_err("disabled").into_parts();
+    assert!(matches!(error, Error::Disabled));
+    assert_eq!(record, Record::new("t", "v"), "the record is handed back");
     producer.flush().await;
     producer.close().await;
 }
@@ -778,6 +788,7 @@ async fn unknown_topic_and_partition_fail_clearly() {
     match producer
         .send(Record::new(topic.clone(), "v").with_partition(5))
         .await
+        .map_err(Error::from)
     {
         Err(e @ Error::Broker { .. }) => assert!(e.to_string().contains(&topic), "{e}"),
         other => panic!("expected an unknown partition error, got {other:?}"),

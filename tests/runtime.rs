@@ -41,22 +41,23 @@ async fn client(cluster: &TestCluster, group: &str) -> Client {
 
 /// Fast retries for tests (the defaults are sized for services).
 fn test_config() -> RunnerConfig {
-    RunnerConfig {
-        retry: RetryPolicy {
-            backoff: ReconnectPolicy::default()
-                .initial_delay(Duration::from_millis(10))
-                .max_delay(Duration::from_millis(50))
-                .max_elapsed(Some(Duration::from_secs(10))),
-            max_attempts: 5,
-        },
-        dlq_retry: ReconnectPolicy::default()
-            .initial_delay(Duration::from_millis(50))
-            .max_delay(Duration::from_millis(200))
-            .max_elapsed(None),
-        commit_interval: Duration::from_millis(100),
-        shutdown_on_signal: false,
-        ..RunnerConfig::default()
-    }
+    RunnerConfig::default()
+        .retry(
+            RetryPolicy::default().max_attempts(5).backoff(
+                ReconnectPolicy::default()
+                    .initial_delay(Duration::from_millis(10))
+                    .max_delay(Duration::from_millis(50))
+                    .max_elapsed(Some(Duration::from_secs(10))),
+            ),
+        )
+        .dlq_retry(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(200))
+                .max_elapsed(None),
+        )
+        .commit_interval(Duration::from_millis(100))
+        .shutdown_on_signal(false)
 }
 
 /// Sends `records`, returns the end offset (next offset) of each partition written.
@@ -160,15 +161,9 @@ on_each_backend!(
             .consumer(&[&topic])
             .unwrap()
             .runner()
-            .config(RunnerConfig {
-                // Flaky records of different partitions may fail in a row; keep the breaker out of
-                // this test (it has its own).
-                breaker: BreakerConfig {
-                    failure_threshold: 0,
-                    ..BreakerConfig::default()
-                },
-                ..test_config()
-            });
+            // Flaky records of different partitions may fail in a row; keep the breaker out of
+            // this test (it has its own).
+            .config(test_config().breaker(BreakerConfig::default().failure_threshold(0)));
         let handle = runner.handle();
         let (p, f) = (processed.clone(), failures.clone());
         let run = tokio::spawn(runner.run_json(move |e: Event, _r| {
@@ -323,10 +318,7 @@ async fn process_then_kill(c: &Client, topic: &str, n: u64, dedup: &Deduplicator
         .consumer(&[topic])
         .unwrap()
         .runner()
-        .config(RunnerConfig {
-            commit_interval: Duration::from_secs(3600),
-            ..test_config()
-        })
+        .config(test_config().commit_interval(Duration::from_secs(3600)))
         .dedup(dedup.clone(), DedupKey::RecordKey);
     let handle = runner.handle();
     let run = tokio::spawn(runner.run(|_r| async { Ok(()) }));
@@ -493,24 +485,22 @@ on_each_backend!(
 
         let down = Arc::new(AtomicBool::new(true));
         let calls = Arc::new(AtomicU64::new(0));
-        let runner = c
-            .consumer(&[&topic])
-            .unwrap()
-            .runner()
-            .config(RunnerConfig {
-                breaker: BreakerConfig {
-                    failure_threshold: 3,
-                    cool_down: Duration::from_millis(800),
-                },
-                retry: RetryPolicy {
-                    backoff: ReconnectPolicy::default()
-                        .initial_delay(Duration::from_millis(10))
-                        .max_delay(Duration::from_millis(20))
-                        .max_elapsed(None),
-                    max_attempts: u32::MAX,
-                },
-                ..test_config()
-            });
+        let runner = c.consumer(&[&topic]).unwrap().runner().config(
+            test_config()
+                .breaker(
+                    BreakerConfig::default()
+                        .failure_threshold(3)
+                        .cool_down(Duration::from_millis(800)),
+                )
+                .retry(
+                    RetryPolicy::default().max_attempts(u32::MAX).backoff(
+                        ReconnectPolicy::default()
+                            .initial_delay(Duration::from_millis(10))
+                            .max_delay(Duration::from_millis(20))
+                            .max_elapsed(None),
+                    ),
+                ),
+        );
         let handle = runner.handle();
         let (d, k) = (down.clone(), calls.clone());
         let run = tokio::spawn(runner.run(move |_r| {

@@ -325,7 +325,10 @@ on_each_backend!(
             .init_transactions(T)
             .await
             .expect("init_transactions");
-        let outside = producer.enqueue(record(&topic, 0, "outside".into())).await;
+        let outside = producer
+            .enqueue(record(&topic, 0, "outside".into()))
+            .await
+            .map_err(Error::from);
         assert!(matches!(outside, Err(Error::Transaction(_))), "{outside:?}");
 
         producer.begin_transaction().unwrap();
@@ -353,7 +356,7 @@ on_each_backend!(
         producer.abort_transaction(T).await.expect("abort");
         for f in pending {
             if let Err(e) = f.await {
-                assert!(matches!(e, Error::Transaction(_)), "{e}");
+                assert!(matches!(e.error(), Error::Transaction(_)), "{e}");
             }
         }
 
@@ -521,7 +524,7 @@ async fn a_second_producer_with_the_same_id_fences_the_first() {
         .enqueue(record(&topic, 0, "later".into()))
         .await
         .unwrap_err();
-    assert!(e.is_fatal(), "{e}");
+    assert!(e.error().is_fatal(), "{e}");
     assert!(first.abort_transaction(T).await.unwrap_err().is_fatal());
 
     // The new instance works.
@@ -571,7 +574,7 @@ async fn fencing_errors_are_fatal_on_the_mock_cluster() {
             .enqueue(record(&topic, 0, "later".into()))
             .await
             .unwrap_err();
-        assert!(e.is_fatal(), "{e}");
+        assert!(e.error().is_fatal(), "{e}");
     }
 }
 
@@ -745,9 +748,12 @@ async fn a_failed_record_dooms_the_transaction_until_it_is_aborted() {
         .send(record(&topic, 0, "bad".into()))
         .await
         .expect_err("the broker refused it");
-    assert!(!failed.is_fatal(), "{failed}");
+    assert!(!failed.error().is_fatal(), "{failed}");
     // The transaction can no longer commit or take records ...
-    let later = producer.enqueue(record(&topic, 0, "later".into())).await;
+    let later = producer
+        .enqueue(record(&topic, 0, "later".into()))
+        .await
+        .map_err(Error::from);
     assert!(matches!(later, Err(Error::Transaction(_))), "{later:?}");
     let e = producer.commit_transaction(T).await.expect_err("doomed");
     assert!(!e.is_fatal(), "{e}");
@@ -813,16 +819,13 @@ async fn exactly_once_runtime_commits_output_dead_letters_and_offsets_together()
     let consumer = client.consumer(&[&input]).unwrap();
     let runner = consumer
         .runner()
-        .config(RunnerConfig {
-            exactly_once: true,
-            commit_interval: Duration::from_millis(200),
-            shutdown_on_signal: false,
-            retry: purekafka::worker::RetryPolicy {
-                max_attempts: 1,
-                ..Default::default()
-            },
-            ..RunnerConfig::default()
-        })
+        .config(
+            RunnerConfig::default()
+                .exactly_once(true)
+                .commit_interval(Duration::from_millis(200))
+                .shutdown_on_signal(false)
+                .retry(purekafka::worker::RetryPolicy::default().max_attempts(1)),
+        )
         .producer(producer.clone());
     let handle = runner.handle();
     let out = output.clone();
@@ -1092,12 +1095,12 @@ async fn exactly_once_runtime_processes_an_aborted_transaction_again() {
         .consumer(&[&input])
         .unwrap()
         .runner()
-        .config(RunnerConfig {
-            exactly_once: true,
-            commit_interval: Duration::from_millis(100),
-            shutdown_on_signal: false,
-            ..RunnerConfig::default()
-        })
+        .config(
+            RunnerConfig::default()
+                .exactly_once(true)
+                .commit_interval(Duration::from_millis(100))
+                .shutdown_on_signal(false),
+        )
         .producer(producer.clone());
     let handle = runner.handle();
     let (out, seen, count) = (output.clone(), Arc::clone(&calls), Arc::clone(&handled));
@@ -1168,12 +1171,12 @@ fn start_eos_runner(
         .consumer(&[input])
         .unwrap()
         .runner()
-        .config(RunnerConfig {
-            exactly_once: true,
-            commit_interval: Duration::from_millis(200),
-            shutdown_on_signal: false,
-            ..RunnerConfig::default()
-        })
+        .config(
+            RunnerConfig::default()
+                .exactly_once(true)
+                .commit_interval(Duration::from_millis(200))
+                .shutdown_on_signal(false),
+        )
         .producer(producer.clone());
     let handle = runner.handle();
     let output = output.to_string();

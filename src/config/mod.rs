@@ -117,8 +117,10 @@ impl SaslMechanism {
     }
 }
 
-/// An OAUTHBEARER token, as a token provider returns it. `Debug` never shows the value.
+/// An OAUTHBEARER token, as a token provider returns it (built with
+/// [`new`](Self::new)). `Debug` never shows the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OAuthBearerToken {
     /// The token (a JWT, usually) sent as `auth=Bearer <value>`.
     pub value: Secret,
@@ -127,6 +129,23 @@ pub struct OAuthBearerToken {
     /// SASL extensions sent with the token (KIP-342), e.g. Confluent Cloud's
     /// `logicalCluster` and `identityPoolId`.
     pub extensions: Vec<(String, String)>,
+}
+
+impl OAuthBearerToken {
+    /// A token (`value`, usually a JWT) for `principal`, without SASL extensions.
+    pub fn new(value: impl Into<String>, principal: impl Into<String>) -> Self {
+        OAuthBearerToken {
+            value: Secret::new(value),
+            principal: principal.into(),
+            extensions: Vec::new(),
+        }
+    }
+
+    /// Adds a SASL extension (KIP-342), e.g. `logicalCluster`.
+    pub fn with_extension(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extensions.push((key.into(), value.into()));
+        self
+    }
 }
 
 /// The future an OAUTHBEARER token provider returns.
@@ -631,16 +650,13 @@ impl ConfigBuilder {
     /// `sasl.mechanism` and, unless TLS was chosen, `security.protocol` = `sasl_plaintext`).
     ///
     /// ```
-    /// use purekafka::config::{OAuthBearerToken, Secret};
+    /// use purekafka::config::OAuthBearerToken;
     ///
     /// let config = purekafka::Config::builder()
     ///     .brokers(["127.0.0.1:9092"])
     ///     .oauthbearer_token_provider(|| async {
-    ///         Ok(OAuthBearerToken {
-    ///             value: Secret::new("eyJ..."), // fetched from the identity provider
-    ///             principal: "svc-orders".into(),
-    ///             extensions: Vec::new(),
-    ///         })
+    ///         // The value is fetched from the identity provider.
+    ///         Ok(OAuthBearerToken::new("eyJ...", "svc-orders"))
     ///     })
     ///     .build()?;
     /// assert_eq!(config.sasl().unwrap().mechanism.name(), "OAUTHBEARER");

@@ -45,8 +45,10 @@ impl From<(&str, i32)> for TopicPartition {
     }
 }
 
-/// One group member as the leader sees it.
+/// One group member as the leader sees it (built with [`new`](Self::new) in tests of an
+/// [`Assignor`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemberSubscription {
     /// Member id given by the coordinator.
     pub member_id: String,
@@ -56,6 +58,33 @@ pub struct MemberSubscription {
     pub topics: Vec<String>,
     /// Partitions the member owns now (empty for eager members).
     pub owned: Vec<TopicPartition>,
+}
+
+impl MemberSubscription {
+    /// A member subscribed to `topics`, without a static id and owning nothing.
+    pub fn new<T: Into<String>>(
+        member_id: impl Into<String>,
+        topics: impl IntoIterator<Item = T>,
+    ) -> Self {
+        MemberSubscription {
+            member_id: member_id.into(),
+            group_instance_id: None,
+            topics: topics.into_iter().map(Into::into).collect(),
+            owned: Vec::new(),
+        }
+    }
+
+    /// Sets the static membership id (`group.instance.id`).
+    pub fn with_group_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.group_instance_id = Some(id.into());
+        self
+    }
+
+    /// Sets the partitions the member owns now.
+    pub fn with_owned(mut self, owned: Vec<TopicPartition>) -> Self {
+        self.owned = owned;
+        self
+    }
 }
 
 /// Computes an assignment for the whole group.

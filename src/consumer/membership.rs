@@ -20,9 +20,9 @@ use tokio::time::Instant;
 
 use super::assignor::{self, MemberSubscription, TopicPartition};
 use super::state::PartitionState;
-use super::Inner;
-use crate::coordinator::{codes, Joined, MemberIdentityInfo};
-use crate::error::{Error, Result};
+use super::GroupMember;
+use crate::coordinator::{Joined, MemberIdentityInfo};
+use crate::error::{Error, ErrorCode, Result};
 
 /// Subscription metadata version sent in JoinGroup (v1: topics, user data, owned partitions).
 const SUBSCRIPTION_VERSION: i16 = 1;
@@ -120,8 +120,8 @@ pub(crate) fn decode_assignment(mut data: Bytes) -> Result<Vec<TopicPartition>> 
     Ok(out)
 }
 
-fn code_of(e: &Error) -> Option<i16> {
-    e.kafka_code().map(|c| c.code())
+fn code_of(e: &Error) -> Option<ErrorCode> {
+    e.kafka_code()
 }
 
 /// Group errors after which the member must not rejoin (as the Java client treats them):
@@ -132,28 +132,21 @@ pub(crate) fn is_fatal_group_error(e: &Error) -> bool {
     matches!(
         code_of(e),
         Some(
-            codes::FENCED_INSTANCE_ID
-                | GROUP_AUTHORIZATION_FAILED
-                | INCONSISTENT_GROUP_PROTOCOL
-                | INVALID_SESSION_TIMEOUT
-                | GROUP_MAX_SIZE_REACHED
-                | TOPIC_AUTHORIZATION_FAILED
-                | UNSUPPORTED_VERSION
+            ErrorCode::FencedInstanceId
+                | ErrorCode::GroupAuthorizationFailed
+                | ErrorCode::InconsistentGroupProtocol
+                | ErrorCode::InvalidSessionTimeout
+                | ErrorCode::GroupMaxSizeReached
+                | ErrorCode::TopicAuthorizationFailed
+                | ErrorCode::UnsupportedVersion
         )
     )
 }
 
-const UNSUPPORTED_VERSION: i16 = 35;
-const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-const INVALID_SESSION_TIMEOUT: i16 = 26;
-const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
-const GROUP_AUTHORIZATION_FAILED: i16 = 30;
-const GROUP_MAX_SIZE_REACHED: i16 = 81;
-
 /// As the leader: whether a subscribed topic's partition count changed (or it appeared)
 /// since the last assignment (`topic.metadata.refresh.interval.ms`); then the group must
 /// rebalance so that the new partitions are consumed. A failed lookup says no.
-async fn leader_view_changed(inner: &Inner) -> bool {
+async fn leader_view_changed(inner: &GroupMember) -> bool {
     let Some(view) = inner.shared.lock().leader_view.clone() else {
         return false;
     };
@@ -183,9 +176,9 @@ async fn leader_view_changed(inner: &Inner) -> bool {
 }
 
 /// Ends the membership for good: every later poll (and `run`) fails with `e`.
-fn fail_fatally(inner: &Inner, e: &Error) {
+fn fail_fatally(inner: &GroupMember, e: &Error) {
     tracing::error!(group = %inner.coordinator.group(), error = %e, "fatal group error: the consumer stops");
-    let code = code_of(e).unwrap_or(-1);
+    let code = code_of(e).map_or(-1, |c| c.code());
     let mut s = inner.shared.lock();
     s.fatal = Some((code, format!("group {}: {e}", inner.coordinator.group())));
     drop(s);
@@ -193,7 +186,7 @@ fn fail_fatally(inner: &Inner, e: &Error) {
 }
 
 /// The membership task: runs until the consumer closes.
-pub(crate) async fn run(inner: Arc<Inner>) {
+pub(crate) async fn run(inner: Arc<GroupMember>) {
     let config = inner.client.config().consumer().clone();
     let mut me = MemberIdentityInfo {
         member_id: String::new(),
@@ -281,7 +274,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 /// JoinGroup then SyncGroup until one generation completes; returns this member's partitions.
-async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec<TopicPartition>> {
+async fn join_and_sync(
+    inner: &GroupMember,
+    me: &mut MemberIdentityInfo,
+) -> Result<Vec<TopicPartition>> {
     let config = inner.client.config().consumer();
     inner.shared.lock().leader_view = None;
     let metadata = encode_subscription(&inner.topics);
@@ -310,7 +306,7 @@ async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec
         let joined = match joined {
             Ok(j) => j,
             Err(e) => match code_of(&e) {
-                Some(codes::MEMBER_ID_REQUIRED) => {
+                Some(ErrorCode::MemberIdRequired) => {
                     if let Error::Broker {
                         message: Some(id), ..
                     } = &e
@@ -319,12 +315,12 @@ async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec
                     }
                     continue;
                 }
-                Some(codes::UNKNOWN_MEMBER_ID) | Some(codes::ILLEGAL_GENERATION) => {
+                Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration) => {
                     me.member_id.clear();
                     me.generation = -1;
                     continue;
                 }
-                Some(codes::REBALANCE_IN_PROGRESS) => continue,
+                Some(ErrorCode::RebalanceInProgress) => continue,
                 _ => return Err(e),
             },
         };
@@ -347,8 +343,8 @@ async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec
         match synced {
             Ok(bytes) => return decode_assignment(bytes),
             Err(e) => match code_of(&e) {
-                Some(codes::REBALANCE_IN_PROGRESS) => continue,
-                Some(codes::UNKNOWN_MEMBER_ID) | Some(codes::ILLEGAL_GENERATION) => {
+                Some(ErrorCode::RebalanceInProgress) => continue,
+                Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration) => {
                     me.member_id.clear();
                     me.generation = -1;
                     continue;
@@ -360,7 +356,7 @@ async fn join_and_sync(inner: &Inner, me: &mut MemberIdentityInfo) -> Result<Vec
 }
 
 /// The leader's job: decode everyone's subscription, look up partition counts, assign.
-async fn leader_assign(inner: &Inner, joined: &Joined) -> Result<Vec<(String, Bytes)>> {
+async fn leader_assign(inner: &GroupMember, joined: &Joined) -> Result<Vec<(String, Bytes)>> {
     let assignor = assignor::by_name(&joined.protocol).ok_or_else(|| {
         Error::Protocol(format!(
             "the group chose assignor {:?}, which purekafka does not have",
@@ -411,7 +407,7 @@ async fn leader_assign(inner: &Inner, joined: &Joined) -> Result<Vec<(String, By
 }
 
 /// Takes on a new assignment: start positions, fetchers, the `on_assigned` callback.
-async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPartition>) {
+async fn assign(inner: &GroupMember, me: &MemberIdentityInfo, assignment: Vec<TopicPartition>) {
     tracing::info!(group = %inner.coordinator.group(), generation = me.generation, partitions = ?assignment, "partitions assigned");
     {
         let mut state = inner.shared.lock();
@@ -461,7 +457,7 @@ async fn assign(inner: &Inner, me: &MemberIdentityInfo, assignment: Vec<TopicPar
 /// Gives up every partition: commits what was processed (unless disabled) and calls
 /// `on_revoked`, or, when they were `lost` (session ran out, member fenced), commits nothing
 /// and calls `on_lost`; drops buffered records.
-async fn revoke(inner: &Inner, lost: bool) {
+async fn revoke(inner: &GroupMember, lost: bool) {
     let (partitions, processed) = {
         let state = inner.shared.lock();
         let processed = state.uncommitted_processed();
@@ -497,7 +493,7 @@ async fn revoke(inner: &Inner, lost: bool) {
 }
 
 /// LeaveGroup (skipped for static members, so that a restart keeps their partitions).
-async fn leave(inner: &Inner, me: &MemberIdentityInfo) {
+async fn leave(inner: &GroupMember, me: &MemberIdentityInfo) {
     if me.member_id.is_empty() || me.instance_id.is_some() {
         return;
     }
@@ -523,7 +519,7 @@ async fn leave(inner: &Inner, me: &MemberIdentityInfo) {
 }
 
 /// Heartbeats until the member has to rejoin, leave or stop.
-async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
+async fn heartbeat(inner: &GroupMember, me: &MemberIdentityInfo) -> Exit {
     let config = inner.client.config().consumer();
     let metadata_every = inner.client.config().metadata_max_age();
     let mut metadata_checked = Instant::now();
@@ -564,7 +560,7 @@ async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
                 last_ok = Instant::now();
             }
             Err(e) => match code_of(&e) {
-                Some(codes::REBALANCE_IN_PROGRESS) => {
+                Some(ErrorCode::RebalanceInProgress) => {
                     tracing::info!(group = %inner.coordinator.group(), "group is rebalancing");
                     return Exit::Rejoin;
                 }
@@ -572,7 +568,7 @@ async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
                     fail_fatally(inner, &e);
                     return Exit::Fatal;
                 }
-                Some(codes::UNKNOWN_MEMBER_ID | codes::ILLEGAL_GENERATION) => {
+                Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration) => {
                     tracing::warn!(group = %inner.coordinator.group(), error = %e, "member fenced; rejoining as a new member");
                     return Exit::Reset;
                 }
@@ -593,7 +589,7 @@ async fn heartbeat(inner: &Inner, me: &MemberIdentityInfo) -> Exit {
 
 /// Offsets to commit for the partitions still assigned out of `offsets`.
 pub(crate) fn still_assigned(
-    inner: &Inner,
+    inner: &GroupMember,
     offsets: HashMap<TopicPartition, i64>,
 ) -> HashMap<TopicPartition, i64> {
     let state = inner.shared.lock();

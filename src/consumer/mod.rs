@@ -35,7 +35,9 @@
 //! that returned it is followed by another poll.
 
 pub mod assignor;
-mod decode;
+mod auto_commit;
+mod close;
+pub(crate) mod decode;
 mod fetcher;
 mod group_metadata;
 pub(crate) mod membership;
@@ -51,6 +53,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use assignor::TopicPartition;
+pub use close::shutdown_signal;
 pub use group_metadata::ConsumerGroupMetadata;
 pub(crate) use membership::is_fatal_group_error;
 
@@ -136,8 +139,9 @@ impl Callbacks {
     }
 }
 
-/// What the consumer's tasks share.
-pub(crate) struct Inner {
+/// The group member behind a [`Consumer`]: what its poll, membership, fetch and commit tasks
+/// share.
+pub(crate) struct GroupMember {
     client: Client,
     topics: Vec<String>,
     coordinator: Coordinator,
@@ -160,14 +164,14 @@ pub(crate) struct Inner {
 /// [`close`](Self::close) stops its tasks without committing or leaving (the coordinator then
 /// drops the member after `session.timeout.ms`).
 pub struct Consumer {
-    inner: Arc<Inner>,
+    member: Arc<GroupMember>,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("group", &self.inner.coordinator.group())
-            .field("topics", &self.inner.topics)
+            .field("group", &self.member.coordinator.group())
+            .field("topics", &self.member.topics)
             .finish_non_exhaustive()
     }
 }
@@ -175,7 +179,7 @@ impl std::fmt::Debug for Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         for t in self
-            .inner
+            .member
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -183,7 +187,7 @@ impl Drop for Consumer {
         {
             t.abort();
         }
-        self.inner.fetcher.stop();
+        self.member.fetcher.stop();
     }
 }
 
@@ -217,7 +221,7 @@ impl Client {
                 .manual_processed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let inner = Arc::new(Inner {
+        let member = Arc::new(GroupMember {
             client: self.clone(),
             topics: names,
             coordinator: Coordinator::new(Arc::clone(self.wire()?), &group),
@@ -227,20 +231,20 @@ impl Client {
             tasks: Mutex::new(Vec::new()),
             close_done: tokio::sync::Mutex::new(false),
         });
-        Ok(Consumer { inner })
+        Ok(Consumer { member })
     }
 }
 
 impl Consumer {
     /// The group id.
     pub fn group_id(&self) -> &str {
-        self.inner.coordinator.group()
+        self.member.coordinator.group()
     }
 
     /// This member's group id, generation, member id and instance id now, for
     /// [`Producer::send_offsets_to_transaction`](crate::Producer::send_offsets_to_transaction).
     pub fn group_metadata(&self) -> ConsumerGroupMetadata {
-        let me = self.inner.shared.lock().group.me.clone();
+        let me = self.member.shared.lock().group.me.clone();
         ConsumerGroupMetadata {
             group_id: self.group_id().to_string(),
             generation_id: me.generation,
@@ -251,32 +255,18 @@ impl Consumer {
 
     /// Starts the membership (and auto-commit) tasks once.
     fn ensure_started(&self) {
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.member.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if !tasks.is_empty() {
             return;
         }
-        tasks.push(tokio::spawn(membership::run(Arc::clone(&self.inner))));
-        let config = self.inner.client.config().consumer();
+        tasks.push(tokio::spawn(membership::run(Arc::clone(&self.member))));
+        let config = self.member.client.config().consumer();
         if config.enable_auto_commit {
-            let inner = Arc::clone(&self.inner);
             let every = config.auto_commit_interval;
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let offsets = inner.shared.lock().uncommitted_processed();
-                    if let Err(e) = offsets::commit(
-                        &inner.client,
-                        &inner.coordinator,
-                        &inner.shared,
-                        offsets,
-                        false,
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "auto-commit failed");
-                    }
-                }
-            }));
+            tasks.push(tokio::spawn(auto_commit::run(
+                Arc::clone(&self.member),
+                every,
+            )));
         }
     }
 
@@ -289,17 +279,17 @@ impl Consumer {
     pub async fn poll(&self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
         self.ensure_started();
         let deadline = Instant::now() + timeout;
-        let max_poll = self.inner.client.config().consumer().max_poll_interval;
+        let max_poll = self.member.client.config().consumer().max_poll_interval;
         {
-            let mut state = self.inner.shared.lock();
+            let mut state = self.member.shared.lock();
             if state.last_poll.elapsed() > max_poll {
-                self.inner.shared.membership_wakeup.notify_waiters();
+                self.member.shared.membership_wakeup.notify_waiters();
             }
             state.last_poll = Instant::now();
             // Records handed out by the previous poll count as processed now (unless the
             // runtime says what was processed).
             if !self
-                .inner
+                .member
                 .callbacks
                 .manual_processed
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -312,7 +302,7 @@ impl Consumer {
             }
         }
         loop {
-            let ready = self.inner.shared.data_ready.notified();
+            let ready = self.member.shared.data_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             if let Some(out) = self.take_buffered()? {
@@ -326,7 +316,7 @@ impl Consumer {
 
     /// Takes buffered records of assigned, unpaused partitions, dropping stale chunks.
     fn take_buffered(&self) -> Result<Option<Vec<ConsumedRecord>>> {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         if state.closed {
             return Err(Error::Closed("consumer"));
         }
@@ -388,7 +378,7 @@ impl Consumer {
         state.buffered_bytes -= freed;
         drop(state);
         if freed > 0 {
-            self.inner.shared.fetch_wakeup.notify_waiters();
+            self.member.shared.fetch_wakeup.notify_waiters();
         }
         Ok((!out.is_empty()).then_some(out))
     }
@@ -441,11 +431,11 @@ impl Consumer {
         offsets: HashMap<TopicPartition, i64>,
         rewind: bool,
     ) -> Result<()> {
-        if self.inner.shared.lock().closed {
+        if self.member.shared.lock().closed {
             return Err(Error::Closed("consumer"));
         }
         let before = offsets.len();
-        let offsets = membership::still_assigned(&self.inner, offsets);
+        let offsets = membership::still_assigned(&self.member, offsets);
         if offsets.len() < before {
             tracing::info!(
                 skipped = before - offsets.len(),
@@ -453,9 +443,9 @@ impl Consumer {
             );
         }
         offsets::commit(
-            &self.inner.client,
-            &self.inner.coordinator,
-            &self.inner.shared,
+            &self.member.client,
+            &self.member.coordinator,
+            &self.member.shared,
             offsets,
             rewind,
         )
@@ -465,13 +455,13 @@ impl Consumer {
     /// Commits `records` in the background; a failure is logged (the next commit covers it).
     pub fn commit_async(&self, records: &[ConsumedRecord]) {
         let offsets = next_offsets(records);
-        let inner = Arc::clone(&self.inner);
+        let member = Arc::clone(&self.member);
         tokio::spawn(async move {
-            let offsets = membership::still_assigned(&inner, offsets);
+            let offsets = membership::still_assigned(&member, offsets);
             if let Err(e) = offsets::commit(
-                &inner.client,
-                &inner.coordinator,
-                &inner.shared,
+                &member.client,
+                &member.coordinator,
+                &member.shared,
                 offsets,
                 false,
             )
@@ -485,7 +475,7 @@ impl Consumer {
     /// Moves the position of an assigned partition: the next poll returns records from
     /// `offset`. Buffered records of the partition are dropped.
     pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         let tp = TopicPartition::new(topic, partition);
         let p = state
             .partitions
@@ -495,7 +485,7 @@ impl Consumer {
         p.backoff_until = None;
         state.drop_buffered(&tp);
         drop(state);
-        self.inner.shared.fetch_wakeup.notify_waiters();
+        self.member.shared.fetch_wakeup.notify_waiters();
         Ok(())
     }
 
@@ -503,7 +493,7 @@ impl Consumer {
     /// [`resume`](Self::resume); their positions stay where they are. A rebalance forgets
     /// pauses, as in the Java client.
     pub fn pause(&self, partitions: &[(&str, i32)]) -> Result<()> {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         for &(topic, partition) in partitions {
             let tp = TopicPartition::new(topic, partition);
             let p = state
@@ -521,7 +511,7 @@ impl Consumer {
 
     /// Resumes paused partitions.
     pub fn resume(&self, partitions: &[(&str, i32)]) -> Result<()> {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         for &(topic, partition) in partitions {
             let tp = TopicPartition::new(topic, partition);
             let p = state
@@ -531,13 +521,13 @@ impl Consumer {
             p.paused = false;
         }
         drop(state);
-        self.inner.shared.fetch_wakeup.notify_waiters();
+        self.member.shared.fetch_wakeup.notify_waiters();
         Ok(())
     }
 
     /// The partitions paused now.
     pub fn paused(&self) -> Vec<TopicPartition> {
-        let state = self.inner.shared.lock();
+        let state = self.member.shared.lock();
         let mut out: Vec<TopicPartition> = state
             .partitions
             .iter()
@@ -551,7 +541,7 @@ impl Consumer {
     /// The next offset `poll` returns for an assigned partition (`None`: not assigned, or
     /// its start position is not known yet).
     pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
-        let state = self.inner.shared.lock();
+        let state = self.member.shared.lock();
         state
             .partitions
             .get(&TopicPartition::new(topic, partition))
@@ -560,7 +550,7 @@ impl Consumer {
 
     /// The partitions assigned to this member now, sorted.
     pub fn assignment(&self) -> Vec<TopicPartition> {
-        let state = self.inner.shared.lock();
+        let state = self.member.shared.lock();
         let mut out: Vec<TopicPartition> = state.partitions.keys().cloned().collect();
         out.sort();
         out
@@ -576,9 +566,9 @@ impl Consumer {
             .iter()
             .map(|&(t, p)| TopicPartition::new(t, p))
             .collect();
-        let coordinator = &self.inner.coordinator;
+        let coordinator = &self.member.coordinator;
         let found = self
-            .inner
+            .member
             .client
             .retry(
                 &format!("fetch offsets of group {}", coordinator.group()),
@@ -595,11 +585,11 @@ impl Consumer {
     /// `read_uncommitted`. Partitions without a known position are left out.
     pub async fn lag(&self) -> Result<BTreeMap<TopicPartition, i64>> {
         let tps = self.assignment();
-        let isolation = self.inner.client.config().consumer().isolation_level;
+        let isolation = self.member.client.config().consumer().isolation_level;
         let ends =
-            offsets::list_offsets_isolated(&self.inner.client, &tps, offsets::LATEST, isolation)
+            offsets::list_offsets_isolated(&self.member.client, &tps, offsets::LATEST, isolation)
                 .await?;
-        let state = self.inner.shared.lock();
+        let state = self.member.shared.lock();
         Ok(ends
             .into_iter()
             .filter_map(|(tp, end)| {
@@ -613,7 +603,7 @@ impl Consumer {
     /// (replacing any earlier one).
     pub fn set_rebalance_listener(&self, listener: impl RebalanceListener) {
         *self
-            .inner
+            .member
             .callbacks
             .listener
             .lock()
@@ -622,33 +612,22 @@ impl Consumer {
 
     /// Whether processed offsets are committed when partitions are revoked (default true).
     pub fn commit_on_revoke(&self, enabled: bool) {
-        self.inner
+        self.member
             .callbacks
             .no_commit_on_revoke
             .store(!enabled, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Commits what was processed, leaves the group (static members stay, so a restart keeps
-    /// their partitions) and stops the background tasks. Later polls return
-    /// [`Error::Closed`]. Calling it again does nothing.
-    ///
-    /// When [`close_on_shutdown_signal`](Self::close_on_shutdown_signal) is closing the
-    /// consumer already, waits until that close has committed and left, so a process that
-    /// returns from `main` after `close` does not cut the LeaveGroup off.
-    pub async fn close(&self) -> Result<()> {
-        close_inner(&self.inner).await
-    }
-
     /// The client this consumer was made from.
     pub(crate) fn client(&self) -> &Client {
-        &self.inner.client
+        &self.member.client
     }
 
     /// From now on, only [`mark_processed`](Self::mark_processed) moves what revoke, close
     /// and [`commit_processed`](Self::commit_processed) commit (used by the runtime, whose
     /// handlers finish records long after they were polled).
     pub(crate) fn track_processed_manually(&self) {
-        self.inner
+        self.member
             .callbacks
             .manual_processed
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -675,7 +654,7 @@ impl Consumer {
     /// Records `offsets` (next offset, per partition) as processed; partitions no longer
     /// assigned are ignored. One lock for the whole map.
     pub(crate) fn mark_processed(&self, offsets: impl IntoIterator<Item = (TopicPartition, i64)>) {
-        let mut state = self.inner.shared.lock();
+        let mut state = self.member.shared.lock();
         for (tp, next) in offsets {
             if let Some(p) = state.partitions.get_mut(&tp) {
                 if p.processed.is_none_or(|done| done < next) {
@@ -687,123 +666,15 @@ impl Consumer {
 
     /// Commits what was processed and not yet committed, and waits.
     pub(crate) async fn commit_processed(&self) -> Result<()> {
-        let offsets = self.inner.shared.lock().uncommitted_processed();
+        let offsets = self.member.shared.lock().uncommitted_processed();
         offsets::commit(
-            &self.inner.client,
-            &self.inner.coordinator,
-            &self.inner.shared,
+            &self.member.client,
+            &self.member.coordinator,
+            &self.member.shared,
             offsets,
             false,
         )
         .await
-    }
-
-    /// Closes the consumer (commit, leave) when the process gets SIGTERM or SIGINT (Ctrl-C);
-    /// polls then return [`Error::Closed`], so a poll loop ends cleanly.
-    pub fn close_on_shutdown_signal(&self) -> JoinHandle<()> {
-        let inner = Arc::clone(&self.inner);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!(group = %inner.coordinator.group(), "shutdown signal: closing consumer");
-            if let Err(e) = close_inner(&inner).await {
-                tracing::warn!(error = %e, "commit on shutdown failed");
-            }
-        })
-    }
-}
-
-/// Commits what was processed, lets the membership task revoke and leave (waiting for it up
-/// to twice the request timeout), and stops the other tasks. Runs once; a concurrent second
-/// call waits for the first to finish and returns `Ok`.
-async fn close_inner(inner: &Inner) -> Result<()> {
-    let mut done = inner.close_done.lock().await;
-    if *done {
-        return Ok(());
-    }
-    // With auto-commit, a clean close commits what the last poll returned too (as Java and
-    // librdkafka do), so that a successor is not handed those records again.
-    let auto_commit = inner.client.config().consumer().enable_auto_commit
-        && !inner
-            .callbacks
-            .manual_processed
-            .load(std::sync::atomic::Ordering::Relaxed);
-    let processed = {
-        let mut state = inner.shared.lock();
-        state.closed = true;
-        if auto_commit {
-            for p in state.partitions.values_mut() {
-                if p.position > p.processed {
-                    p.processed = p.position;
-                }
-            }
-        }
-        state.uncommitted_processed()
-    };
-    inner.fetcher.stop();
-    // Close has a deadline even when the coordinator never answers: the commit gets one
-    // request timeout (its retries included), the LeaveGroup two below.
-    let limit = inner.client.config().request_timeout();
-    let commit = tokio::time::timeout(
-        limit,
-        offsets::commit(
-            &inner.client,
-            &inner.coordinator,
-            &inner.shared,
-            processed,
-            false,
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Error::Timeout {
-            operation: "commit on close".into(),
-            after: limit,
-        })
-    });
-    // Clear what revoke would commit again, then let the membership task leave.
-    for p in inner.shared.lock().partitions.values_mut() {
-        p.processed = p.committed;
-    }
-    inner.shared.membership_wakeup.notify_waiters();
-    inner.shared.data_ready.notify_waiters();
-    let tasks = inner
-        .tasks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain(..)
-        .collect::<Vec<_>>();
-    let mut iter = tasks.into_iter();
-    if let Some(membership) = iter.next() {
-        let limit = inner.client.config().request_timeout() * 2;
-        let _ = tokio::time::timeout(limit, membership).await;
-    }
-    for t in iter {
-        t.abort();
-    }
-    *done = true;
-    commit
-}
-
-/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C elsewhere than Unix).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

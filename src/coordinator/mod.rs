@@ -28,26 +28,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::consumer::TopicPartition;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::wire::{BrokerConnection, Cluster};
-
-/// Kafka error codes the group path reacts to.
-pub(crate) mod codes {
-    /// COORDINATOR_NOT_AVAILABLE
-    pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    /// NOT_COORDINATOR
-    pub(crate) const NOT_COORDINATOR: i16 = 16;
-    /// ILLEGAL_GENERATION
-    pub(crate) const ILLEGAL_GENERATION: i16 = 22;
-    /// UNKNOWN_MEMBER_ID
-    pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
-    /// REBALANCE_IN_PROGRESS
-    pub(crate) const REBALANCE_IN_PROGRESS: i16 = 27;
-    /// MEMBER_ID_REQUIRED
-    pub(crate) const MEMBER_ID_REQUIRED: i16 = 79;
-    /// FENCED_INSTANCE_ID
-    pub(crate) const FENCED_INSTANCE_ID: i16 = 82;
-}
 
 // librdkafka's mock cluster advertises JoinGroup v6, SyncGroup v4 and LeaveGroup v3+ but
 // parses their arrays / member lists as the older, non-flexible versions; these caps are the
@@ -95,6 +77,14 @@ impl std::fmt::Debug for Coordinator {
             .field("group", &self.group)
             .finish_non_exhaustive()
     }
+}
+
+/// NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE: the group's coordinator is to be found again.
+fn coordinator_moved(code: i16) -> bool {
+    matches!(
+        ErrorCode::from_code(code),
+        ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable
+    )
 }
 
 fn group_error(code: i16, what: &str, group: &str, message: Option<&StrBytes>) -> Error {
@@ -169,10 +159,7 @@ impl Coordinator {
         if code == 0 {
             return Ok(());
         }
-        if matches!(
-            code,
-            codes::NOT_COORDINATOR | codes::COORDINATOR_NOT_AVAILABLE
-        ) {
+        if coordinator_moved(code) {
             self.forget();
         }
         Err(group_error(code, what, &self.group, None))
@@ -229,9 +216,9 @@ impl Coordinator {
             // rebalance timeout), so wait for that plus a margin, as the Java client does.
             let wait = rebalance_timeout + Duration::from_secs(5);
             let response = conn.send_version_timeout(&request, version, wait).await?;
-            if response.error_code == codes::MEMBER_ID_REQUIRED {
+            if response.error_code == ErrorCode::MemberIdRequired.code() {
                 return Err(Error::Broker {
-                    code: crate::error::ErrorCode::MemberIdRequired,
+                    code: ErrorCode::MemberIdRequired,
                     context: format!("join group {}", self.group),
                     message: Some(response.member_id.to_string()),
                 });
@@ -298,7 +285,7 @@ impl Coordinator {
                 // kafka-protocol refuses to decode. Any broker error here means "rejoin".
                 Err(Error::Protocol(m)) if m.contains("negative") => {
                     return Err(group_error(
-                        codes::REBALANCE_IN_PROGRESS,
+                        ErrorCode::RebalanceInProgress.code(),
                         "sync",
                         &self.group,
                         Some(&StrBytes::from_static_str(
@@ -350,7 +337,7 @@ impl Coordinator {
             self.check(response.error_code, "leave")?;
             for m in &response.members {
                 // A member already gone is what we wanted.
-                if m.error_code != 0 && m.error_code != codes::UNKNOWN_MEMBER_ID {
+                if m.error_code != 0 && m.error_code != ErrorCode::UnknownMemberId.code() {
                     self.check(m.error_code, "leave")?;
                 }
             }
@@ -414,10 +401,7 @@ impl Coordinator {
             for t in &response.topics {
                 for p in &t.partitions {
                     if p.error_code != 0 {
-                        if matches!(
-                            p.error_code,
-                            codes::NOT_COORDINATOR | codes::COORDINATOR_NOT_AVAILABLE
-                        ) {
+                        if coordinator_moved(p.error_code) {
                             self.forget();
                         }
                         return Err(Error::broker(

@@ -139,6 +139,33 @@ impl ReadyBatch {
         self.payload = Payload::Encoded(bytes.clone());
         Ok(bytes)
     }
+
+    /// Resolves the batch as failed for good with `error`; its records are handed back from
+    /// its bytes (a batch never encoded is closed uncompressed for that).
+    pub(crate) fn fail(&mut self, error: Error) {
+        let data = match std::mem::replace(&mut self.payload, Payload::Encoded(Bytes::new())) {
+            Payload::Encoded(b) => b,
+            Payload::Open(builder) => builder.finish(Compression::None, None).unwrap_or_default(),
+        };
+        self.completion.0.fail(error, data.clone());
+        self.payload = Payload::Encoded(data);
+    }
+}
+
+impl Drop for ReadyBatch {
+    /// A batch dropped unresolved (the producer's runtime shut down, say) fails its records
+    /// with [`Error::Closed`] and hands them back.
+    fn drop(&mut self) {
+        if !self.completion.0.is_set() {
+            tracing::warn!(
+                topic = %self.completion.0.topic,
+                partition = self.completion.0.partition,
+                records = self.records,
+                "producer stopped before a batch was acknowledged; its records fail"
+            );
+            self.fail(Error::Closed("producer (stopped before acknowledgement)"));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -187,6 +214,15 @@ pub(crate) struct PartitionQueue {
     next_sequence: i32,
     /// The sequence after the last acknowledged batch: the one the broker expects next.
     acked_sequence: i32,
+}
+
+impl Drop for PartitionQueue {
+    fn drop(&mut self) {
+        // An open batch dropped unresolved fails as a closed one does (with its records).
+        if let Some(open) = self.open.take() {
+            drop(open.close());
+        }
+    }
 }
 
 impl PartitionQueue {
@@ -802,12 +838,10 @@ impl Accumulator {
                     batches.extend(q.open.take().map(OpenBatch::close));
                     batches
                 };
-                for b in batches {
+                for mut b in batches {
                     failed += b.records as u64;
                     released += b.reserved;
-                    b.completion
-                        .0
-                        .complete(Err(super::delivery::duplicate(error)));
+                    b.fail(super::delivery::duplicate(error));
                 }
             }
         }

@@ -6,20 +6,104 @@
 //! `Notify` (two small boxes, only on that slow path: the future itself stays 24 bytes);
 //! futures awaited after the batch completed return at once.
 //!
-//! A batch whose completion is dropped unresolved (the producer's runtime shut down, say)
-//! resolves its records with [`Error::Closed`]: never silence.
+//! A failed batch keeps its encoded bytes: each record's [`SendError`] hands the record back,
+//! decoded from them (once per batch, on the first failed record asked for; key, value and
+//! header values are slices of the batch, not copies). Nothing is kept per record on the way:
+//! success costs nothing extra.
+//!
+//! A batch dropped unresolved (the producer's runtime shut down, say) resolves its records
+//! with [`Error::Closed`] and hands them back: never silence.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::consumer::decode::{decode_batches, Decoded};
 use crate::error::{Error, Result};
+use crate::record::{ConsumedRecord, Record};
+
+/// A record that was not sent, handed back with the reason (rust-rdkafka's
+/// `(KafkaError, OwnedMessage)`), so that the caller can retry it, route it elsewhere or log
+/// it. What [`Producer::send`](super::Producer::send), [`enqueue`](super::Producer::enqueue),
+/// [`try_send`](super::Producer::try_send) and a [`DeliveryFuture`] fail with.
+///
+/// The record is the one that was sent: topic, key, value, headers (with the default headers
+/// the producer added, if any) and timestamp; `partition` is the partition it was given when
+/// it got that far (so a retry goes to the same partition and keeps a key's order; set it to
+/// `None` to let the partitioner choose again) and the timestamp the one it was sent with.
+///
+/// Converts into [`Error`] (dropping the record), so `?` works in functions that return
+/// [`crate::Result`].
+///
+/// ```no_run
+/// # async fn demo(producer: purekafka::Producer) {
+/// use purekafka::{ErrorKind, Record};
+///
+/// if let Err(failed) = producer.send(Record::new("orders", "{\"id\":1}")).await {
+///     eprintln!("not sent: {}", failed.error());
+///     if failed.error().kind() == ErrorKind::QueueFull {
+///         let record = failed.into_record();
+///         // ... keep it and send it again later
+/// #       drop(record);
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SendError(Box<(Error, Record)>);
+
+impl SendError {
+    /// A record handed back with the reason it was not sent.
+    pub fn new(error: Error, record: Record) -> Self {
+        SendError(Box::new((error, record)))
+    }
+
+    /// Why the record was not sent.
+    pub fn error(&self) -> &Error {
+        &self.0 .0
+    }
+
+    /// The record that was not sent.
+    pub fn record(&self) -> &Record {
+        &self.0 .1
+    }
+
+    /// The record, to send again or route elsewhere.
+    pub fn into_record(self) -> Record {
+        self.0 .1
+    }
+
+    /// The reason and the record.
+    pub fn into_parts(self) -> (Error, Record) {
+        *self.0
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.error(), f)
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(self.error())
+    }
+}
+
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Self {
+        e.0 .0
+    }
+}
 
 /// Where a record was written: what a successful send resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivery {
     /// The topic (shared by the records of a batch: no allocation per record).
     pub topic: Arc<str>,
@@ -46,11 +130,23 @@ pub(crate) struct BatchAck {
 /// How a batch ended.
 #[derive(Debug)]
 enum Outcome {
-    /// Acknowledged, or failed for good.
-    Done(Result<BatchAck>),
+    /// Acknowledged.
+    Acknowledged(BatchAck),
+    /// Failed for good.
+    Failed(FailedBatch),
     /// The broker found it too large: its records went on in smaller batches. Each entry is
     /// the offset delta (in this batch) of a part's first record, and that part's completion.
     Split(Vec<(i32, Arc<BatchCompletion>)>),
+}
+
+/// A batch that failed for good: the error, and the batch's bytes to hand its records back.
+#[derive(Debug)]
+struct FailedBatch {
+    error: Error,
+    /// The encoded batch (v2, header included, compressed or not).
+    data: Bytes,
+    /// Its records, decoded on the first request.
+    records: OnceLock<Vec<ConsumedRecord>>,
 }
 
 /// The outcome of one batch, shared by all its records.
@@ -72,9 +168,20 @@ impl BatchCompletion {
         })
     }
 
-    /// Resolves the batch (the first call wins) and wakes every waiting record.
-    pub(crate) fn complete(&self, result: Result<BatchAck>) {
-        self.set(Outcome::Done(result));
+    /// Resolves the batch as acknowledged (the first resolution wins) and wakes every
+    /// waiting record.
+    pub(crate) fn acknowledge(&self, ack: BatchAck) {
+        self.set(Outcome::Acknowledged(ack));
+    }
+
+    /// Resolves the batch as failed for good (the first resolution wins); `data` is the
+    /// encoded batch, from which each record is handed back.
+    pub(crate) fn fail(&self, error: Error, data: Bytes) {
+        self.set(Outcome::Failed(FailedBatch {
+            error,
+            data,
+            records: OnceLock::new(),
+        }));
     }
 
     /// Hands the batch's records over to `parts` (first offset delta, completion), in order.
@@ -95,14 +202,17 @@ impl BatchCompletion {
 
     /// Whether the batch ended as one (acknowledged or failed), not split into parts.
     pub(crate) fn is_whole(&self) -> bool {
-        matches!(self.result.get(), Some(Outcome::Done(_)))
+        matches!(
+            self.result.get(),
+            Some(Outcome::Acknowledged(_) | Outcome::Failed(_))
+        )
     }
 
     /// Whether every record of the batch is resolved (following splits).
     pub(crate) fn is_done(&self) -> bool {
         match self.result.get() {
             None => false,
-            Some(Outcome::Done(_)) => true,
+            Some(Outcome::Acknowledged(_) | Outcome::Failed(_)) => true,
             Some(Outcome::Split(parts)) => parts.iter().all(|(_, c)| c.is_done()),
         }
     }
@@ -111,7 +221,7 @@ impl BatchCompletion {
     fn is_done_for(&self, delta: i32) -> bool {
         match self.result.get() {
             None => false,
-            Some(Outcome::Done(_)) => true,
+            Some(Outcome::Acknowledged(_) | Outcome::Failed(_)) => true,
             Some(Outcome::Split(parts)) => {
                 let (first, part) = part_of(parts, delta);
                 part.is_done_for(delta - first)
@@ -154,14 +264,15 @@ impl BatchCompletion {
     }
 
     /// The outcome of the record at `delta` of a resolved batch (following splits); its
-    /// `timestamp` is the batch's log append time when the topic uses it, else `-1`.
-    pub(crate) fn outcome_of(&self, delta: i32) -> Result<Delivery> {
+    /// `timestamp` is the batch's log append time when the topic uses it, else `-1`; a
+    /// failure hands the record back.
+    pub(crate) fn outcome_of(&self, delta: i32) -> Result<Delivery, SendError> {
         self.delivery(delta, -1)
     }
 
-    fn delivery(&self, delta: i32, timestamp: i64) -> Result<Delivery> {
+    fn delivery(&self, delta: i32, timestamp: i64) -> Result<Delivery, SendError> {
         match self.result.get().expect("resolved") {
-            Outcome::Done(Ok(ack)) => Ok(Delivery {
+            Outcome::Acknowledged(ack) => Ok(Delivery {
                 topic: Arc::clone(&self.topic),
                 partition: self.partition,
                 offset: if ack.base_offset < 0 {
@@ -171,10 +282,68 @@ impl BatchCompletion {
                 },
                 timestamp: ack.log_append_time.unwrap_or(timestamp),
             }),
-            Outcome::Done(Err(e)) => Err(duplicate(e)),
+            Outcome::Failed(failed) => Err(SendError::new(
+                duplicate(&failed.error),
+                self.record_of(failed, delta),
+            )),
             Outcome::Split(parts) => {
                 let (first, part) = part_of(parts, delta);
                 part.delivery(delta - first, timestamp)
+            }
+        }
+    }
+
+    /// The record at `delta` of a failed batch, decoded from its bytes (all records at once,
+    /// on the first call).
+    fn record_of(&self, failed: &FailedBatch, delta: i32) -> Record {
+        let records = failed.records.get_or_init(|| {
+            let mut out = Decoded::default();
+            // Our own encoding, checked by the tests for every codec: a failure here is a bug.
+            if let Err(e) = decode_batches(
+                failed.data.clone(),
+                &self.topic,
+                self.partition,
+                0,
+                false,
+                None, // every record of it: none was written, none is aborted
+                &mut out,
+            ) {
+                tracing::error!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    error = %e,
+                    "a failed batch's records could not be decoded to hand them back"
+                );
+            }
+            out.records
+        });
+        // The producer writes base offset 0: a record's offset is its delta.
+        match records
+            .get(delta as usize)
+            .filter(|r| r.offset == i64::from(delta))
+        {
+            Some(r) => Record {
+                topic: std::borrow::Cow::Owned(self.topic.to_string()),
+                partition: Some(self.partition),
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: r.headers.clone(),
+                timestamp: Some(r.timestamp),
+            },
+            None => {
+                // Every failed batch is resolved with its bytes (see `ReadyBatch::fail` and its
+                // drop); only a batch whose compression failed has none. Topic and partition
+                // are all that is known then.
+                tracing::error!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    delta,
+                    "a failed record could not be recovered from its batch; handing back an empty record"
+                );
+                let mut r = Record::new(self.topic.to_string(), Bytes::new());
+                r.value = None;
+                r.partition = Some(self.partition);
+                r
             }
         }
     }
@@ -190,7 +359,8 @@ fn part_of(parts: &[(i32, Arc<BatchCompletion>)], delta: i32) -> (i32, &Arc<Batc
     (*first, part)
 }
 
-/// The batch's owning handle: resolves the batch with an error if it is dropped unresolved.
+/// The batch's owning handle: resolves the batch with an error if it is dropped unresolved
+/// (the batch that holds it does that first, with its records).
 #[derive(Debug)]
 pub(crate) struct CompletionGuard(pub(crate) Arc<BatchCompletion>);
 
@@ -202,9 +372,12 @@ impl Drop for CompletionGuard {
                 partition = self.0.partition,
                 "producer stopped before a batch was acknowledged; its records fail"
             );
-            self.0.complete(Err(Error::Closed(
-                "producer (stopped before acknowledgement)",
-            )));
+            // Not reached for a batch with records: a `ReadyBatch` resolves its completion
+            // with its bytes when dropped, before this guard goes.
+            self.0.fail(
+                Error::Closed("producer (stopped before acknowledgement)"),
+                Bytes::new(),
+            );
         }
     }
 }
@@ -212,7 +385,8 @@ impl Drop for CompletionGuard {
 /// The pending delivery of one record, from [`Producer::enqueue`](super::Producer::enqueue)
 /// or [`Producer::try_send`](super::Producer::try_send). It resolves once the broker
 /// acknowledged the record's batch (or the batch failed for good), whether or not it is
-/// polled: dropping it does not cancel the send.
+/// polled: dropping it does not cancel the send. A failure hands the record back
+/// ([`SendError`]).
 #[must_use = "a DeliveryFuture tells whether the record was written; await it or drop it knowingly"]
 pub struct DeliveryFuture {
     state: State,
@@ -229,8 +403,8 @@ enum State {
     /// on this slow path).
     Waiting(Box<Waiting>),
     /// Known at once (disabled, errors): boxed, so that the common variant stays small.
-    Ready(Option<Box<Result<Delivery>>>),
-    Deferred(Pin<Box<dyn Future<Output = Result<Delivery>> + Send>>),
+    Ready(Option<Box<Result<Delivery, SendError>>>),
+    Deferred(Pin<Box<dyn Future<Output = Result<Delivery, SendError>> + Send>>),
 }
 
 struct Waiting {
@@ -277,13 +451,15 @@ impl DeliveryFuture {
         }
     }
 
-    pub(crate) fn ready(result: Result<Delivery>) -> Self {
+    pub(crate) fn ready(result: Result<Delivery, SendError>) -> Self {
         DeliveryFuture {
             state: State::Ready(Some(Box::new(result))),
         }
     }
 
-    pub(crate) fn deferred(f: impl Future<Output = Result<Delivery>> + Send + 'static) -> Self {
+    pub(crate) fn deferred(
+        f: impl Future<Output = Result<Delivery, SendError>> + Send + 'static,
+    ) -> Self {
         DeliveryFuture {
             state: State::Deferred(Box::pin(f)),
         }
@@ -315,7 +491,7 @@ impl DeliveryFuture {
 }
 
 impl Future for DeliveryFuture {
-    type Output = Result<Delivery>;
+    type Output = Result<Delivery, SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -344,7 +520,11 @@ impl Future for DeliveryFuture {
             },
             State::Ready(r) => Poll::Ready(match r.take() {
                 Some(result) => *result,
-                None => Err(Error::Closed("delivery future (already awaited)")),
+                // A future is not polled after it completed; should it be, say so.
+                None => Err(SendError::new(
+                    Error::Closed("delivery future (already awaited)"),
+                    Record::new("", Bytes::new()),
+                )),
             }),
             State::Deferred(f) => f.as_mut().poll(cx),
         }
@@ -375,10 +555,10 @@ mod tests {
             out
         });
         tokio::task::yield_now().await;
-        c.complete(Ok(BatchAck {
+        c.acknowledge(BatchAck {
             base_offset: 40,
             log_append_time: None,
-        }));
+        });
         let out = waiter.await.unwrap();
         assert_eq!(
             out.iter().map(|d| d.offset).collect::<Vec<_>>(),
@@ -408,33 +588,137 @@ mod tests {
         let b = BatchCompletion::new(Arc::from("t"), 0);
         c.split(vec![(0, Arc::clone(&a)), (2, Arc::clone(&b))]);
         assert!(!futures[0].is_done());
-        a.complete(Ok(BatchAck {
+        a.acknowledge(BatchAck {
             base_offset: 10,
             log_append_time: None,
-        }));
+        });
         assert!(futures[1].is_done());
         assert!(!futures[2].is_done());
         let waiter = tokio::spawn(async move {
             let mut offsets = Vec::new();
             for f in futures {
-                offsets.push(f.await.map(|d| d.offset).map_err(|e| e.to_string()));
+                let value = |e: SendError| e.record().value.clone().unwrap_or_default();
+                offsets.push(f.await.map(|d| d.offset).map_err(value));
             }
             offsets
         });
         tokio::task::yield_now().await;
-        b.complete(Err(Error::broker(87, "t/0", None)));
+        // The second part holds the records at deltas 2 and 3 (its own 0 and 1).
+        b.fail(Error::broker(87, "t/0", None), encoded(&["v2", "v3"]));
         let offsets = waiter.await.unwrap();
         assert_eq!(offsets[0], Ok(10));
         assert_eq!(offsets[1], Ok(11));
-        assert!(offsets[2].is_err() && offsets[3].is_err());
+        for (i, outcome) in offsets.into_iter().enumerate().skip(2) {
+            let value = outcome.expect_err("failed part");
+            assert_eq!(
+                value,
+                format!("v{i}").as_bytes(),
+                "the part's own record comes back"
+            );
+        }
         c.wait().await;
     }
 
+    /// A batch of records with these values (timestamp 0), as the producer encodes it.
+    fn encoded(values: &[&str]) -> Bytes {
+        use crate::config::Compression;
+        use crate::producer::batch::{record_body_size, BatchBuilder};
+        let mut batch = BatchBuilder::new(256);
+        for v in values {
+            let headers = crate::record::Headers::new();
+            let body = record_body_size(None, Some(v.as_bytes()), &headers);
+            batch.append(body, 0, None, Some(v.as_bytes()), &headers);
+        }
+        batch.finish(Compression::None, None).unwrap()
+    }
+
     #[tokio::test]
-    async fn a_dropped_batch_fails_its_records() {
-        let c = BatchCompletion::new(Arc::from("t"), 0);
-        let f = DeliveryFuture::batch(Arc::clone(&c), 0, 0);
-        drop(CompletionGuard(c));
-        assert!(matches!(f.await, Err(Error::Closed(_))));
+    async fn a_dropped_batch_fails_its_records_and_hands_them_back() {
+        use crate::producer::accumulator::{Payload, ReadyBatch};
+        use crate::producer::batch::{record_body_size, BatchBuilder};
+        let c = BatchCompletion::new(Arc::from("t"), 2);
+        let mut builder = BatchBuilder::new(256);
+        let record = Record::new("t", "kept").with_key("k").with_timestamp(7);
+        let body = record_body_size(
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &record.headers,
+        );
+        let delta = builder.append(
+            body,
+            7,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &record.headers,
+        );
+        let f = DeliveryFuture::batch(Arc::clone(&c), delta, 7);
+        let batch = ReadyBatch::new(
+            Payload::Open(builder),
+            1,
+            0,
+            tokio::time::Instant::now(),
+            CompletionGuard(c),
+        );
+        drop(batch);
+        let (error, back) = f.await.expect_err("dropped").into_parts();
+        assert!(matches!(error, Error::Closed(_)), "{error}");
+        assert_eq!(back, record.with_partition(2));
+    }
+
+    /// Records encoded into a batch as the producer does, the batch failed: each record's
+    /// future hands back exactly the record that was appended, for every codec.
+    #[tokio::test]
+    async fn a_failed_batch_hands_each_record_back() {
+        use crate::config::Compression;
+        use crate::producer::batch::{record_body_size, BatchBuilder};
+
+        let records: Vec<Record> = (0..50)
+            .map(|i| {
+                let mut r = Record::new("orders", format!("value {i} ").repeat(i % 7 + 1))
+                    .with_timestamp(1_700_000_000_000 + i as i64 * 3);
+                if i % 3 != 0 {
+                    r = r.with_key(format!("key-{i}"));
+                }
+                if i % 5 == 0 {
+                    r.value = None;
+                }
+                if i % 2 == 0 {
+                    r = r.with_header("h", format!("{i}")).with_header("h", "again");
+                }
+                r
+            })
+            .collect();
+        #[allow(unused_mut)]
+        let mut codecs = vec![Compression::None, Compression::Gzip, Compression::Snappy];
+        #[cfg(feature = "lz4")]
+        codecs.push(Compression::Lz4);
+        #[cfg(feature = "zstd")]
+        codecs.push(Compression::Zstd);
+        for compression in codecs {
+            let c = BatchCompletion::new(Arc::from("orders"), 4);
+            let mut batch = BatchBuilder::new(4096);
+            let mut futures = Vec::new();
+            for r in &records {
+                let body = record_body_size(r.key.as_deref(), r.value.as_deref(), &r.headers);
+                let ts = r.timestamp.unwrap();
+                let delta =
+                    batch.append(body, ts, r.key.as_deref(), r.value.as_deref(), &r.headers);
+                futures.push(DeliveryFuture::batch(Arc::clone(&c), delta, ts));
+            }
+            let data = batch.finish(compression, None).unwrap();
+            c.fail(Error::broker(10, "orders/4", None), data);
+            for (f, sent) in futures.into_iter().zip(&records) {
+                let back = f.await.expect_err("the batch failed");
+                assert_eq!(
+                    back.error().kafka_code(),
+                    Some(crate::ErrorCode::MessageTooLarge)
+                );
+                let expected = Record {
+                    partition: Some(4),
+                    ..sent.clone()
+                };
+                assert_eq!(back.record(), &expected, "{compression:?}");
+            }
+        }
     }
 }

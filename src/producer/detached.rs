@@ -15,6 +15,7 @@
 //!     if let Err(e) = &report.result {
 //!         f.fetch_add(u64::from(report.records), Ordering::Relaxed);
 //!         eprintln!("{} records to {}/{} failed: {e}", report.records, report.topic, report.partition);
+//!         // report.failed_records: the records themselves, to retry or route elsewhere
 //!     }
 //! });
 //! for i in 0..1_000_000 {
@@ -41,9 +42,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::delivery::BatchCompletion;
-use super::{Delivery, DeliveryFuture, Producer};
+use super::{Delivery, DeliveryFuture, Producer, SendError};
 use crate::client::Client;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::record::Record;
 
 /// The outcome of some records of one batch, given once to the callback of a
@@ -60,6 +61,9 @@ pub struct BatchReport {
     /// The offset of the first of them (`-1` when the broker says none, with `acks=0`), or
     /// why they all failed (the same errors as [`DeliveryFuture`]'s).
     pub result: Result<i64>,
+    /// When `result` is an error: the records themselves, in order, handed back to be
+    /// retried or routed elsewhere (as in [`SendError`]). Empty on success.
+    pub failed_records: Vec<Record>,
 }
 
 /// The callback of a [`DetachedProducer`].
@@ -118,7 +122,7 @@ type Waiting = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 enum Done {
     Batch(usize),
-    Single(Result<Delivery>),
+    Single(Result<Delivery, SendError>),
 }
 
 impl Client {
@@ -144,16 +148,17 @@ impl Client {
 impl DetachedProducer {
     /// Queues a record, waiting only while the buffer is full. Fails at once, as
     /// [`Producer::enqueue`] does, for a record that cannot be queued (too large, unknown
-    /// topic, closed producer); everything after that goes to the callback.
-    pub async fn send(&self, record: Record) -> Result<()> {
+    /// topic, closed producer), handing the record back; everything after that goes to the
+    /// callback.
+    pub async fn send(&self, record: Record) -> Result<(), SendError> {
         let future = self.producer.enqueue(record).await?;
         self.track(future);
         Ok(())
     }
 
     /// Queues a record without waiting: [`Error::QueueFull`](crate::Error::QueueFull) when the
-    /// buffer is full. Otherwise like [`send`](Self::send).
-    pub fn try_send(&self, record: Record) -> Result<()> {
+    /// buffer is full, with the record handed back. Otherwise like [`send`](Self::send).
+    pub fn try_send(&self, record: Record) -> Result<(), SendError> {
         let future = self.producer.try_send(record)?;
         self.track(future);
         Ok(())
@@ -262,20 +267,30 @@ impl Shared {
             .remove(&key);
         let Some(t) = tracked else { return };
         let c = &t.completion;
+        let deltas = t.first_delta..t.first_delta.saturating_add(t.records as i32);
         if c.is_whole() {
-            let result = c.outcome_of(t.first_delta).map(|d| d.offset);
+            let (result, failed_records) = match c.outcome_of(t.first_delta) {
+                Ok(d) => (Ok(d.offset), Vec::new()),
+                Err(first) => {
+                    // A whole batch failed as one: every record comes back.
+                    let records = deltas.filter_map(|delta| c.outcome_of(delta).err());
+                    let records = records.map(SendError::into_record).collect();
+                    (Err(first.into_parts().0), records)
+                }
+            };
             self.deliver(BatchReport {
                 topic: Arc::clone(&c.topic),
                 partition: c.partition,
                 records: t.records,
                 result,
+                failed_records,
             });
             return;
         }
         // Split by the broker (too large): its parts may have ended differently. One report
         // per run of records with the same kind of outcome and consecutive offsets.
         let mut run: Option<(BatchReport, i64)> = None;
-        for delta in t.first_delta..t.first_delta.saturating_add(t.records as i32) {
+        for delta in deltas {
             let outcome = c.outcome_of(delta);
             let joins = match (&run, &outcome) {
                 (Some((r, next)), Ok(d)) => r.result.is_ok() && (*next < 0 || d.offset == *next),
@@ -288,6 +303,9 @@ impl Shared {
                 if *next >= 0 {
                     *next += 1;
                 }
+                if let Err(e) = outcome {
+                    r.failed_records.push(e.into_record());
+                }
                 continue;
             }
             if let Some((r, _)) = run.take() {
@@ -297,32 +315,22 @@ impl Shared {
                 Ok(d) if d.offset >= 0 => d.offset + 1,
                 _ => -1,
             };
-            run = Some((
-                BatchReport {
-                    topic: Arc::clone(&c.topic),
-                    partition: c.partition,
-                    records: 1,
-                    result: outcome.map(|d| d.offset),
-                },
-                next,
-            ));
+            run = Some((report(Arc::clone(&c.topic), c.partition, outcome), next));
         }
         if let Some((r, _)) = run {
             self.deliver(r);
         }
     }
 
-    fn report_single(&self, result: Result<Delivery>) {
+    fn report_single(&self, result: Result<Delivery, SendError>) {
         let (topic, partition) = match &result {
             Ok(d) => (Arc::clone(&d.topic), d.partition),
-            Err(_) => (Arc::from(""), -1),
+            Err(e) => (
+                Arc::from(&*e.record().topic),
+                e.record().partition.unwrap_or(-1),
+            ),
         };
-        self.deliver(BatchReport {
-            topic,
-            partition,
-            records: 1,
-            result: result.map(|d| d.offset),
-        });
+        self.deliver(report(topic, partition, result));
     }
 
     /// A job the reporter can no longer take (the runtime is shutting down).
@@ -335,11 +343,13 @@ impl Shared {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
                 if let Some(t) = tracked {
+                    // The batch is not resolved yet, so its records are not at hand.
                     self.deliver(BatchReport {
                         topic: Arc::clone(&t.completion.topic),
                         partition: t.completion.partition,
                         records: t.records,
-                        result: Err(crate::Error::Closed("detached producer (reporter stopped)")),
+                        result: Err(Error::Closed("detached producer (reporter stopped)")),
+                        failed_records: Vec::new(),
                     });
                 }
             }
@@ -347,7 +357,8 @@ impl Shared {
                 topic: Arc::from(""),
                 partition: -1,
                 records: 1,
-                result: Err(crate::Error::Closed("detached producer (reporter stopped)")),
+                result: Err(Error::Closed("detached producer (reporter stopped)")),
+                failed_records: Vec::new(),
             }),
         }
     }
@@ -357,5 +368,23 @@ impl Shared {
         (self.callback)(report);
         self.unreported.fetch_sub(n, Ordering::AcqRel);
         self.reported.notify_waiters();
+    }
+}
+
+/// A report of one record's outcome (a failure hands the record back).
+fn report(topic: Arc<str>, partition: i32, outcome: Result<Delivery, SendError>) -> BatchReport {
+    let (result, failed_records) = match outcome {
+        Ok(d) => (Ok(d.offset), Vec::new()),
+        Err(e) => {
+            let (error, record) = e.into_parts();
+            (Err(error), vec![record])
+        }
+    };
+    BatchReport {
+        topic,
+        partition,
+        records: 1,
+        result,
+        failed_records,
     }
 }

@@ -52,7 +52,7 @@ use crate::record::Record;
 use crate::wire::Cluster;
 use accumulator::{now_millis, Accumulator, Prepared, Settings};
 use batch::{record_body_size, record_size_upper_bound, BATCH_HEADER_SIZE};
-pub use delivery::{Delivery, DeliveryFuture};
+pub use delivery::{Delivery, DeliveryFuture, SendError};
 pub use detached::{BatchReport, DetachedProducer};
 pub use partitioner::{murmur2, partition_for_key, to_positive, DefaultPartitioner, Partitioner};
 
@@ -126,9 +126,42 @@ struct WaitingRecord {
     record: Record,
     body: usize,
     reserved: usize,
-    reply: tokio::sync::oneshot::Sender<Result<DeliveryFuture>>,
+    /// Taken when the record's append is answered; a record dropped unanswered answers
+    /// [`Error::Closed`] and hands itself back.
+    reply: Option<tokio::sync::oneshot::Sender<Result<DeliveryFuture, SendError>>>,
     /// Keeps the sender running and `flush` waiting until the record is appended.
     _pending: accumulator::DeferredAppend,
+}
+
+impl WaitingRecord {
+    /// Answers the record's sender with its append (or the reason it failed and the record).
+    fn answer(&mut self, appended: Result<DeliveryFuture>) {
+        if let Some(reply) = self.reply.take() {
+            let answer = appended.map_err(|e| SendError::new(e, self.take_record()));
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn take_record(&mut self) -> Record {
+        std::mem::replace(&mut self.record, Record::new("", Bytes::new()))
+    }
+}
+
+impl Drop for WaitingRecord {
+    fn drop(&mut self) {
+        self.answer(Err(Error::Closed("producer (stopped before the append)")));
+    }
+}
+
+/// The value of `$result`, or a return with the error and the record (`$record`) handed
+/// back.
+macro_rules! or_hand_back {
+    ($result:expr, $record:ident) => {
+        match $result {
+            Ok(v) => v,
+            Err(e) => return Err(SendError::new(e, $record)),
+        }
+    };
 }
 
 /// The values of the default headers (`default.headers`).
@@ -251,16 +284,20 @@ impl Producer {
 
     /// Sends one record and waits until the broker acknowledged it (or it failed for good).
     ///
-    /// Waits for buffer space first when the buffer is full. Errors name the topic and
-    /// partition and say why: [`Error::RecordTooLarge`] (before sending, or when the broker
-    /// says MESSAGE_TOO_LARGE), [`Error::UnknownTopic`], [`Error::Broker`] for permanent broker
+    /// Waits for buffer space first when the buffer is full. A failure hands the record back
+    /// ([`SendError`]) with an error that names the topic and partition and says why:
+    /// [`Error::RecordTooLarge`] (before sending, or when the broker says
+    /// MESSAGE_TOO_LARGE), [`Error::UnknownTopic`], [`Error::Broker`] for permanent broker
     /// errors, [`Error::RetriesExhausted`] when retriable errors outlasted
-    /// `delivery.timeout.ms`, [`Error::Disabled`] when Kafka is disabled (not sent).
-    pub async fn send(&self, record: Record) -> Result<Delivery> {
+    /// `delivery.timeout.ms`, [`Error::Closed`] after [`close`](Self::close),
+    /// [`Error::Disabled`] when Kafka is disabled (not sent).
+    pub async fn send(&self, record: Record) -> Result<Delivery, SendError> {
         self.enqueue(record).await?.await
     }
 
-    /// Serializes `value` as JSON and sends it with `key` to `topic`.
+    /// Serializes `value` as JSON and sends it with `key` to `topic`. The record is built
+    /// here, so a failure is an [`Error`] without it; build it with [`Record::json`] and
+    /// [`send`](Self::send) it to get it back on failure.
     pub async fn send_json<T: Serialize + ?Sized>(
         &self,
         topic: impl Into<std::borrow::Cow<'static, str>>,
@@ -268,15 +305,15 @@ impl Producer {
         value: &T,
     ) -> Result<Delivery> {
         let record = Record::json(topic, value)?.with_key(Bytes::copy_from_slice(key.as_ref()));
-        self.send(record).await
+        Ok(self.send(record).await?)
     }
 
     /// Sends many records: enqueues them all, then waits for every delivery. Results are in
-    /// the order of `records`.
+    /// the order of `records`; each failure hands its record back.
     pub async fn send_all(
         &self,
         records: impl IntoIterator<Item = Record>,
-    ) -> Vec<Result<Delivery>> {
+    ) -> Vec<Result<Delivery, SendError>> {
         let mut pending = Vec::new();
         for r in records {
             pending.push(self.enqueue(r).await);
@@ -294,15 +331,24 @@ impl Producer {
     /// Queues a record and returns its [`DeliveryFuture`], waiting only while the buffer is
     /// full. The throughput API: enqueue many, then await the futures.
     ///
-    /// Fails at once (nothing queued) for a record larger than `message.max.bytes`
-    /// ([`Error::RecordTooLarge`]), an unknown topic or partition, or a closed producer.
-    pub async fn enqueue(&self, mut record: Record) -> Result<DeliveryFuture> {
-        let Some(core) = self.core_for(&record)? else {
-            return Ok(DeliveryFuture::ready(Err(Error::Disabled)));
+    /// Fails at once (nothing queued, the record handed back) for a record larger than
+    /// `message.max.bytes` ([`Error::RecordTooLarge`]), an unknown topic or partition, or a
+    /// closed producer.
+    pub async fn enqueue(&self, mut record: Record) -> Result<DeliveryFuture, SendError> {
+        let core = match self.core_for(&record) {
+            Ok(Some(core)) => core,
+            Ok(None) => {
+                let disabled = SendError::new(Error::Disabled, record);
+                return Ok(DeliveryFuture::ready(Err(disabled)));
+            }
+            Err(e) => return Err(SendError::new(e, record)),
         };
-        let _in_transaction = core.txn.as_ref().map(|t| t.enter_send()).transpose()?;
-        let (body, reserved) = core.prepare(&mut record)?;
-        core.acc.reserve(reserved).await?;
+        let _in_transaction = or_hand_back!(
+            core.txn.as_ref().map(|t| t.enter_send()).transpose(),
+            record
+        );
+        let (body, reserved) = or_hand_back!(core.prepare(&mut record), record);
+        or_hand_back!(core.acc.reserve(reserved).await, record);
         if core.waiting_topics.load(Ordering::Acquire) > 0 {
             // Records of `try_send` wait for some topic's metadata: behind them if it is
             // this topic.
@@ -315,26 +361,35 @@ impl Producer {
             body,
             reserved,
         ) {
-            return appended;
+            return appended.map_err(|e| SendError::new(e, record));
         }
         // First record for this topic: learn its partitions, then append.
         if let Err(e) = core.load_topic(&self.inner.client, &record.topic).await {
             core.acc.release(reserved);
-            return Err(e);
+            return Err(SendError::new(e, record));
         }
-        core.append(&record, body, reserved)
+        let appended = core.append(&record, body, reserved);
+        appended.map_err(|e| SendError::new(e, record))
     }
 
-    /// Queues a record without waiting: [`Error::QueueFull`] when the buffer is full (nothing
-    /// is dropped: the record is handed back to nobody, so keep a clone if you want to retry
-    /// it). Otherwise like [`enqueue`](Self::enqueue).
-    pub fn try_send(&self, mut record: Record) -> Result<DeliveryFuture> {
-        let Some(core) = self.core_for(&record)? else {
-            return Ok(DeliveryFuture::ready(Err(Error::Disabled)));
+    /// Queues a record without waiting: [`Error::QueueFull`] when the buffer is full, with
+    /// the record handed back to send again later. Otherwise like
+    /// [`enqueue`](Self::enqueue).
+    pub fn try_send(&self, mut record: Record) -> Result<DeliveryFuture, SendError> {
+        let core = match self.core_for(&record) {
+            Ok(Some(core)) => core,
+            Ok(None) => {
+                let disabled = SendError::new(Error::Disabled, record);
+                return Ok(DeliveryFuture::ready(Err(disabled)));
+            }
+            Err(e) => return Err(SendError::new(e, record)),
         };
-        let _in_transaction = core.txn.as_ref().map(|t| t.enter_send()).transpose()?;
-        let (body, reserved) = core.prepare(&mut record)?;
-        core.acc.try_reserve(reserved)?;
+        let _in_transaction = or_hand_back!(
+            core.txn.as_ref().map(|t| t.enter_send()).transpose(),
+            record
+        );
+        let (body, reserved) = or_hand_back!(core.prepare(&mut record), record);
+        or_hand_back!(core.acc.try_reserve(reserved), record);
         if core.waiting_topics.load(Ordering::Acquire) == 0 {
             if let Some(appended) = try_append_record(
                 &core.acc,
@@ -343,7 +398,7 @@ impl Producer {
                 body,
                 reserved,
             ) {
-                return appended;
+                return appended.map_err(|e| SendError::new(e, record));
             }
         }
         core.append_or_wait(&self.inner.client, record, body, reserved)
@@ -582,14 +637,18 @@ impl Core {
             record,
             body,
             reserved,
-            reply,
+            reply: Some(reply),
             _pending: accumulator::DeferredAppend::new(Arc::clone(&self.acc)),
         });
         DeliveryFuture::deferred(async move {
             match appended.await {
                 Ok(Ok(delivery)) => delivery.await,
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::Closed("producer (stopped before the append)")),
+                // Not reached: a waiting record answers before it is dropped.
+                Err(_) => Err(SendError::new(
+                    Error::Closed("producer (stopped before the append)"),
+                    Record::new("", Bytes::new()),
+                )),
             }
         })
     }
@@ -603,7 +662,7 @@ impl Core {
         record: Record,
         body: usize,
         reserved: usize,
-    ) -> Result<DeliveryFuture> {
+    ) -> Result<DeliveryFuture, SendError> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(queue) = waiting.get_mut(&*record.topic) {
             return Ok(self.waiting_future(record, body, reserved, queue));
@@ -616,7 +675,7 @@ impl Core {
             body,
             reserved,
         ) {
-            return appended;
+            return appended.map_err(|e| SendError::new(e, record));
         }
         let topic: Arc<str> = Arc::from(&*record.topic);
         let mut queue = Vec::new();
@@ -635,7 +694,7 @@ impl Core {
             let loaded = core.load_topic(&client, &topic).await;
             let mut waiting = core.waiting.lock().unwrap_or_else(|p| p.into_inner());
             let queue = waiting.remove(&topic).unwrap_or_default();
-            for w in queue {
+            for mut w in queue {
                 let result = match &loaded {
                     Ok(()) => core.append(&w.record, w.body, w.reserved),
                     Err(e) => {
@@ -643,7 +702,7 @@ impl Core {
                         Err(delivery::duplicate(e))
                     }
                 };
-                let _ = w.reply.send(result);
+                w.answer(result);
             }
             // Only now may senders take the fast path again: one that saw this topic
             // waiting blocks on the lock above and appends after the waiting records.
@@ -837,10 +896,10 @@ pub mod bench {
                         .encode(self.acc.settings.compression)
                         .expect("encodes");
                     bytes += data.len();
-                    batch.completion.0.complete(Ok(delivery::BatchAck {
+                    batch.completion.0.acknowledge(delivery::BatchAck {
                         base_offset: 0,
                         log_append_time: None,
-                    }));
+                    });
                     self.acc
                         .finished(&topic, partition, &batch.completion.0, None, batch.reserved);
                 }

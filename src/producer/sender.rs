@@ -568,7 +568,7 @@ impl Sender {
         c.bytes_sent
             .fetch_add(b.data.len() as u64, Ordering::Relaxed);
         c.batches_sent.fetch_add(1, Ordering::Relaxed);
-        b.batch.completion.0.complete(Ok(ack));
+        b.batch.completion.0.acknowledge(ack);
         self.acc.finished(
             &b.topic,
             b.partition,
@@ -588,7 +588,7 @@ impl Sender {
         }
     }
 
-    fn give_up(&self, b: InFlight, error: Error) {
+    fn give_up(&self, mut b: InFlight, error: Error) {
         tracing::error!(
             topic = %b.topic.name,
             partition = b.partition,
@@ -605,7 +605,7 @@ impl Sender {
             // transaction doomed already.
             txn.batch_failed(&error);
         }
-        b.batch.completion.0.complete(Err(error));
+        b.batch.fail(error);
         self.acc.finished(
             &b.topic,
             b.partition,

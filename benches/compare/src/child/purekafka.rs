@@ -280,10 +280,9 @@ async fn runtime(spec: &ChildSpec) -> Result<ChildResult, String> {
     let consumer = client
         .consumer(&[spec.topic.as_str()])
         .map_err(|e| format!("purekafka consumer: {e}"))?;
-    let mut runner = consumer.runner().config(RunnerConfig {
-        shutdown_on_signal: false,
-        ..RunnerConfig::default()
-    });
+    let mut runner = consumer
+        .runner()
+        .config(RunnerConfig::default().shutdown_on_signal(false));
     if spec.dedup {
         runner = runner.dedup(
             Deduplicator::new(1_000_000, Duration::from_secs(3600)),
