@@ -46,10 +46,10 @@ pub struct TopicInfo {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    inner: Arc<ClientResources>,
 }
 
-struct Inner {
+struct ClientResources {
     config: Config,
     /// Whether Kafka is enabled by configuration.
     enabled: bool,
@@ -62,7 +62,7 @@ struct Inner {
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-impl Drop for Inner {
+impl Drop for ClientResources {
     fn drop(&mut self) {
         if let Some(probe) = self.probe.get_mut().ok().and_then(Option::take) {
             probe.abort();
@@ -103,7 +103,7 @@ impl Client {
         if enabled {
             bootstrap(&config, &wire).await?;
         }
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(ClientResources {
             health,
             wire,
             enabled,
@@ -549,7 +549,7 @@ fn rskafka_builder(config: &Config) -> ClientBuilder {
 /// Probes the cluster every `every` so that health follows an outage on an idle client: a
 /// small request (Metadata without topics) on every open shared connection, a new connection
 /// to every broker whose last connect failed, and a metadata request when nothing is open.
-async fn probe_loop(inner: Weak<Inner>, every: Duration) {
+async fn probe_loop(inner: Weak<ClientResources>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
@@ -557,7 +557,7 @@ async fn probe_loop(inner: Weak<Inner>, every: Duration) {
     }
 }
 
-async fn probe_once(inner: &Inner) {
+async fn probe_once(inner: &ClientResources) {
     let cluster = &inner.wire;
     let health = cluster.health();
     let timeout = inner.config.request_timeout;

@@ -46,7 +46,7 @@ use moka::policy::EvictionPolicy;
 
 use crate::record::ConsumedRecord;
 
-/// `Slot::state` of a key whose handler succeeded (claims hold their token, never 0).
+/// `ClaimedKey::state` of a key whose handler succeeded (claims hold their token, never 0).
 const DONE: u64 = 0;
 
 /// Generations alive at once: the current one (up to `capacity` keys) and the one before.
@@ -101,11 +101,11 @@ impl KeyBytes {
 }
 
 /// One key in a stripe's table.
-struct Slot {
+struct ClaimedKey {
     hash: u64,
     /// The claim's token while its handler runs, [`DONE`] after.
     state: u64,
-    /// When the key was claimed (ns since `Inner::epoch`).
+    /// When the key was claimed (ns since `KeyGenerations::epoch`).
     claimed: u64,
     key: KeyBytes,
 }
@@ -114,11 +114,11 @@ struct Slot {
 #[derive(Default)]
 struct Table {
     generation: u64,
-    slots: HashTable<Slot>,
+    slots: HashTable<ClaimedKey>,
 }
 
 impl Table {
-    fn find_key(&mut self, hash: u64, key: &[u8]) -> Option<&mut Slot> {
+    fn find_key(&mut self, hash: u64, key: &[u8]) -> Option<&mut ClaimedKey> {
         self.slots
             .find_mut(hash, |s| s.hash == hash && s.key.as_slice() == key)
     }
@@ -139,7 +139,7 @@ struct Stripe {
     previous: Table,
     /// The next claim's token (unique within the stripe, never [`DONE`]).
     next_token: u64,
-    /// Claims not yet added to `Inner::claims` (added in batches: one shared counter
+    /// Claims not yet added to `KeyGenerations::claims` (added in batches: one shared counter
     /// updated per claim would bounce its cache line between threads).
     unreported: u64,
 }
@@ -186,7 +186,7 @@ impl Padded {
     }
 }
 
-struct Inner {
+struct KeyGenerations {
     stripes: Box<[Arc<Padded>]>,
     /// The live generations (the value is unused): moka evicts the oldest beyond
     /// [`GENERATIONS`] and expires each `ttl + span` after it started; its listener raises
@@ -221,7 +221,7 @@ struct Inner {
 /// copied, so that the cache never keeps a fetched record batch alive.
 #[derive(Clone)]
 pub struct Deduplicator {
-    inner: Arc<Inner>,
+    inner: Arc<KeyGenerations>,
 }
 
 impl std::fmt::Debug for Deduplicator {
@@ -262,7 +262,7 @@ impl Deduplicator {
         generations.insert(0, ());
         let epoch = Instant::now();
         Deduplicator {
-            inner: Arc::new(Inner {
+            inner: Arc::new(KeyGenerations {
                 stripes: (0..STRIPES)
                     .map(|_| {
                         Arc::new(Padded(Mutex::new(Stripe {
@@ -322,7 +322,7 @@ impl Deduplicator {
         let token = stripe.next_token;
         stripe.current.slots.insert_unique(
             hash,
-            Slot {
+            ClaimedKey {
                 hash,
                 state: token,
                 claimed: now,
@@ -400,7 +400,7 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Inner {
+impl KeyGenerations {
     /// The stripe of `hash` (chosen by bits that hashbrown uses for neither the slot index
     /// nor the control byte).
     fn stripe(&self, hash: u64) -> &Arc<Padded> {

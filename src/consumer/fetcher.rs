@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::assignor::TopicPartition;
 use super::decode::{decode_batches, decode_fetch_response, AbortedTransaction, Decoded};
 use super::offsets;
-use super::state::{Chunk, Shared};
+use super::state::{Chunk, ConsumerHub};
 use crate::client::Client;
 use crate::config::IsolationLevel;
 use crate::error::{Error, ErrorCode, Result};
@@ -40,7 +40,7 @@ const IDLE_RECHECK: Duration = Duration::from_millis(200);
 /// The fetch workers of one consumer.
 pub(crate) struct Fetcher {
     client: Client,
-    shared: Arc<Shared>,
+    shared: Arc<ConsumerHub>,
     workers: Mutex<HashMap<i32, JoinHandle<()>>>,
     me: Weak<Fetcher>,
 }
@@ -72,7 +72,7 @@ struct Planned {
 }
 
 impl Fetcher {
-    pub(crate) fn new(client: Client, shared: Arc<Shared>) -> Arc<Fetcher> {
+    pub(crate) fn new(client: Client, shared: Arc<ConsumerHub>) -> Arc<Fetcher> {
         Arc::new_cyclic(|me| Fetcher {
             client,
             shared,

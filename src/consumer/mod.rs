@@ -62,7 +62,7 @@ use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
 use crate::record::ConsumedRecord;
 use fetcher::Fetcher;
-use state::Shared;
+use state::ConsumerHub;
 
 /// Most records one `poll` returns (whole fetched chunks are split at this size).
 const MAX_POLL_RECORDS: usize = 10_000;
@@ -145,7 +145,7 @@ pub(crate) struct GroupMember {
     client: Client,
     topics: Vec<String>,
     coordinator: Coordinator,
-    shared: Arc<Shared>,
+    shared: Arc<ConsumerHub>,
     fetcher: Arc<Fetcher>,
     callbacks: Callbacks,
     /// The membership task (first) and the auto-commit task, once started.
@@ -214,7 +214,7 @@ impl Client {
         let mut names: Vec<String> = topics.iter().map(|t| t.as_ref().to_string()).collect();
         names.sort();
         names.dedup();
-        let shared = Shared::new();
+        let shared = ConsumerHub::new();
         let callbacks = Callbacks::default();
         if !self.config().consumer().enable_auto_offset_store {
             callbacks

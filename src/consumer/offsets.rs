@@ -10,7 +10,7 @@ use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::assignor::TopicPartition;
-use super::state::Shared;
+use super::state::ConsumerHub;
 use crate::client::Client;
 use crate::config::{IsolationLevel, OffsetReset};
 use crate::coordinator::Coordinator;
@@ -153,7 +153,7 @@ pub(crate) async fn list_offsets_isolated(
 /// meanwhile (epoch changed) are left alone.
 pub(crate) async fn reset_positions(
     client: &Client,
-    shared: &Shared,
+    shared: &ConsumerHub,
     partitions: &[(TopicPartition, u64)],
 ) -> Result<()> {
     if partitions.is_empty() {
@@ -204,7 +204,7 @@ pub(crate) async fn reset_positions(
 pub(crate) async fn initial_positions(
     client: &Client,
     coordinator: &Coordinator,
-    shared: &Shared,
+    shared: &ConsumerHub,
     partitions: &[TopicPartition],
 ) -> Result<()> {
     if partitions.is_empty() {
@@ -250,7 +250,7 @@ pub(crate) async fn initial_positions(
 pub(crate) async fn commit(
     client: &Client,
     coordinator: &Coordinator,
-    shared: &Shared,
+    shared: &ConsumerHub,
     offsets: HashMap<TopicPartition, i64>,
     rewind: bool,
 ) -> Result<()> {
@@ -293,7 +293,7 @@ pub(crate) async fn commit(
 
 /// The offsets ahead of what this member committed (all of them with `rewind`).
 fn ahead_of_committed(
-    shared: &Shared,
+    shared: &ConsumerHub,
     offsets: &HashMap<TopicPartition, i64>,
     rewind: bool,
 ) -> HashMap<TopicPartition, i64> {

@@ -83,7 +83,7 @@ pub(crate) struct GroupView {
 
 /// Everything behind the lock.
 #[derive(Debug)]
-pub(crate) struct State {
+pub(crate) struct ConsumerLedger {
     pub(crate) group: GroupView,
     /// Partitions assigned now, with their state.
     pub(crate) partitions: HashMap<TopicPartition, PartitionState>,
@@ -100,7 +100,7 @@ pub(crate) struct State {
     pub(crate) closed: bool,
 }
 
-impl State {
+impl ConsumerLedger {
     /// Drops buffered chunks of `tp`.
     pub(crate) fn drop_buffered(&mut self, tp: &TopicPartition) {
         let mut freed = 0;
@@ -127,10 +127,10 @@ impl State {
     }
 }
 
-/// State plus the wake-ups around it.
+/// ConsumerLedger plus the wake-ups around it.
 #[derive(Debug)]
-pub(crate) struct Shared {
-    state: Mutex<State>,
+pub(crate) struct ConsumerHub {
+    state: Mutex<ConsumerLedger>,
     /// Wakes `poll` when data, an error or an assignment arrives.
     pub(crate) data_ready: Notify,
     /// Wakes fetch workers when there is work: new assignment, seek, resume, buffer space.
@@ -142,10 +142,10 @@ pub(crate) struct Shared {
     pub(crate) commit_serial: tokio::sync::Mutex<()>,
 }
 
-impl Shared {
-    pub(crate) fn new() -> Arc<Shared> {
-        Arc::new(Shared {
-            state: Mutex::new(State {
+impl ConsumerHub {
+    pub(crate) fn new() -> Arc<ConsumerHub> {
+        Arc::new(ConsumerHub {
+            state: Mutex::new(ConsumerLedger {
                 group: GroupView {
                     me: MemberIdentityInfo {
                         generation: -1,
@@ -169,7 +169,7 @@ impl Shared {
         })
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ConsumerLedger> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -28,35 +28,32 @@ use crate::wire::Cluster;
 
 /// Kafka error codes the idempotent producer treats specially.
 pub(crate) mod codes {
-    /// CLUSTER_AUTHORIZATION_FAILED: fatal (no IdempotentWrite permission).
-    pub(crate) const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
-    /// OUT_OF_ORDER_SEQUENCE_NUMBER.
-    pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
-    /// DUPLICATE_SEQUENCE_NUMBER: the broker has the batch already; success.
-    pub(crate) const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
-    /// INVALID_PRODUCER_EPOCH.
-    pub(crate) const INVALID_PRODUCER_EPOCH: i16 = 47;
-    /// TRANSACTIONAL_ID_AUTHORIZATION_FAILED: fatal.
-    pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
-    /// UNKNOWN_PRODUCER_ID.
-    pub(crate) const UNKNOWN_PRODUCER_ID: i16 = 59;
-    /// PRODUCER_FENCED: fatal.
-    pub(crate) const PRODUCER_FENCED: i16 = 90;
+    use crate::error_code::ErrorCode;
 
-    /// Errors after which the producer must not send again.
+    /// Errors after which the producer must not send again: CLUSTER_AUTHORIZATION_FAILED (no
+    /// IdempotentWrite permission), TRANSACTIONAL_ID_AUTHORIZATION_FAILED, PRODUCER_FENCED.
     pub(crate) fn is_fatal(code: i16) -> bool {
         matches!(
-            code,
-            CLUSTER_AUTHORIZATION_FAILED | TRANSACTIONAL_ID_AUTHORIZATION_FAILED | PRODUCER_FENCED
+            ErrorCode::from_code(code),
+            ErrorCode::ClusterAuthorizationFailed
+                | ErrorCode::TransactionalIdAuthorizationFailed
+                | ErrorCode::ProducerFenced
         )
     }
 
     /// Errors that mean the broker's sequence state differs from ours (KIP-360).
     pub(crate) fn is_sequence_error(code: i16) -> bool {
         matches!(
-            code,
-            OUT_OF_ORDER_SEQUENCE_NUMBER | UNKNOWN_PRODUCER_ID | INVALID_PRODUCER_EPOCH
+            ErrorCode::from_code(code),
+            ErrorCode::OutOfOrderSequenceNumber
+                | ErrorCode::UnknownProducerId
+                | ErrorCode::InvalidProducerEpoch
         )
+    }
+
+    /// DUPLICATE_SEQUENCE_NUMBER: the broker has the batch already, which is success.
+    pub(crate) fn is_duplicate(code: i16) -> bool {
+        ErrorCode::from_code(code) == ErrorCode::DuplicateSequenceNumber
     }
 }
 

@@ -327,10 +327,7 @@ impl Sender {
                     ));
                     self.give_up(b, e);
                 }
-                Some(p)
-                    if p.error_code == codes::DUPLICATE_SEQUENCE_NUMBER
-                        && b.batch.sequence.is_some() =>
-                {
+                Some(p) if codes::is_duplicate(p.error_code) && b.batch.sequence.is_some() => {
                     // The broker wrote this batch before (a resend of an unanswered
                     // request); it does not say at which offset.
                     tracing::debug!(

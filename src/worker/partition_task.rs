@@ -91,7 +91,7 @@ pub(super) async fn handle_one<P: Process>(
     if let Some((dedup, key)) = &ctx.dedup {
         if let Some(key) = key.of(record) {
             loop {
-                match dedup.check_and_mark(key.clone()) {
+                match dedup.check_and_mark(&key) {
                     Check::Claimed(c) => {
                         claim = Some(c);
                         break;
