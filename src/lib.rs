@@ -79,6 +79,7 @@ pub mod producer;
 pub mod reconnect;
 pub mod record;
 pub mod tls;
+mod varint;
 pub(crate) mod wire;
 pub mod worker;
 

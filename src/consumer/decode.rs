@@ -43,23 +43,10 @@ fn corrupt(what: &str) -> Error {
 
 /// Reads a zig-zag varint.
 fn varint(buf: &mut Bytes) -> Result<i64> {
-    let mut value: u64 = 0;
-    let mut shift = 0;
-    loop {
-        if !buf.has_remaining() {
-            return Err(corrupt("truncated varint"));
-        }
-        let b = buf.get_u8();
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 63 {
-            return Err(corrupt("varint too long"));
-        }
-    }
-    Ok(((value >> 1) as i64) ^ -((value & 1) as i64))
+    crate::varint::get_varlong(buf).map_err(|e| match e {
+        crate::varint::VarintError::Truncated => corrupt("truncated varint"),
+        crate::varint::VarintError::TooLong => corrupt("varint too long"),
+    })
 }
 
 /// A length-prefixed (varint) byte field; length -1 is null.

@@ -26,34 +26,8 @@ pub(crate) const BATCH_HEADER_SIZE: usize = 61;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
 
-/// Bytes a zigzag varint of `v` takes.
-#[inline]
-pub(crate) fn varint_len(v: i32) -> usize {
-    varlong_len(i64::from(v))
-}
-
-/// Bytes a zigzag varlong of `v` takes.
-#[inline]
-pub(crate) fn varlong_len(v: i64) -> usize {
-    let z = ((v << 1) ^ (v >> 63)) as u64;
-    // 1 byte per started 7 bits; 0 still takes one byte.
-    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-#[inline]
-fn put_varlong(buf: &mut BytesMut, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        buf.put_u8((z as u8) | 0x80);
-        z >>= 7;
-    }
-    buf.put_u8(z as u8);
-}
-
-#[inline]
-fn put_varint(buf: &mut BytesMut, v: i32) {
-    put_varlong(buf, i64::from(v));
-}
+use crate::varint::{put_varint, put_varlong};
+pub(crate) use crate::varint::{varint_len, varlong_len};
 
 #[inline]
 fn bytes_field_len(b: Option<&[u8]>) -> usize {

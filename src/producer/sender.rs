@@ -633,13 +633,7 @@ fn encode_produce(
         return None;
     }
     let flexible = version >= 9;
-    fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
-        while v >= 0x80 {
-            buf.put_u8((v as u8) | 0x80);
-            v >>= 7;
-        }
-        buf.put_u8(v as u8);
-    }
+    use crate::varint::put_uvarint;
     let put_len = |buf: &mut BytesMut, n: usize, wide: bool| {
         if flexible {
             put_uvarint(buf, n as u64 + 1);
