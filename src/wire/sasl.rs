@@ -534,16 +534,39 @@ mod tests {
             s.write_all(&frame).await.unwrap();
         }
 
-        /// A broker on 127.0.0.1 that knows user `alice` with `password`.
+        /// A SCRAM broker on 127.0.0.1 that knows user `alice` with `password`.
         async fn broker(sha512: bool, password: &str) -> String {
+            let ours = if sha512 {
+                "SCRAM-SHA-512"
+            } else {
+                "SCRAM-SHA-256"
+            };
+            broker_for(ours, password).await
+        }
+
+        /// PLAIN (RFC 4616): the one message is `authzid NUL authcid NUL passwd`; Kafka
+        /// answers a wrong one with SASL_AUTHENTICATION_FAILED (58) and no bytes.
+        fn plain_step(auth_bytes: &[u8], password: &str) -> (i16, Vec<u8>) {
+            let parts: Vec<&[u8]> = auth_bytes.split(|b| *b == 0).collect();
+            match parts.as_slice() {
+                [_authzid, user, pw] if *user == b"alice" && *pw == password.as_bytes() => {
+                    (0, Vec::new())
+                }
+                _ => (58, Vec::new()),
+            }
+        }
+
+        /// A broker on 127.0.0.1 offering only the mechanism `ours` (`PLAIN`,
+        /// `SCRAM-SHA-256` or `SCRAM-SHA-512`), that knows user `alice` with `password`.
+        async fn broker_for(ours: &'static str, password: &str) -> String {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             let password = password.to_string();
             tokio::spawn(async move {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut scram = ScramServer {
-                    sha512,
-                    password,
+                    sha512: ours == "SCRAM-SHA-512",
+                    password: password.clone(),
                     client_first_bare: String::new(),
                     server_first: String::new(),
                 };
@@ -567,11 +590,6 @@ mod tests {
                         }
                         ApiKey::SaslHandshake => {
                             let req = SaslHandshakeRequest::decode(&mut body, v).unwrap();
-                            let ours = if sha512 {
-                                "SCRAM-SHA-512"
-                            } else {
-                                "SCRAM-SHA-256"
-                            };
                             let code = if req.mechanism.as_str() == ours {
                                 0
                             } else {
@@ -584,7 +602,11 @@ mod tests {
                         }
                         ApiKey::SaslAuthenticate => {
                             let req = SaslAuthenticateRequest::decode(&mut body, v).unwrap();
-                            let (code, answer) = scram.step(&req.auth_bytes);
+                            let (code, answer) = if ours == "PLAIN" {
+                                plain_step(&req.auth_bytes, &password)
+                            } else {
+                                scram.step(&req.auth_bytes)
+                            };
                             let r = SaslAuthenticateResponse::default()
                                 .with_error_code(code)
                                 .with_error_message((code != 0).then(|| {
@@ -749,6 +771,31 @@ mod tests {
                 }
                 assert!(!text.contains("not-the-password"), "{text}");
             }
+        }
+
+        #[tokio::test]
+        async fn plain_logs_in_with_the_right_password_and_names_a_wrong_one_without_it() {
+            let addr = broker_for("PLAIN", "s3cret").await;
+            let conn =
+                BrokerConnection::connect(&addr, &config(&addr, SaslMechanism::Plain, "s3cret"))
+                    .await
+                    .unwrap();
+            assert!(!conn.is_closed());
+
+            let addr = broker_for("PLAIN", "s3cret").await;
+            let e = BrokerConnection::connect(
+                &addr,
+                &config(&addr, SaslMechanism::Plain, "not-the-password"),
+            )
+            .await
+            .unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, Error::Authentication { .. }), "{text}");
+            assert!(!e.is_retriable(), "{text}");
+            for part in ["PLAIN", "alice", addr.as_str(), "authentication failed"] {
+                assert!(text.contains(part), "{part}: {text}");
+            }
+            assert!(!text.contains("not-the-password"), "{text}");
         }
 
         #[tokio::test]
