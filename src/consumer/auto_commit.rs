@@ -11,15 +11,7 @@ pub(super) async fn run(member: Arc<GroupMember>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let offsets = member.shared.lock().uncommitted_processed();
-        if let Err(e) = offsets::commit(
-            &member.client,
-            &member.coordinator,
-            &member.shared,
-            offsets,
-            false,
-        )
-        .await
-        {
+        if let Err(e) = offsets::commit(&member, offsets, false).await {
             tracing::warn!(error = %e, "auto-commit failed");
         }
     }

@@ -65,23 +65,14 @@ async fn close_member(member: &GroupMember) -> Result<()> {
     // Close has a deadline even when the coordinator never answers: the commit gets one
     // request timeout (its retries included), the LeaveGroup two below.
     let limit = member.client.config().request_timeout();
-    let commit = tokio::time::timeout(
-        limit,
-        offsets::commit(
-            &member.client,
-            &member.coordinator,
-            &member.shared,
-            processed,
-            false,
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Error::Timeout {
-            operation: "commit on close".into(),
-            after: limit,
-        })
-    });
+    let commit = tokio::time::timeout(limit, offsets::commit(member, processed, false))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                operation: "commit on close".into(),
+                after: limit,
+            })
+        });
     // Clear what revoke would commit again, then let the membership task leave.
     for p in member.shared.lock().partitions.values_mut() {
         p.processed = p.committed;

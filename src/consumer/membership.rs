@@ -466,15 +466,7 @@ async fn revoke(inner: &GroupMember, lost: bool) {
         (partitions, processed)
     };
     if !lost && inner.callbacks.commit_on_revoke() && !processed.is_empty() {
-        if let Err(e) = super::offsets::commit(
-            &inner.client,
-            &inner.coordinator,
-            &inner.shared,
-            processed,
-            false,
-        )
-        .await
-        {
+        if let Err(e) = super::offsets::commit(inner, processed, false).await {
             tracing::warn!(group = %inner.coordinator.group(), error = %e, "committing processed offsets on revoke failed; their records will be delivered again");
         }
     }

@@ -442,14 +442,7 @@ impl Consumer {
                 "commit skipped for partitions no longer assigned"
             );
         }
-        offsets::commit(
-            &self.member.client,
-            &self.member.coordinator,
-            &self.member.shared,
-            offsets,
-            rewind,
-        )
-        .await
+        offsets::commit(&self.member, offsets, rewind).await
     }
 
     /// Commits `records` in the background; a failure is logged (the next commit covers it).
@@ -458,15 +451,7 @@ impl Consumer {
         let member = Arc::clone(&self.member);
         tokio::spawn(async move {
             let offsets = membership::still_assigned(&member, offsets);
-            if let Err(e) = offsets::commit(
-                &member.client,
-                &member.coordinator,
-                &member.shared,
-                offsets,
-                false,
-            )
-            .await
-            {
+            if let Err(e) = offsets::commit(&member, offsets, false).await {
                 tracing::warn!(error = %e, "asynchronous commit failed");
             }
         });
@@ -667,14 +652,7 @@ impl Consumer {
     /// Commits what was processed and not yet committed, and waits.
     pub(crate) async fn commit_processed(&self) -> Result<()> {
         let offsets = self.member.shared.lock().uncommitted_processed();
-        offsets::commit(
-            &self.member.client,
-            &self.member.coordinator,
-            &self.member.shared,
-            offsets,
-            false,
-        )
-        .await
+        offsets::commit(&self.member, offsets, false).await
     }
 }
 

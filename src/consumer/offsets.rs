@@ -11,6 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::assignor::TopicPartition;
 use super::state::ConsumerHub;
+use super::GroupMember;
 use crate::client::Client;
 use crate::config::{IsolationLevel, OffsetReset};
 use crate::coordinator::Coordinator;
@@ -248,15 +249,14 @@ pub(crate) async fn initial_positions(
 /// member already committed for the partition is left out — unless `rewind` (an explicit
 /// `commit_offsets`), which sets exactly the given offsets.
 pub(crate) async fn commit(
-    client: &Client,
-    coordinator: &Coordinator,
-    shared: &ConsumerHub,
+    member: &GroupMember,
     offsets: HashMap<TopicPartition, i64>,
     rewind: bool,
 ) -> Result<()> {
     if offsets.is_empty() {
         return Ok(());
     }
+    let (client, coordinator, shared) = (&member.client, &member.coordinator, &*member.shared);
     let me = shared.lock().group.me.clone();
     let offsets = &offsets;
     let me = &me;
