@@ -786,6 +786,33 @@ fn committed(batches: &[RawBatch], values: bool) -> Vec<String> {
     out
 }
 
+/// The values of the committed records of `output`'s two partitions, sorted (read by their
+/// markers), and how many data records were written there in all (aborted ones included).
+async fn committed_outputs(cluster: &TestCluster, output: &str) -> (Vec<String>, usize) {
+    let mut values = Vec::new();
+    let mut written = 0;
+    for p in 0..2 {
+        let batches = raw_batches(cluster, output, p).await;
+        written += batches
+            .iter()
+            .filter(|b| b.control.is_none())
+            .map(|b| b.values.len())
+            .sum::<usize>();
+        values.extend(committed(&batches, true));
+    }
+    values.sort();
+    (values, written)
+}
+
+/// The inputs `p-i` of two partitions with `per_partition` records each, sorted.
+fn every_input(per_partition: usize) -> Vec<String> {
+    let mut inputs: Vec<String> = (0..2)
+        .flat_map(|p| (0..per_partition).map(move |i| format!("{p}-{i}")))
+        .collect();
+    inputs.sort();
+    inputs
+}
+
 fn committed_keys(batches: &[RawBatch]) -> Vec<String> {
     committed(batches, false)
 }
@@ -1024,22 +1051,8 @@ async fn exactly_once_survives_sigkill_and_restart() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 
-    let mut values = Vec::new();
-    let mut written = 0;
-    for p in 0..2 {
-        let batches = raw_batches(&cluster, &output, p).await;
-        written += batches
-            .iter()
-            .filter(|b| b.control.is_none())
-            .map(|b| b.values.len())
-            .sum::<usize>();
-        values.extend(committed(&batches, true));
-    }
-    let mut expected: Vec<String> = (0..2)
-        .flat_map(|p| (0..PER_PARTITION).map(move |i| format!("{p}-{i}")))
-        .collect();
-    values.sort();
-    expected.sort();
+    let (values, written) = committed_outputs(&cluster, &output).await;
+    let expected = every_input(PER_PARTITION);
     assert_eq!(
         values.len(),
         expected.len(),
@@ -1272,22 +1285,8 @@ async fn exactly_once_runners_hand_partitions_over_in_a_rebalance() {
     let ma = run_a.await.unwrap().expect("run A");
     let mb = run_b.await.unwrap().expect("run B");
 
-    let mut values = Vec::new();
-    let mut written = 0;
-    for p in 0..2 {
-        let batches = raw_batches(&cluster, &output, p).await;
-        written += batches
-            .iter()
-            .filter(|b| b.control.is_none())
-            .map(|b| b.values.len())
-            .sum::<usize>();
-        values.extend(committed(&batches, true));
-    }
-    let mut expected: Vec<String> = (0..2)
-        .flat_map(|p| (0..PER_PARTITION).map(move |i| format!("{p}-{i}")))
-        .collect();
-    values.sort();
-    expected.sort();
+    let (values, written) = committed_outputs(&cluster, &output).await;
+    let expected = every_input(PER_PARTITION);
     eprintln!(
         "exactly_once_runners_hand_partitions_over_in_a_rebalance: A processed {}, B {}, {written} outputs written, {} committed",
         ma.processed,
