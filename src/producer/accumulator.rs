@@ -32,6 +32,7 @@ use super::idempotence::{add_sequence, Current, Sequence};
 use crate::config::Compression;
 use crate::error::{Error, Result};
 use crate::record::Record;
+use crate::wire::TopicMetadata;
 
 /// Settings the accumulator needs, copied from the configuration.
 #[derive(Debug, Clone)]
@@ -484,6 +485,35 @@ impl Accumulator {
         };
         topics.insert(name, Arc::new(grown));
         (before > 0).then_some(before)
+    }
+
+    /// Takes a topic's partition count and leaders from its metadata: registers the topic, or
+    /// grows it (see [`learn_partitions`](Self::learn_partitions)), logging a growth. The
+    /// count is that of the partitions listed with ids `0, 1, ...` (the broker lists every
+    /// partition, sorted by `Cluster`), so nothing is sized by an id read off the wire.
+    pub(crate) fn learn_metadata(&self, topic: &str, meta: &TopicMetadata) {
+        let count = meta
+            .partitions
+            .iter()
+            .enumerate()
+            .take_while(|(i, p)| usize::try_from(p.id).is_ok_and(|id| id == *i))
+            .count();
+        if count == 0 {
+            return;
+        }
+        if let Some(before) = self.learn_partitions(topic, count) {
+            tracing::info!(
+                topic,
+                before,
+                now = count,
+                "the topic has more partitions: keyed records go to murmur2(key) % {count} from now on"
+            );
+        }
+        self.with_topic(topic, |t| {
+            for p in &meta.partitions {
+                t.set_has_leader(p.id, p.leader >= 0 && p.error == 0);
+            }
+        });
     }
 
     /// Asks the sender for a metadata refresh of the producer's topics (a topic may have
@@ -1111,6 +1141,32 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].1, 1);
         drop(queued);
+    }
+
+    #[test]
+    fn metadata_counts_listed_partitions_not_ids_read_off_the_wire() {
+        use crate::wire::PartitionMetadata;
+        let part = |id: i32| PartitionMetadata {
+            id,
+            leader: 1,
+            leader_epoch: 0,
+            error: 0,
+        };
+        let meta = |ids: &[i32]| TopicMetadata {
+            error: 0,
+            internal: false,
+            partitions: ids.iter().map(|&id| part(id)).collect(),
+        };
+        let a = acc(1 << 20, 1 << 20);
+        a.learn_metadata("t", &meta(&[0, 1]));
+        assert_eq!(a.topic("t").unwrap().partition_count(), 2);
+        // A hostile id does not size anything: only 0, 1, 2 count.
+        a.learn_metadata("t", &meta(&[0, 1, 2, i32::MAX]));
+        assert_eq!(a.topic("t").unwrap().partition_count(), 3);
+        a.learn_metadata("t", &meta(&[0]));
+        assert_eq!(a.topic("t").unwrap().partition_count(), 3, "never shrinks");
+        a.learn_metadata("u", &meta(&[-1, 5]));
+        assert!(a.topic("u").is_none(), "nothing usable listed");
     }
 
     #[test]

@@ -747,27 +747,8 @@ impl Core {
                 cluster.topic(topic)
             })
             .await?;
-        self.learn_topic(topic, &meta);
+        self.acc.learn_metadata(topic, &meta);
         Ok(())
-    }
-
-    /// Takes a topic's partition count (growing a known topic, never shrinking it) and
-    /// which partitions have a leader.
-    fn learn_topic(&self, topic: &str, meta: &crate::wire::TopicMetadata) {
-        let count = meta.partitions.iter().map(|p| p.id + 1).max().unwrap_or(0);
-        if let Some(before) = self.acc.learn_partitions(topic, count.max(0) as usize) {
-            tracing::info!(
-                topic,
-                before,
-                now = count,
-                "the topic has more partitions: keyed records go to murmur2(key) % {count} from now on"
-            );
-        }
-        self.acc.with_topic(topic, |t| {
-            for p in &meta.partitions {
-                t.set_has_leader(p.id, p.leader >= 0 && p.error == 0);
-            }
-        });
     }
 
     /// A record named a partition beyond its topic's known count (its reservation was
@@ -790,7 +771,7 @@ impl Core {
             .await;
         let metadata = or_hand_back!(refreshed, record);
         if let Some(meta) = metadata.topics.get(topic).filter(|m| m.error == 0) {
-            self.learn_topic(topic, meta);
+            self.acc.learn_metadata(topic, meta);
         }
         or_hand_back!(self.acc.reserve(reserved).await, record);
         self.append(&record, body, reserved)

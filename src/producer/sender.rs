@@ -195,29 +195,9 @@ impl Sender {
     /// shrink a topic; the answering broker's metadata lags).
     fn learn(&self, metadata: &crate::wire::Metadata, topics: &[&str]) {
         for &topic in topics {
-            let Some(meta) = metadata.topics.get(topic) else {
-                continue;
-            };
-            if meta.error != 0 {
-                continue;
+            if let Some(meta) = metadata.topics.get(topic).filter(|m| m.error == 0) {
+                self.acc.learn_metadata(topic, meta);
             }
-            let count = meta.partitions.iter().map(|p| p.id + 1).max().unwrap_or(0);
-            if count <= 0 {
-                continue;
-            }
-            if let Some(before) = self.acc.learn_partitions(topic, count as usize) {
-                tracing::info!(
-                    topic,
-                    before,
-                    now = count,
-                    "the topic has more partitions: keyed records go to murmur2(key) % {count} from now on"
-                );
-            }
-            self.acc.with_topic(topic, |t| {
-                for p in 0..t.partition_count() {
-                    t.set_has_leader(p, metadata.leader(topic, p).is_some());
-                }
-            });
         }
     }
 
