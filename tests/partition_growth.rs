@@ -160,6 +160,41 @@ async fn keyed_records_follow_the_grown_partition_count_once_the_producer_notice
 
     broker.grow_topic(&topic, 5);
 
+    // Meanwhile a stream of keyed records flows (enqueued back to back, awaited later), so
+    // records are queued and in flight when the producer notices.
+    let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let stream = {
+        let (producer, topic, streaming) = (producer.clone(), topic.clone(), streaming.clone());
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            let mut i = 0usize;
+            // Until told to stop (the producer has noticed), then 100 more.
+            let mut after_stop = 0;
+            while after_stop < 100 {
+                if !streaming.load(std::sync::atomic::Ordering::Acquire) {
+                    after_stop += 1;
+                }
+                let key = format!("stream-{}", i % 40);
+                let value = format!("stream/{key}/{i}");
+                let record = Record::new(topic.clone(), value.clone()).with_key(key.clone());
+                pending.push((
+                    key,
+                    value,
+                    producer.enqueue(record).await.expect("enqueued"),
+                ));
+                i += 1;
+                if i.is_multiple_of(20) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let mut out = Vec::new();
+            for (key, value, p) in pending {
+                out.push((key, value, p.await.expect("stream record delivered")));
+            }
+            out
+        })
+    };
+
     // The producer runs on; one probe at a time until one lands where only the new count
     // puts it. Until then each lands where the old count puts it, and never back after.
     let mut probes: Vec<(String, Delivery)> = Vec::new();
@@ -191,6 +226,33 @@ async fn keyed_records_follow_the_grown_partition_count_once_the_producer_notice
         }
     }
 
+    streaming.store(false, std::sync::atomic::Ordering::Release);
+    let streamed = stream.await.unwrap();
+    // Each streamed key went to its old partition, then to its new one, and never back.
+    let mut moved_at: BTreeMap<&str, bool> = BTreeMap::new();
+    for (key, value, d) in &streamed {
+        let (old, new) = (
+            java_partition(key.as_bytes(), 2),
+            java_partition(key.as_bytes(), 5),
+        );
+        let on_new = d.partition == new && new != old;
+        assert!(
+            d.partition == old || d.partition == new,
+            "{value} on {} (old {old}, new {new})",
+            d.partition
+        );
+        let was_moved = moved_at.entry(key.as_str()).or_insert(false);
+        assert!(
+            !*was_moved || d.partition == new,
+            "{value} went back to {old}"
+        );
+        *was_moved |= on_new;
+    }
+    assert!(
+        moved_at.values().any(|m| *m),
+        "some streamed key moved to its new partition"
+    );
+
     // After: every key on murmur2 % 5 (keys whose partition changed move once).
     let after = send_all(&producer, keyed(&topic, &keys, "after")).await;
     let mut moved = 0;
@@ -220,18 +282,23 @@ async fn keyed_records_follow_the_grown_partition_count_once_the_producer_notice
 
     // Read back by an independent client: everything once, where its delivery said, in the
     // order it was sent per partition.
-    let ours: Vec<(String, &Delivery)> = keys
-        .iter()
-        .zip(&before)
-        .map(|(k, d)| (format!("before/{k}"), d))
-        .chain(probes.iter().map(|(k, d)| (format!("probe/{k}"), d)))
-        .chain(
-            keys.iter()
-                .zip(&after)
-                .map(|(k, d)| (format!("after/{k}"), d)),
-        )
-        .collect();
-    let total = ours.len() + peer.len();
+    // Our records by the sequence they were sent in (the probes and the stream overlap).
+    let sequences: Vec<Vec<(String, &Delivery)>> = vec![
+        keys.iter()
+            .zip(&before)
+            .map(|(k, d)| (format!("before/{k}"), d))
+            .collect(),
+        probes
+            .iter()
+            .map(|(k, d)| (format!("probe/{k}"), d))
+            .collect(),
+        streamed.iter().map(|(_, v, d)| (v.clone(), d)).collect(),
+        keys.iter()
+            .zip(&after)
+            .map(|(k, d)| (format!("after/{k}"), d))
+            .collect(),
+    ];
+    let total = sequences.iter().map(Vec::len).sum::<usize>() + peer.len();
     let read = read_back(&broker, &topic, 5, total).await;
     assert_eq!(
         read.len(),
@@ -239,20 +306,22 @@ async fn keyed_records_follow_the_grown_partition_count_once_the_producer_notice
         "records lost or extra:\n{}",
         broker.log()
     );
-    let mut last_offset: BTreeMap<i32, i64> = BTreeMap::new();
     let mut values = HashSet::new();
-    for (value, d) in &ours {
-        assert_eq!(
-            read.get(&(d.partition, d.offset)),
-            Some(value),
-            "{value} at {}/{}",
-            d.partition,
-            d.offset
-        );
-        assert!(values.insert(value.clone()), "{value} sent twice");
-        let last = last_offset.entry(d.partition).or_insert(-1);
-        assert!(*last < d.offset, "{value} out of order in {}", d.partition);
-        *last = d.offset;
+    for sequence in &sequences {
+        let mut last_offset: BTreeMap<i32, i64> = BTreeMap::new();
+        for (value, d) in sequence {
+            assert_eq!(
+                read.get(&(d.partition, d.offset)),
+                Some(value),
+                "{value} at {}/{}",
+                d.partition,
+                d.offset
+            );
+            assert!(values.insert(value.clone()), "{value} sent twice");
+            let last = last_offset.entry(d.partition).or_insert(-1);
+            assert!(*last < d.offset, "{value} out of order in {}", d.partition);
+            *last = d.offset;
+        }
     }
     for line in &peer {
         let at = (
