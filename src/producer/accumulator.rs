@@ -437,7 +437,8 @@ impl Accumulator {
         topics.get(topic).map(|t| f(t))
     }
 
-    /// Registers `topic` with `partitions` partitions (a second registration keeps the first).
+    /// Registers `topic` with `partitions` partitions (a second registration only grows it,
+    /// see [`learn_partitions`](Self::learn_partitions)).
     pub(crate) fn add_topic(&self, topic: &str, partitions: usize) {
         self.learn_partitions(topic, partitions);
     }
