@@ -399,15 +399,11 @@ fn count(batch: Vec<purekafka::ConsumedRecord>, seen: &mut BTreeMap<i32, Vec<Str
     }
 }
 
-/// The leader notices the growth and rejoins (its log says so), but tansu 0.6.0 does not
-/// rebalance: its coordinator answers a known member that rejoins a formed group with
-/// unchanged subscription metadata with the same generation and keeps the old assignment
-/// (tansu-broker/src/coordinator/group/administrator.rs, `Formed::join`), where Apache
-/// Kafka's coordinator rebalances when the leader rejoins. A trial that put the member's
-/// view of the subscribed topics' partition counts into its subscription's user data (so
-/// that the rejoin's metadata differs) made tansu rebalance and this test pass; not kept
-/// here (the consumer is outside this change).
-#[ignore = "tansu 0.6.0 does not rebalance when the group leader rejoins with unchanged metadata"]
+/// The leader notices the growth and rejoins. tansu 0.6.0's coordinator rebalances a formed
+/// group only when a rejoining member's subscription metadata changed
+/// (tansu-broker/src/coordinator/group/administrator.rs, `Formed::join`); Apache Kafka's
+/// rebalances whenever the leader rejoins. The member's subscription carries its view of the
+/// partition counts in its user data, so the rejoin's metadata differs on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_leader_rejoins_and_consumes_partitions_added_to_a_topic() {
     support::init_tracing();
