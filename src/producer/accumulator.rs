@@ -409,9 +409,14 @@ impl Accumulator {
     /// A buffer for a new batch: a recycled one, or a new one of `capacity` bytes.
     fn batch_buffer(&self, capacity: usize) -> BatchBuilder {
         let recycled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match recycled {
+        let builder = match recycled {
             Some(buf) => BatchBuilder::with_buffer(buf),
             None => BatchBuilder::new(capacity),
+        };
+        if crate::codec::codec_id(self.settings.compression) == 0 {
+            builder
+        } else {
+            builder.without_running_crc()
         }
     }
 
