@@ -259,7 +259,8 @@ fn write_producer(buf: &mut [u8], producer: Option<ProducerStamp>, records_crc: 
     buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// CRC32C (Castagnoli, the record batch checksum) of `data`, with `crc-fast`: it folds with
+/// CRC32C (Castagnoli, the record batch checksum) of `data`, for the producer and the
+/// consumer's check, with `crc-fast`: it folds with
 /// carry-less multiplication (PCLMULQDQ / VPCLMULQDQ, or ARM's PMULL) where the CPU has it,
 /// 2–4× faster than the `crc32c` crate's SSE4.2 `crc32` instructions on 1 MiB batches here
 /// (AMD EPYC: 39–51 GB/s against 14–21), whose throughput-bound loop was 11–16 % of the

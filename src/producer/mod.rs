@@ -30,7 +30,7 @@
 //! (`delivery`), which every record's [`DeliveryFuture`] reads.
 
 mod accumulator;
-mod batch;
+pub(crate) mod batch;
 mod delivery;
 mod detached;
 mod idempotence;
