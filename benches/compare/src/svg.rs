@@ -21,6 +21,7 @@ fn color(c: ClientKind) -> &'static str {
         ClientKind::Purekafka => "#59a14f",
         ClientKind::RdkafkaPerformance => "#2b4a6f",
         ClientKind::Krafka => "#b07aa1",
+        ClientKind::ConfluentKafka => "#e15759",
     }
 }
 
