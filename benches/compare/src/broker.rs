@@ -28,8 +28,17 @@ impl BrokerChoice {
     /// Whether `client` can talk to this broker: krafka cannot read the librdkafka mock
     /// cluster's ApiVersions answer to a request above v3 (the mock answers in the flexible
     /// layout where KIP-511 prescribes v0), so it runs on tansu and external clusters only.
+    /// confluent-kafka 1.0 cannot either (the same answer), nor talk to tansu 0.6.0, which
+    /// closes the connection on the ApiVersions v5 request it sends (tansu advertises v0–v4;
+    /// KIP-511 asks for an UNSUPPORTED_VERSION answer in the v0 layout): it runs with
+    /// KAFKA_BROKERS only.
     pub fn runs(&self, client: crate::model::ClientKind) -> bool {
-        !(client == crate::model::ClientKind::Krafka && *self == BrokerChoice::Mock)
+        use crate::model::ClientKind;
+        match client {
+            ClientKind::Krafka => *self != BrokerChoice::Mock,
+            ClientKind::ConfluentKafka => matches!(self, BrokerChoice::External(_)),
+            _ => true,
+        }
     }
 
     pub fn parse(s: &str) -> Result<BrokerChoice, String> {
@@ -143,14 +152,20 @@ impl Broker {
     /// ListOffsets(latest) answers without a partition's last batch (tansu 0.6.0), each
     /// partition is read back from offset 0 instead and its records counted.
     pub async fn high_watermark_sum(&self) -> Result<i64, String> {
+        Ok(self.high_watermarks().await?.iter().sum())
+    }
+
+    /// Each partition's high watermark (on tansu: its records counted, as for
+    /// [`Broker::high_watermark_sum`]).
+    pub async fn high_watermarks(&self) -> Result<Vec<i64>, String> {
         let client = self.cluster.client().await?;
-        let mut sum = 0;
+        let mut marks = Vec::with_capacity(self.partitions.max(0) as usize);
         for p in 0..self.partitions {
             let pc = client
                 .partition_client(self.topic.clone(), p, UnknownTopicHandling::Retry)
                 .await
                 .map_err(|e| format!("partition client {p}: {e}"))?;
-            sum += if matches!(self.cluster.backend(), Backend::Tansu) {
+            marks.push(if matches!(self.cluster.backend(), Backend::Tansu) {
                 let mut next = 0i64;
                 loop {
                     let (records, _) = pc
@@ -166,9 +181,77 @@ impl Broker {
                 pc.get_offset(OffsetAt::Latest)
                     .await
                     .map_err(|e| format!("high watermark of partition {p}: {e}"))?
-            };
+            });
         }
-        Ok(sum)
+        Ok(marks)
+    }
+
+    /// Fails unless `group`'s committed offset on every partition of the topic is that
+    /// partition's high watermark: the check for a consumer that keeps no offsets of its own
+    /// (rdkafka_performance), which commits its final positions when it closes. Read with
+    /// librdkafka's OffsetFetch (`committed_offsets`), the group not joined.
+    pub async fn check_committed_at_end(&self, group: &str) -> Result<(), String> {
+        let marks = self.high_watermarks().await?;
+        let (bootstrap, topic, group) = (self.bootstrap(), self.topic.clone(), group.to_string());
+        let committed = tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", &group)
+                .create()
+                .map_err(|e| format!("offset reader: {e}"))?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in 0..marks.len() as i32 {
+                tpl.add_partition(&topic, p);
+            }
+            let got = consumer
+                .committed_offsets(tpl, Duration::from_secs(30))
+                .map_err(|e| format!("committed offsets of {group}: {e}"))?;
+            Ok::<_, String>((marks, got.to_topic_map()))
+        })
+        .await
+        .map_err(|e| format!("offset reader: {e}"))??;
+        let (marks, got) = committed;
+        for (p, hw) in marks.iter().enumerate() {
+            let at = got.get(&(self.topic.clone(), p as i32));
+            match at {
+                Some(rdkafka::Offset::Offset(o)) if *o == *hw => {}
+                other => {
+                    return Err(format!(
+                        "partition {p}: committed {other:?}, high watermark {hw}"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many Fetch requests read partition `p` from offset 0 to its end, on the mock cluster
+    /// (which answers one batch per partition per Fetch): the number of batches the fill
+    /// wrote there. `None` on other brokers.
+    pub async fn mock_batches_in_partition(&self, p: i32) -> Result<Option<u64>, String> {
+        if !matches!(self.cluster.backend(), Backend::MockCluster) {
+            return Ok(None);
+        }
+        let client = self.cluster.client().await?;
+        let pc = client
+            .partition_client(self.topic.clone(), p, UnknownTopicHandling::Retry)
+            .await
+            .map_err(|e| format!("partition client {p}: {e}"))?;
+        let (mut next, mut fetches) = (0i64, 0u64);
+        loop {
+            let (records, _) = pc
+                .fetch_records(next, 1..8 * 1024 * 1024, 100)
+                .await
+                .map_err(|e| format!("reading back partition {p}: {e}"))?;
+            match records.iter().map(|r| r.offset).max() {
+                Some(last) if last >= next => {
+                    next = last + 1;
+                    fetches += 1;
+                }
+                _ => break Ok(Some(fetches)),
+            }
+        }
     }
 
     /// Best-effort removal of the topic on clusters that outlive the run.

@@ -33,7 +33,7 @@ run options:
                             KAFKA_BROKERS=host:port,... uses that cluster instead
   --clients LIST            comma-separated: rdkafka_performance,rdkafka_performance-copy (-D),
                             librdkafka,librdkafka-future,
-                            krafka (not on the mock cluster),
+                            krafka, confluent-kafka (not on the mock cluster),
                             rskafka,purekafka
   --workloads LIST          comma-separated: produce,produce-latency,consume,first-record,runtime
   --sizes LIST              value sizes of the produce runs (default 100,1024; quick 100)
@@ -44,7 +44,9 @@ run options:
                             the latency row runs with the first value
   --compressions LIST       none,snappy (default; quick none); lz4,zstd,gzip where the
                             clients are built with them
-  --consume-records N       records of the consume topic (default 4000000; quick 50000)
+  --consume-records N       records of the consume topic (default 1000000; quick 50000)
+  --consume-partitions N    partitions of the consume topic (default 48; the mock cluster
+                            keeps 5 MiB of each, so more partitions hold more records)
   --reps N                  repetitions per case and client (default 5; quick 1)
   --records N               records per produce run (default 1000000; quick 50000)
   --rate R                  records/s of the latency run (default 20000)
@@ -101,6 +103,7 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             }
             "--compressions" => o.compressions = list(&value()?, |x| Ok(x.to_string()))?,
             "--consume-records" => o.consume_records = num(flag, &value()?)?,
+            "--consume-partitions" => o.consume_partitions = num(flag, &value()?)?,
             "--out" => o.out_dir = value()?.into(),
             "--child-timeout" => o.child_timeout = Duration::from_secs(num(flag, &value()?)?),
             other => return Err(format!("unknown option {other:?}")),

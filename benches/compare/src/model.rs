@@ -16,9 +16,18 @@ pub const BUFFER_MESSAGES: usize = 10_000_000;
 pub const PREFETCH_KBYTES: usize = 64 * 1024;
 /// Partitions of every produce topic.
 pub const PARTITIONS: i32 = 6;
-/// Partitions of the consume topic: enough that the mock cluster (5 MiB kept per partition)
-/// holds millions of records, so that a consume run lasts long enough to time.
-pub const CONSUME_PARTITIONS: i32 = 128;
+/// Partitions of the consume topic (default of `--consume-partitions`): 48, the shape of the
+/// independent set-up in issue 14 (1,000,000 × 100 B over 48 partitions); the mock cluster keeps
+/// 5 MiB per partition, so 48 partitions hold up to ~1.3M such records.
+pub const CONSUME_PARTITIONS: i32 = 48;
+/// `linger.ms` of the producer that fills the consume topic (not measured): long enough that
+/// its batches fill to `batch.size` (1 MiB). The mock cluster answers a Fetch with one batch
+/// per partition and finds it by walking the partition's batch list from the start
+/// (`rd_kafka_mock_msgset_find`); with the 5 ms fill, batches held ~100 records and that
+/// walk, repeated per Fetch, capped every consumer at the broker (0.4–0.9 µs of broker CPU per
+/// record). With batches of hundreds of KiB a Fetch returns that much per partition, as a
+/// real broker does with `max.partition.fetch.bytes=1048576` whatever the batch size.
+pub const FILL_LINGER_MS: u64 = 1000;
 /// Records every producer sends and sees acknowledged before its clock (or pacer) starts.
 pub const WARMUP_RECORDS: u64 = 1;
 
@@ -45,16 +54,21 @@ pub enum ClientKind {
     /// krafka 0.28 (pure Rust): `Producer::enqueue` + `DeliveryHandle`, producer only, not on
     /// the librdkafka mock cluster (its ApiVersions answer breaks KIP-511).
     Krafka,
+    /// confluent-kafka 1.0 (Confluent's Rust client, translated from the Java client):
+    /// `KafkaProducer::send` with a completion callback per record, producer only, not on the
+    /// librdkafka mock cluster (its ApiVersions answer breaks KIP-511).
+    ConfluentKafka,
 }
 
 impl ClientKind {
-    pub const ALL: [ClientKind; 7] = [
+    pub const ALL: [ClientKind; 8] = [
         ClientKind::RdkafkaPerformance,
         ClientKind::RdkafkaPerformanceCopy,
         ClientKind::Librdkafka,
         ClientKind::LibrdkafkaFuture,
         ClientKind::Rskafka,
         ClientKind::Krafka,
+        ClientKind::ConfluentKafka,
         ClientKind::Purekafka,
     ];
 
@@ -67,6 +81,7 @@ impl ClientKind {
             ClientKind::RdkafkaPerformance => "rdkafka_performance",
             ClientKind::RdkafkaPerformanceCopy => "rdkafka_performance-copy",
             ClientKind::Krafka => "krafka",
+            ClientKind::ConfluentKafka => "confluent-kafka",
         }
     }
 
@@ -91,9 +106,14 @@ impl ClientKind {
                 ClientKind::RdkafkaPerformance | ClientKind::RdkafkaPerformanceCopy,
                 WorkloadKind::Produce,
             ) => !keyed && !idempotence,
+            // `-G group -c N`: a group consumer (it checks less; see
+            // child/rdkafka_performance_consumer.rs).
+            (ClientKind::RdkafkaPerformance, WorkloadKind::Consume) => true,
             (ClientKind::RdkafkaPerformance | ClientKind::RdkafkaPerformanceCopy, _) => false,
             (ClientKind::Krafka, WorkloadKind::Produce) => true,
             (ClientKind::Krafka, _) => false,
+            (ClientKind::ConfluentKafka, WorkloadKind::Produce) => true,
+            (ClientKind::ConfluentKafka, _) => false,
             (ClientKind::Rskafka, WorkloadKind::Produce | WorkloadKind::ProduceLatency) => {
                 matches!(compression, "none" | "snappy") && !idempotence
             }

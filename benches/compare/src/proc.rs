@@ -1,7 +1,7 @@
 //! Running a measured child and reading what it cost: `wait4` gives the child's own CPU time
 //! and peak RSS; `/proc/<pid>/stat` gives a running process's CPU time (the broker's).
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,27 @@ pub fn run_process(
     timeout: Duration,
     parse: impl Fn(&str) -> Result<ChildResult, String>,
 ) -> Result<ChildRun, String> {
+    run_process_timed(program, args, timeout, |stdout, _| parse(stdout))
+}
+
+/// One line the child wrote to its stderr, with when it arrived (seconds after the child was
+/// spawned). stderr is unbuffered in C programs, so this is when the child wrote it.
+#[derive(Debug, Clone)]
+pub struct TimedLine {
+    pub at_s: f64,
+    pub text: String,
+}
+
+/// [`run_process`] for a program whose timing is read off the arrival times of its stderr
+/// lines (rdkafka_performance's consumer: "Waiting for group rebalance" right after its
+/// subscribe, "... assigned" when its partitions are assigned): `parse` gets stdout and every
+/// stderr line with its arrival time.
+pub fn run_process_timed(
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+    parse: impl Fn(&str, &[TimedLine]) -> Result<ChildResult, String>,
+) -> Result<ChildRun, String> {
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -56,9 +77,23 @@ pub fn run_process(
         s
     });
     let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
+        let mut lines = Vec::new();
+        let mut reader = std::io::BufReader::new(&mut stderr);
+        let mut buf = Vec::new();
+        // Byte lines (not `lines()`, which stops at the first line that is not UTF-8 and would
+        // leave the pipe undrained).
+        while let Ok(n) = reader.read_until(b'\n', &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf);
+            lines.push(TimedLine {
+                at_s: start.elapsed().as_secs_f64(),
+                text: text.trim_end_matches(['\n', '\r']).to_string(),
+            });
+            buf.clear();
+        }
+        lines
     });
 
     // Reap with wait4 (not Child::wait) to get the child's rusage.
@@ -89,7 +124,12 @@ pub fn run_process(
     }
     let wall_s = start.elapsed().as_secs_f64();
     let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    let stderr_lines = err.join().unwrap_or_default();
+    let stderr = stderr_lines
+        .iter()
+        .map(|l| l.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     let tail = |s: &str| {
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
@@ -108,7 +148,8 @@ pub fn run_process(
             tail(&stderr)
         ));
     }
-    let result = parse(&stdout).map_err(|e| format!("{e}; stderr:\n{}", tail(&stderr)))?;
+    let result =
+        parse(&stdout, &stderr_lines).map_err(|e| format!("{e}; stderr:\n{}", tail(&stderr)))?;
     let self_reported = result.vm_hwm_kib.unwrap_or(0) * 1024;
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(ChildRun {

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::broker::{Broker, BrokerChoice};
-use crate::child::{byte_sum, key, rdkafka_performance, value};
+use crate::child::{byte_sum, key, rdkafka_performance, rdkafka_performance_consumer, value};
 use crate::model::{
     ChildSpec, ClientKind, WorkloadKind, ACKS, BATCH_BYTES, BUFFER_KBYTES, BUFFER_MESSAGES,
-    CONSUME_PARTITIONS, PARTITIONS, PREFETCH_KBYTES, WARMUP_RECORDS,
+    CONSUME_PARTITIONS, FILL_LINGER_MS, PARTITIONS, PREFETCH_KBYTES, WARMUP_RECORDS,
 };
-use crate::proc::{run_child, run_process, ChildRun};
+use crate::proc::{run_child, run_process, run_process_timed, ChildRun};
 use crate::report::{table, Report};
 use crate::stats::{rows, Sample};
 
@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub idempotence: Vec<bool>,
     /// Records of the consume topic (before the warm-up record).
     pub consume_records: u64,
+    /// Partitions of the consume topic.
+    pub consume_partitions: i32,
     pub consume_value_size: usize,
     pub rate: u64,
     pub latency_secs: f64,
@@ -73,7 +75,9 @@ impl RunOptions {
             // On: every client's idempotent producer (purekafka's default); off: the same rows
             // without it, where raw rskafka (no idempotent producer) runs too.
             idempotence: vec![true, false],
-            consume_records: if quick { 50_000 } else { 3_000_000 },
+            // The independent set-up's shape (issue 14): 1,000,000 × 100 B over 48 partitions.
+            consume_records: if quick { 50_000 } else { 1_000_000 },
+            consume_partitions: CONSUME_PARTITIONS,
             consume_value_size: 100,
             rate: 20_000,
             latency_secs: if quick { 2.0 } else { 10.0 },
@@ -203,6 +207,16 @@ fn expected_checksum(records: u64, value_size: usize) -> u64 {
     })
 }
 
+/// `linger.ms` of the consume topic's fill: [`FILL_LINGER_MS`], or `COMPARE_FILL_LINGER_MS` to
+/// see what smaller batches do to the mock cluster (such runs are not the published shape: say
+/// so when quoting them).
+fn fill_linger_ms() -> u64 {
+    std::env::var("COMPARE_FILL_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(FILL_LINGER_MS)
+}
+
 /// The 1, 5 and 15 minute load averages: other work on the machine shows here.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -259,6 +273,14 @@ impl Runner {
     }
 
     fn child(&self, spec: &ChildSpec) -> Result<ChildRun, String> {
+        if spec.client == ClientKind::RdkafkaPerformance && spec.workload == WorkloadKind::Consume {
+            // Its own clock starts at its first record: its stderr lines are timed to add its
+            // join (subscribe → assignment).
+            let (bin, args) = rdkafka_performance_consumer::command(spec)?;
+            return run_process_timed(&bin, &args, self.opts.child_timeout, |out, err| {
+                rdkafka_performance_consumer::parse(spec, out, err)
+            });
+        }
         if spec.client.is_rdkafka_performance() {
             // The tool itself is the measured process (its rusage is its own).
             let (bin, args) = rdkafka_performance::command(spec)?;
@@ -368,7 +390,15 @@ impl Runner {
                     );
                     return;
                 }
-                if r.checksum != Some(self.consume_checksum) {
+                if client == ClientKind::RdkafkaPerformance {
+                    // It reads no key or value byte and keeps no offsets: the group's final
+                    // commit must be every partition's end instead (see
+                    // child/rdkafka_performance_consumer.rs for what this cannot show).
+                    if let Err(e) = broker.check_committed_at_end(&spec.group).await {
+                        self.reject(case, client, rep, format!("committed offsets: {e}"));
+                        return;
+                    }
+                } else if r.checksum != Some(self.consume_checksum) {
                     self.reject(
                         case,
                         client,
@@ -502,11 +532,8 @@ impl Runner {
         let Some(first) = cases.first() else {
             return Ok(());
         };
-        let records = match self
-            .opts
-            .broker
-            .consume_cap(CONSUME_PARTITIONS, first.value_size)
-        {
+        let partitions = self.opts.consume_partitions;
+        let records = match self.opts.broker.consume_cap(partitions, first.value_size) {
             Some(cap) if cap < self.opts.consume_records => {
                 self.say(&format!(
                     "consume runs read {cap} records, not {}: the mock cluster keeps only the \
@@ -520,8 +547,7 @@ impl Runner {
         // The fill's warm-up record is in the topic too.
         self.consume_records = records + WARMUP_RECORDS;
         self.consume_checksum = expected_checksum(records, first.value_size);
-        let broker =
-            Broker::start(&self.opts.broker, "compare-consume", CONSUME_PARTITIONS).await?;
+        let broker = Broker::start(&self.opts.broker, "compare-consume", partitions).await?;
         self.step(format!(
             "filling {} with {records} records of {} B",
             broker.topic, first.value_size
@@ -537,9 +563,9 @@ impl Runner {
             duration_s: 0.0,
             group: String::new(),
             keyed: true,
-            linger_ms: 5,
+            linger_ms: fill_linger_ms(),
             compression: "none".into(),
-            partitions: CONSUME_PARTITIONS,
+            partitions,
             dedup: true,
             idempotence: false,
         };
@@ -561,6 +587,14 @@ impl Runner {
             ));
         }
         broker.check_nothing_dropped().await?;
+        if let Some(batches) = broker.mock_batches_in_partition(0).await? {
+            self.say(&format!(
+                "the fill wrote {batches} batches to partition 0 ({} records over {partitions} \
+                 partitions, linger.ms={}, batch.size={BATCH_BYTES})",
+                self.consume_records,
+                fill_linger_ms()
+            ));
+        }
         for case in cases {
             for rep in 0..self.opts.reps {
                 for client in self.order(case, rep) {
@@ -678,7 +712,8 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
             "value_sizes": opts.sizes,
             "keyed": opts.keys,
             "partitions": PARTITIONS,
-            "consume_partitions": CONSUME_PARTITIONS,
+            "consume_partitions": opts.consume_partitions,
+            "fill_linger_ms": fill_linger_ms(),
             "records": opts.records,
             "consume_records": runner.consume_records,
             "warmup_records": WARMUP_RECORDS,
@@ -706,10 +741,12 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         "settings: acks=all, batch ≤ 1 MiB, buffer 64 MiB, Nagle off, enable.idempotence \
          the same for every client of a row (true, except in the -idem-off rows); \
          produce {} records on {PARTITIONS} partitions after 1 acknowledged warm-up record; \
-         consume {} records on {CONSUME_PARTITIONS} partitions, timed from subscribe; \
+         consume {} records on {} partitions (filled in large batches), a new group per run, \
+         timed from subscribe (rdkafka_performance: subscribe → assignment + its own first → \
+         last record); \
          {} repetition(s) (median; ± = half the range); ratios to rdkafka_performance where \
          it runs the case, else to librdkafka (rust-rdkafka BaseProducer/BaseConsumer)",
-        opts.records, runner.consume_records, opts.reps
+        opts.records, runner.consume_records, opts.consume_partitions, opts.reps
     );
     print!("{settings_md}");
     println!();
@@ -807,6 +844,14 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                          record)"
                     }
                 ),
+                "consumer: rdkafka_performance -G GROUP -c N with the librdkafka consumer's -X \
+                 settings (below; queued.min.messages=100000 over its own 1000000) and its own \
+                 session.timeout.ms=6000 enable.partition.eof=true; timed subscribe → \
+                 assignment (its stderr lines, timed here) + its own first → last record \
+                 (assignment → first record not counted); checked: N records, N × SIZE value \
+                 bytes, no consume error, committed offsets = high watermarks (it reads no key \
+                 or value byte and keeps no offsets: no per-offset or checksum check)"
+                    .into(),
             ],
             ClientKind::Librdkafka | ClientKind::LibrdkafkaFuture => vec![
                 format!(
@@ -840,6 +885,23 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                 "produce rows only; not on the librdkafka mock cluster (its ApiVersions answer to \
                  a request above v3 breaks KIP-511), so it runs with --broker tansu or \
                  KAFKA_BROKERS"
+                    .into(),
+            ],
+            ClientKind::ConfluentKafka => vec![
+                format!(
+                    "confluent-kafka 1.0.0 producer (Java client's names): acks=all \
+                     linger.ms={linger} batch.size={BATCH_BYTES} buffer.memory={} \
+                     max.request.size={} enable.idempotence={idem} compression.type=CODEC, \
+                     max.in.flight.requests.per.connection=5 (default), TCP_NODELAY always \
+                     (as Java); send(byte slices, callback) per record, futures dropped, clock \
+                     stops when flush() returns",
+                    BUFFER_KBYTES * 1024,
+                    BATCH_BYTES + 64 * 1024
+                ),
+                "produce rows only (its consumer speaks only KIP-848, which neither test broker \
+                 serves it); runs with KAFKA_BROKERS only: the librdkafka mock cluster's \
+                 ApiVersions answer to a request above v3 breaks KIP-511, and tansu 0.6.0 \
+                 closes the connection on its ApiVersions v5 request"
                     .into(),
             ],
             ClientKind::Rskafka => vec![

@@ -22,6 +22,7 @@ fn color(c: ClientKind) -> &'static str {
         ClientKind::RdkafkaPerformance => "#2b4a6f",
         ClientKind::RdkafkaPerformanceCopy => "#6f8fb5",
         ClientKind::Krafka => "#b07aa1",
+        ClientKind::ConfluentKafka => "#e15759",
     }
 }
 

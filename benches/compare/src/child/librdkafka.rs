@@ -80,29 +80,42 @@ fn producer_config(spec: &ChildSpec) -> ClientConfig {
     c
 }
 
-fn consumer_config(spec: &ChildSpec) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &spec.brokers)
-        .set("group.id", &spec.group)
-        .set("auto.offset.reset", "earliest")
+/// The group consumer settings of the librdkafka clients, in librdkafka's names (also given to
+/// rdkafka_performance's consumer with `-X`), without `bootstrap.servers` and `group.id`.
+pub fn consumer_settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("auto.offset.reset", "earliest".into()),
         // librdkafka's defaults, spelled out: purekafka's consumer gets the same.
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "5000")
+        ("enable.auto.commit", "true".into()),
+        ("auto.commit.interval.ms", "5000".into()),
         // In librdkafka's favour: when a partition's local queue is over its thresholds,
         // librdkafka postpones that partition's next fetch by this much (default 1000 ms). On
         // the mock cluster, which answers 1 MiB batches at once, most runs with the default
         // stall for that second (200,000 records take ~1.07 s instead of ~0.1 s).
-        .set("fetch.queue.backoff.ms", "10")
+        ("fetch.queue.backoff.ms", "10".into()),
         // The prefetch bound purekafka gets too (librdkafka's default, spelled out).
-        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
-        .set("max.partition.fetch.bytes", "1048576")
-        .set("fetch.max.bytes", "52428800")
-        .set("fetch.wait.max.ms", "500")
+        ("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string()),
+        // librdkafka's default, spelled out so that rdkafka_performance (which sets 1,000,000
+        // for itself) gets the same.
+        ("queued.min.messages", "100000".into()),
+        ("max.partition.fetch.bytes", "1048576".into()),
+        ("fetch.max.bytes", "52428800".into()),
+        ("fetch.wait.max.ms", "500".into()),
         // purekafka reads uncommitted (it has no transactions); librdkafka's default is
         // read_committed.
-        .set("isolation.level", "read_uncommitted")
-        .set("socket.nagle.disable", "true")
-        .set("enable.partition.eof", "false");
+        ("isolation.level", "read_uncommitted".into()),
+        ("socket.nagle.disable", "true".into()),
+        ("enable.partition.eof", "false".into()),
+    ]
+}
+
+fn consumer_config(spec: &ChildSpec) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &spec.brokers)
+        .set("group.id", &spec.group);
+    for (k, v) in consumer_settings() {
+        c.set(k, v);
+    }
     debug_from_env(&mut c);
     c
 }

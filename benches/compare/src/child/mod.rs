@@ -3,11 +3,13 @@
 //! Each measured client runs in a process of its own so that the orchestrator's
 //! `wait4` rusage (CPU time, peak RSS) belongs to that client alone.
 
+mod confluent_kafka_client;
 mod krafka_client;
 pub mod librdkafka;
 #[cfg(feature = "purekafka")]
 mod purekafka;
 pub mod rdkafka_performance;
+pub mod rdkafka_performance_consumer;
 mod rskafka_raw;
 
 use std::collections::VecDeque;
@@ -26,6 +28,10 @@ pub fn main(spec: ChildSpec) -> Result<(), String> {
         ClientKind::Librdkafka | ClientKind::LibrdkafkaFuture => librdkafka::run(&spec)?,
         ClientKind::Rskafka => rskafka_raw::run(&spec)?,
         ClientKind::Krafka => krafka_client::run(&spec)?,
+        ClientKind::ConfluentKafka => confluent_kafka_client::run(&spec)?,
+        ClientKind::RdkafkaPerformance if spec.workload == WorkloadKind::Consume => {
+            rdkafka_performance_consumer::run(&spec)?
+        }
         ClientKind::RdkafkaPerformance | ClientKind::RdkafkaPerformanceCopy => {
             rdkafka_performance::run(&spec)?
         }
