@@ -31,6 +31,7 @@
 
 mod accumulator;
 mod batch;
+mod deadline;
 mod delivery;
 mod detached;
 mod idempotence;
