@@ -10,7 +10,7 @@
 //!
 //! [`DeadlineTimer`] is one thread per producer that waits on a condition variable for the
 //! earliest deadline the sender armed (a futex wait with the full precision of the monotonic
-//! clock: tens of microseconds late) and then calls the sender's wake-up. It uses no CPU while
+//! clock, not whole milliseconds) and then calls the sender's wake-up. It uses no CPU while
 //! it waits (no spinning), waits without a deadline while nothing lingers, and stops when its
 //! owner drops it.
 
