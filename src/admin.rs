@@ -88,7 +88,7 @@ impl NewTopic {
     }
 }
 
-/// What happened to one topic of a create or delete request.
+/// What happened to one topic of a create, delete or create-partitions request.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TopicOutcome {
@@ -327,6 +327,59 @@ impl Admin {
             .into_iter()
             .map(|o| TopicOutcome {
                 result: outcome(o.code, format!("create topic {}", o.name), o.message),
+                topic: o.name,
+            })
+            .collect())
+    }
+
+    /// Adds partitions to existing topics (CreatePartitions on the controller): each
+    /// `(topic, total)` raises that topic's partition count to `total`. Kafka cannot remove
+    /// partitions: a `total` not above the current count is the broker's INVALID_PARTITIONS
+    /// for that topic. One outcome per topic; does not wait for the partitions to appear in
+    /// metadata.
+    ///
+    /// Keyed records move: from the moment a producer sees the new count, a key goes to
+    /// `murmur2(key) % total` (purekafka's, Java's and librdkafka's producers alike), so
+    /// records of one key written before and after are in two partitions. Running producers
+    /// and group leaders notice within `metadata.max.age.ms`.
+    pub async fn create_partitions(&self, topics: &[(&str, i32)]) -> Result<Vec<TopicOutcome>> {
+        if let Some((t, total)) = topics.iter().find(|(_, total)| *total < 1) {
+            return Err(Error::config(
+                "partitions",
+                total.to_string(),
+                format!("topic {t} needs at least one partition"),
+            ));
+        }
+        let cluster = self.client.wire()?;
+        let timeout_ms =
+            i32::try_from(self.client.config().request_timeout().as_millis()).unwrap_or(i32::MAX);
+        let specs: Vec<(String, i32)> = topics.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+        let what = format!(
+            "create partitions {}",
+            specs
+                .iter()
+                .map(|(t, n)| format!("{t}={n}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let outcomes = self
+            .client
+            .retry(&what, || async {
+                let outcomes = wire::create_partitions(cluster, &specs, timeout_ms).await?;
+                if let Some(o) = outcomes.iter().find(|o| retriable(o.code)) {
+                    return Err(Error::broker(o.code, what.clone(), o.message.clone()));
+                }
+                Ok(outcomes)
+            })
+            .await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| TopicOutcome {
+                result: outcome(
+                    o.code,
+                    format!("create partitions of {}", o.name),
+                    o.message,
+                ),
                 topic: o.name,
             })
             .collect())

@@ -33,7 +33,8 @@
 //! `ttl` after its claim; generations only bound the memory. Every stripe keeps one hash table per live generation
 //! and drops a retired one whole (no per-key removal, so no tombstones and no rehashing). A
 //! new key costs one keyed hash, one stripe lock, a probe of each of the two tables and an
-//! insert, with the key stored inline (no allocation for keys up to 40 bytes).
+//! insert: a 24-byte slot, the key's bytes appended to the table's arena (no allocation per
+//! key; the arena goes whole with its generation).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,16 +48,13 @@ use moka::policy::EvictionPolicy;
 use crate::record::ConsumedRecord;
 
 /// `ClaimedKey::state` of a key whose handler succeeded (claims hold their token, never 0).
-const DONE: u64 = 0;
+const DONE: u32 = 0;
 
 /// Generations alive at once: the current one (up to `capacity` keys) and the one before.
 const GENERATIONS: u64 = 2;
 
 /// Lock stripes: claims of keys in different stripes never wait for each other.
 const STRIPES: usize = 64;
-
-/// Key bytes stored in the table itself up to this length (a UUID in text is 36).
-const INLINE: usize = 40;
 
 /// The answer of [`Deduplicator::check_and_mark`].
 #[derive(Debug)]
@@ -71,64 +69,100 @@ pub enum Check {
     InProgress,
 }
 
-/// A key's bytes, copied out of the record (so that the cache never keeps a fetched record
-/// batch alive): inline up to [`INLINE`] bytes, else in their own allocation.
-enum KeyBytes {
-    Inline { len: u8, buf: [u8; INLINE] },
-    Heap(Box<[u8]>),
-}
-
-impl KeyBytes {
-    fn new(key: &[u8]) -> KeyBytes {
-        if key.len() <= INLINE {
-            let mut buf = [0u8; INLINE];
-            buf[..key.len()].copy_from_slice(key);
-            KeyBytes::Inline {
-                len: key.len() as u8,
-                buf,
-            }
-        } else {
-            KeyBytes::Heap(key.into())
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            KeyBytes::Inline { len, buf } => &buf[..usize::from(*len)],
-            KeyBytes::Heap(b) => b,
-        }
-    }
-}
-
-/// One key in a stripe's table.
+/// One key in a stripe's table: 24 bytes, its bytes in the table's arena. (Stored inline,
+/// a 36-byte UUID made each slot 72 bytes; a table is at most 7/8 and, being a power of two,
+/// often under half full, so slot size counts twice.)
 struct ClaimedKey {
-    hash: u64,
-    /// The claim's token while its handler runs, [`DONE`] after.
-    state: u64,
     /// When the key was claimed (ns since `KeyGenerations::epoch`).
     claimed: u64,
-    key: KeyBytes,
+    /// Where the key's bytes start in the table's arena.
+    key_at: u64,
+    key_len: u32,
+    /// The claim's token while its handler runs, [`DONE`] after.
+    state: u32,
 }
 
-/// The keys one stripe holds of one generation.
+/// The keys one stripe holds of one generation: a hash table of slots and an arena with
+/// their bytes, copied out of the records (so that the cache never keeps a fetched record
+/// batch alive) and dropped whole with the generation.
 #[derive(Default)]
 struct Table {
     generation: u64,
     slots: HashTable<ClaimedKey>,
+    arena: Vec<u8>,
 }
 
 impl Table {
+    fn with_capacity(generation: u64, keys: usize) -> Table {
+        Table {
+            generation,
+            slots: HashTable::with_capacity(keys),
+            arena: Vec::new(),
+        }
+    }
+
+    fn key_of<'a>(arena: &'a [u8], slot: &ClaimedKey) -> &'a [u8] {
+        // In bounds: `insert` pushed these bytes and the arena only grows.
+        let at = slot.key_at as usize;
+        &arena[at..at + slot.key_len as usize]
+    }
+
     fn find_key(&mut self, hash: u64, key: &[u8]) -> Option<&mut ClaimedKey> {
+        let arena = &self.arena;
         self.slots
-            .find_mut(hash, |s| s.hash == hash && s.key.as_slice() == key)
+            .find_mut(hash, |s| Table::key_of(arena, s) == key)
     }
 
     fn remove_key(&mut self, hash: u64, key: &[u8]) {
+        let arena = &self.arena;
         if let Ok(slot) = self
             .slots
-            .find_entry(hash, |s| s.hash == hash && s.key.as_slice() == key)
+            .find_entry(hash, |s| Table::key_of(arena, s) == key)
         {
+            // Its bytes stay in the arena until the generation is dropped.
             slot.remove();
+        }
+    }
+
+    /// Adds `key` (not in the table) claimed at `claimed` with `token`. `hasher` rehashes
+    /// the keys if the table grows.
+    fn insert(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        claimed: u64,
+        token: u32,
+        hasher: &std::hash::RandomState,
+    ) {
+        let key_at = self.arena.len() as u64;
+        self.arena.extend_from_slice(key);
+        let arena = &self.arena;
+        self.slots.insert_unique(
+            hash,
+            ClaimedKey {
+                claimed,
+                key_at,
+                // A key longer than 4 GiB cannot be in a record (`message.max.bytes` is an i32).
+                key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+                state: token,
+            },
+            |s| std::hash::BuildHasher::hash_one(hasher, Table::key_of(arena, s)),
+        );
+    }
+
+    /// The slot of the claim holding `token` (unique among a stripe's claims in progress).
+    fn find_claim(&mut self, hash: u64, token: u32) -> Option<&mut ClaimedKey> {
+        self.slots.find_mut(hash, |s| s.state == token)
+    }
+
+    /// Removes the claim holding `token`; whether it was here.
+    fn remove_claim(&mut self, hash: u64, token: u32) -> bool {
+        match self.slots.find_entry(hash, |s| s.state == token) {
+            Ok(slot) => {
+                slot.remove();
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -137,8 +171,9 @@ impl Table {
 struct Stripe {
     current: Table,
     previous: Table,
-    /// The next claim's token (unique within the stripe, never [`DONE`]).
-    next_token: u64,
+    /// The next claim's token, never [`DONE`]. It wraps after 2³² claims in the stripe, so it
+    /// is unique among the stripe's claims in progress unless one lasts that long.
+    next_token: u32,
     /// Claims not yet added to `KeyGenerations::claims` (added in batches: one shared counter
     /// updated per claim would bounce its cache line between threads).
     unreported: u64,
@@ -151,10 +186,7 @@ impl Stripe {
         if self.current.generation < generation {
             let current = std::mem::replace(
                 &mut self.current,
-                Table {
-                    generation,
-                    slots: HashTable::with_capacity(expected),
-                },
+                Table::with_capacity(generation, expected),
             );
             self.previous = current;
         }
@@ -216,8 +248,9 @@ struct KeyGenerations {
 /// predecessor processed.
 ///
 /// Cost per new key: a keyed hash (SipHash, so that keys chosen by a producer cannot flood one
-/// table slot), a stripe lock, one hash-table probe and insert (no allocation for keys up to
-/// 40 bytes), and an atomic store to complete; about 80 bytes of memory per key. Keys are
+/// table slot), a stripe lock, one hash-table probe and insert (no allocation per key), and a
+/// probe to complete. Memory: a 24-byte slot (tables are powers of two, so 1.1–2.3 slots per
+/// key) plus the key's bytes; 1M keys of 36 bytes held 90 MB. Keys are
 /// copied, so that the cache never keeps a fetched record batch alive.
 #[derive(Clone)]
 pub struct Deduplicator {
@@ -239,8 +272,8 @@ impl Deduplicator {
     /// Keys beyond the capacity are forgotten oldest-claimed first, a generation at a time: a
     /// generation takes up to `capacity` keys or lasts `ttl`, and the current and the previous
     /// one are kept, so at least the `capacity` most recent keys (claimed within `ttl`) are
-    /// remembered and at most `2 × capacity` are held (about 80 bytes each for keys up to 40
-    /// bytes). Size the capacity to the number of distinct keys expected within `ttl` (the
+    /// remembered and at most `2 × capacity` are held (about 90 bytes each for 36-byte
+    /// keys). Size the capacity to the number of distinct keys expected within `ttl` (the
     /// window in which a producer retry or a redelivery can repeat a record).
     pub fn new(capacity: u64, ttl: Duration) -> Self {
         let per_generation = capacity.max(1);
@@ -320,17 +353,8 @@ impl Deduplicator {
             }
         }
         let token = stripe.next_token;
-        stripe.current.slots.insert_unique(
-            hash,
-            ClaimedKey {
-                hash,
-                state: token,
-                claimed: now,
-                key: KeyBytes::new(key),
-            },
-            |s| s.hash,
-        );
-        stripe.next_token += 1;
+        stripe.current.insert(hash, key, now, token, &inner.hasher);
+        stripe.next_token = token.checked_add(1).unwrap_or(DONE + 1);
         stripe.unreported += 1;
         if stripe.unreported >= inner.report_every {
             inner.claims.fetch_add(stripe.unreported, Ordering::Relaxed);
@@ -440,7 +464,7 @@ impl KeyGenerations {
 pub struct Claim {
     stripe: Option<Arc<Padded>>,
     hash: u64,
-    token: u64,
+    token: u32,
 }
 
 impl std::fmt::Debug for Claim {
@@ -462,10 +486,7 @@ impl Claim {
             // The token is unique in the stripe: it finds this claim's slot, unless the key
             // was forgotten meanwhile (`clear`, or its generation retired).
             for table in [&mut stripe.current, &mut stripe.previous] {
-                if let Some(slot) = table
-                    .slots
-                    .find_mut(hash, |s| s.hash == hash && s.state == token)
-                {
+                if let Some(slot) = table.find_claim(hash, token) {
                     slot.state = DONE;
                     break;
                 }
@@ -484,11 +505,7 @@ impl Claim {
             let mut guard = padded.lock();
             let stripe = &mut *guard;
             for table in [&mut stripe.current, &mut stripe.previous] {
-                if let Ok(slot) = table
-                    .slots
-                    .find_entry(hash, |s| s.hash == hash && s.state == token)
-                {
-                    slot.remove();
+                if table.remove_claim(hash, token) {
                     break;
                 }
             }
@@ -581,6 +598,25 @@ mod tests {
         c.complete();
         assert!(matches!(d.check_and_mark("a"), Check::Duplicate));
         assert!(d.is_done(b"a"));
+    }
+
+    #[test]
+    fn keys_of_any_length_are_told_apart_exactly() {
+        let d = Deduplicator::new(1_000, Duration::from_secs(60));
+        let long = vec![7u8; 5_000];
+        let keys: [&[u8]; 6] = [b"", b"a", b"ab", b"abc", &long, &long[..4_999]];
+        for key in keys {
+            let Check::Claimed(claim) = d.check_and_mark(key) else {
+                panic!("{} bytes: a new key must be claimed", key.len());
+            };
+            claim.complete();
+        }
+        for key in keys {
+            assert!(matches!(d.check_and_mark(key), Check::Duplicate));
+            assert!(d.is_done(key));
+        }
+        assert!(!d.is_done(b"abcd"));
+        assert_eq!(d.len(), 6);
     }
 
     #[test]

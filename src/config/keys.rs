@@ -23,7 +23,7 @@
 //! | `reconnect.backoff.jitter` | 0.2 | random spread, fraction of the delay |
 //! | `reconnect.max.elapsed.ms` | 60000 | give up after this long; 0 = never |
 //! | `request.timeout.ms` (`socket.timeout.ms`) | 30000 | time limit of one request |
-//! | `metadata.max.age.ms` (`topic.metadata.refresh.interval.ms`) | 300000 | metadata refresh |
+//! | `metadata.max.age.ms` (`topic.metadata.refresh.interval.ms`) | 300000 | metadata refresh: the producer's topics and the group leader's subscribed topics are looked up again this often, so partitions added to a topic are used (see [`Config::metadata_max_age`](crate::Config::metadata_max_age)) |
 //! | `health.check.interval.ms` | 10000 | background connectivity probe; 0 = off |
 //! | `message.max.bytes` (`max.request.size`) | 1048576 | largest record accepted |
 //! | `receive.message.max.bytes` | 100000000 | largest response frame read from a broker |

@@ -558,7 +558,21 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
     }
-    /// How long cached metadata is trusted (`metadata.max.age.ms`, default 5 min).
+    /// How long cached metadata is trusted (`metadata.max.age.ms`, alias
+    /// `topic.metadata.refresh.interval.ms`, default 5 min).
+    ///
+    /// A running producer looks up the metadata of the topics it sends to this often, and
+    /// a consumer group's leader that of the subscribed topics, so that partitions added to a
+    /// topic are used: keyed records go to `murmur2(key) % new count` (where the Java client
+    /// and librdkafka put them) once the producer has seen the new count, and the group
+    /// rebalances to consume them. A record sent to an explicit partition beyond the known
+    /// count makes the producer look at once.
+    ///
+    /// Why 5 minutes: it is Java's default (librdkafka refreshes every 5 minutes too); a
+    /// refresh is one Metadata request per producer or group leader, and adding partitions
+    /// is rare and done by an operator. Shorter means new partitions are used sooner, at one
+    /// small request per interval. Longer means a key's records keep going to their old
+    /// partition longer after a topic grew.
     pub fn metadata_max_age(&self) -> Duration {
         self.metadata_max_age
     }

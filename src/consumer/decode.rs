@@ -32,6 +32,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 
 use crate::error::{Error, Result};
+use crate::producer::batch::batch_crc;
 use crate::record::{ConsumedRecord, Headers};
 
 /// Size of a v2 batch header up to and including `records count`.
@@ -197,7 +198,7 @@ fn for_each_marker(data: &Bytes, check_crcs: bool, mut f: impl FnMut(i64, i64, b
         if attributes & CONTROL == 0 {
             continue;
         }
-        if check_crcs && (&batch[17..21]).get_u32() != crc32c::crc32c(&batch[21..]) {
+        if check_crcs && (&batch[17..21]).get_u32() != batch_crc(&batch[21..]) {
             return;
         }
         let pid = (&batch[43..51]).get_i64();
@@ -304,7 +305,7 @@ fn decode_v2(
     let base_offset = (&batch[0..8]).get_i64();
     if check_crcs {
         let stored = (&batch[17..21]).get_u32();
-        let computed = crc32c::crc32c(&batch[21..]);
+        let computed = batch_crc(&batch[21..]);
         if stored != computed {
             return Err(Error::Protocol(format!(
                 "CRC32C mismatch (stored {stored:#010x}, computed {computed:#010x})"

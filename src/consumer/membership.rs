@@ -47,19 +47,47 @@ enum Exit {
     Fatal,
 }
 
-/// Encodes the subscription sent in JoinGroup.
-pub(crate) fn encode_subscription(topics: &[String]) -> Bytes {
-    let sub = ConsumerProtocolSubscription::default().with_topics(
-        topics
-            .iter()
-            .map(|t| StrBytes::from_string(t.clone()))
-            .collect(),
-    );
+/// Encodes the subscription sent in JoinGroup. `counts`, the member's view of its topics'
+/// partition counts, goes in the user data as `topic=count` lines (none: null user data, the
+/// bytes the Java client sends): the member's metadata then changes when a topic grows, and a
+/// coordinator that rebalances only on changed metadata (tansu 0.6.0) rebalances when the
+/// leader rejoins for that; Apache Kafka rebalances on a leader's rejoin anyway. Range and
+/// roundrobin, here and in Java and librdkafka, ignore user data.
+pub(crate) fn encode_subscription(topics: &[String], counts: &BTreeMap<String, i32>) -> Bytes {
+    let user_data = (!counts.is_empty()).then(|| {
+        let lines: Vec<String> = counts.iter().map(|(t, n)| format!("{t}={n}")).collect();
+        Bytes::from(lines.join("\n"))
+    });
+    let sub = ConsumerProtocolSubscription::default()
+        .with_topics(
+            topics
+                .iter()
+                .map(|t| StrBytes::from_string(t.clone()))
+                .collect(),
+        )
+        .with_user_data(user_data);
     let mut buf = BytesMut::new();
     buf.put_i16(SUBSCRIPTION_VERSION);
     sub.encode(&mut buf, SUBSCRIPTION_VERSION)
         .expect("a subscription always encodes");
     buf.freeze()
+}
+
+/// The partition counts of `topics` in the metadata cache (topics it does not hold are left
+/// out): what this member knows when it joins.
+fn known_partition_counts(inner: &GroupMember, topics: &[String]) -> BTreeMap<String, i32> {
+    let Ok(cluster) = inner.client.wire() else {
+        return BTreeMap::new();
+    };
+    let md = cluster.metadata();
+    topics
+        .iter()
+        .filter_map(|t| {
+            let tm = md.topics.get(t)?;
+            (tm.error == 0 && !tm.partitions.is_empty())
+                .then(|| (t.clone(), tm.partitions.len() as i32))
+        })
+        .collect()
 }
 
 /// Decodes a member's subscription (any version).
@@ -280,7 +308,8 @@ async fn join_and_sync(
 ) -> Result<Vec<TopicPartition>> {
     let config = inner.client.config().consumer();
     inner.shared.lock().leader_view = None;
-    let metadata = encode_subscription(&inner.topics);
+    let metadata =
+        encode_subscription(&inner.topics, &known_partition_counts(inner, &inner.topics));
     let protocols: Vec<(String, Bytes)> = config
         .assignment_strategies
         .iter()
@@ -597,11 +626,14 @@ mod tests {
 
     #[test]
     fn subscription_and_assignment_round_trip() {
-        let sub = decode_subscription(encode_subscription(&["a".into(), "b".into()])).unwrap();
+        let counts = BTreeMap::from([("a".to_string(), 3), ("b".to_string(), 12)]);
+        let sub =
+            decode_subscription(encode_subscription(&["a".into(), "b".into()], &counts)).unwrap();
         assert_eq!(
             sub.topics.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+        assert_eq!(sub.user_data.as_deref(), Some(&b"a=3\nb=12"[..]));
         let tps: Vec<TopicPartition> = vec![
             TopicPartition::new("a", 0),
             TopicPartition::new("a", 2),
@@ -615,7 +647,7 @@ mod tests {
     fn subscription_bytes_match_the_java_client() {
         // Java's ConsumerProtocol.serializeSubscription(new Subscription(["t"])) at v1:
         // version, topics (array of string), user data (null), owned partitions (empty).
-        let bytes = encode_subscription(&["t".into()]);
+        let bytes = encode_subscription(&["t".into()], &BTreeMap::new());
         assert_eq!(
             &bytes[..],
             &[0, 1, 0, 0, 0, 1, 0, 1, b't', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0][..]

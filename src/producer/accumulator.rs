@@ -32,6 +32,7 @@ use super::idempotence::{add_sequence, Current, Sequence};
 use crate::config::Compression;
 use crate::error::{Error, Result};
 use crate::record::Record;
+use crate::wire::TopicMetadata;
 
 /// Settings the accumulator needs, copied from the configuration.
 #[derive(Debug, Clone)]
@@ -253,7 +254,10 @@ pub(crate) struct TopicQueues {
     pub(crate) name: Arc<str>,
     /// The name as the produce request carries it (cheap to clone).
     pub(crate) wire_name: TopicName,
-    partitions: Box<[Mutex<PartitionQueue>]>,
+    /// Shared with the topic's next `TopicQueues` when the topic grows (see
+    /// [`Accumulator::learn_partitions`]): a batch in flight resolves into the same queue
+    /// whichever of the two its sender holds.
+    partitions: Box<[Arc<Mutex<PartitionQueue>>]>,
     /// The sticky partition for records without a key.
     sticky: AtomicI32,
     /// Partitions last seen without a leader: records without a key avoid them (as the Java
@@ -352,6 +356,9 @@ pub(crate) struct Accumulator {
     clock_ms: AtomicI64,
     /// No more records accepted.
     pub(crate) closed: AtomicBool,
+    /// A record named a partition beyond its topic's known count: the sender refreshes the
+    /// metadata of the producer's topics now instead of at `metadata.max.age.ms`.
+    refresh_wanted: AtomicBool,
     pub(crate) counters: Counters,
 }
 
@@ -370,6 +377,7 @@ impl Accumulator {
             clock_ms: AtomicI64::new(now_millis()),
             pool: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            refresh_wanted: AtomicBool::new(false),
             counters: Counters::default(),
         })
     }
@@ -401,9 +409,14 @@ impl Accumulator {
     /// A buffer for a new batch: a recycled one, or a new one of `capacity` bytes.
     fn batch_buffer(&self, capacity: usize) -> BatchBuilder {
         let recycled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match recycled {
+        let builder = match recycled {
             Some(buf) => BatchBuilder::with_buffer(buf),
             None => BatchBuilder::new(capacity),
+        };
+        if crate::codec::codec_id(self.settings.compression) == 0 {
+            builder
+        } else {
+            builder.without_running_crc()
         }
     }
 
@@ -429,25 +442,106 @@ impl Accumulator {
         topics.get(topic).map(|t| f(t))
     }
 
-    /// Registers `topic` with `partitions` partitions (a second registration keeps the first).
+    /// Registers `topic` with `partitions` partitions (a second registration only grows it,
+    /// see [`learn_partitions`](Self::learn_partitions)).
     pub(crate) fn add_topic(&self, topic: &str, partitions: usize) {
+        self.learn_partitions(topic, partitions);
+    }
+
+    /// Registers `topic` with `partitions` partitions, or grows a known topic to that many
+    /// (from metadata). Kafka cannot shrink a topic: a smaller count (a broker whose metadata
+    /// lags) is ignored. Returns the previous count when the topic grew.
+    ///
+    /// A grown topic gets a new `TopicQueues` that shares the existing partitions' queues
+    /// (records already enqueued keep their partition and order) and adds empty ones; it
+    /// replaces the old one under the topics' write lock, so an append sees either count,
+    /// never a mix. The per-record path is unchanged: one read lock, one map lookup.
+    pub(crate) fn learn_partitions(&self, topic: &str, partitions: usize) -> Option<usize> {
+        let partitions = partitions.max(1);
         let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        if topics.contains_key(topic) {
+        let (name, wire_name, mut queues, mut leaderless, sticky) = match topics.get(topic) {
+            None => {
+                let name: Arc<str> = Arc::from(topic);
+                let wire_name = TopicName(StrBytes::from_string(topic.to_string()));
+                let sticky = initial_sticky(partitions);
+                (name, wire_name, Vec::new(), Vec::new(), sticky)
+            }
+            Some(known) if known.partitions.len() >= partitions => return None,
+            Some(known) => (
+                Arc::clone(&known.name),
+                known.wire_name.clone(),
+                known.partitions.to_vec(),
+                known
+                    .leaderless
+                    .iter()
+                    .map(|l| AtomicBool::new(l.load(Ordering::Relaxed)))
+                    .collect(),
+                known.sticky.load(Ordering::Relaxed),
+            ),
+        };
+        let before = queues.len();
+        queues.resize_with(partitions, Default::default);
+        leaderless.resize_with(partitions, || AtomicBool::new(false));
+        let grown = TopicQueues {
+            name: Arc::clone(&name),
+            wire_name,
+            partitions: queues.into_boxed_slice(),
+            sticky: AtomicI32::new(sticky),
+            leaderless: leaderless.into_boxed_slice(),
+        };
+        topics.insert(name, Arc::new(grown));
+        (before > 0).then_some(before)
+    }
+
+    /// Takes a topic's partition count and leaders from its metadata: registers the topic, or
+    /// grows it (see [`learn_partitions`](Self::learn_partitions)), logging a growth. The
+    /// count is that of the partitions listed with ids `0, 1, ...` (the broker lists every
+    /// partition, sorted by `Cluster`), so nothing is sized by an id read off the wire.
+    pub(crate) fn learn_metadata(&self, topic: &str, meta: &TopicMetadata) {
+        let count = meta
+            .partitions
+            .iter()
+            .enumerate()
+            .take_while(|(i, p)| usize::try_from(p.id).is_ok_and(|id| id == *i))
+            .count();
+        if count == 0 {
             return;
         }
-        let name: Arc<str> = Arc::from(topic);
-        let queues = TopicQueues {
-            name: Arc::clone(&name),
-            wire_name: TopicName(StrBytes::from_string(topic.to_string())),
-            partitions: (0..partitions.max(1))
-                .map(|_| Mutex::new(PartitionQueue::default()))
-                .collect(),
-            sticky: AtomicI32::new(initial_sticky(partitions)),
-            leaderless: (0..partitions.max(1))
-                .map(|_| AtomicBool::new(false))
-                .collect(),
-        };
-        topics.insert(name, Arc::new(queues));
+        if let Some(before) = self.learn_partitions(topic, count) {
+            tracing::info!(
+                topic,
+                before,
+                now = count,
+                "the topic has more partitions: keyed records go to murmur2(key) % {count} from now on"
+            );
+        }
+        self.with_topic(topic, |t| {
+            for p in &meta.partitions {
+                t.set_has_leader(p.id, p.leader >= 0 && p.error == 0);
+            }
+        });
+    }
+
+    /// Asks the sender for a metadata refresh of the producer's topics (a topic may have
+    /// grown).
+    pub(crate) fn want_metadata(&self) {
+        self.refresh_wanted.store(true, Ordering::Release);
+        self.wake_sender.notify_one();
+    }
+
+    /// Whether a metadata refresh was asked for since the last call.
+    pub(crate) fn take_metadata_wanted(&self) -> bool {
+        self.refresh_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// The topics records were produced to (for the sender's metadata refresh).
+    pub(crate) fn topic_names(&self) -> Vec<Arc<str>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// The queues of `topic`, if known (tests).
@@ -1005,6 +1099,80 @@ mod tests {
                 .len()
                 <= 1
         );
+    }
+
+    #[test]
+    fn a_topic_grows_and_never_shrinks_and_keeps_its_queued_batches() {
+        let a = acc(1 << 20, 1 << 20);
+        assert_eq!(a.learn_partitions("t", 2), None, "a new topic");
+        let r = Record::new("t", vec![0u8; 10]);
+        let p = prepared(&r);
+        let queued = a.with_topic("t", |t| a.append(t, Some(1), &p)).unwrap();
+        let old = a.topic("t").unwrap();
+        assert_eq!(
+            a.learn_partitions("t", 1),
+            None,
+            "a smaller count is ignored"
+        );
+        assert_eq!(
+            a.learn_partitions("t", 2),
+            None,
+            "the same count changes nothing"
+        );
+        assert!(Arc::ptr_eq(&old, &a.topic("t").unwrap()));
+        assert_eq!(a.learn_partitions("t", 5), Some(2));
+        let grown = a.topic("t").unwrap();
+        assert_eq!(grown.partition_count(), 5);
+        assert_eq!(
+            old.partition_count(),
+            2,
+            "a sender's old view keeps its count"
+        );
+        drop(a.with_topic("t", |t| a.append(t, Some(4), &p)).unwrap());
+        // The record enqueued before the growth is still in partition 1, ahead of nothing
+        // new; the new partition has its own.
+        let mut ready = a
+            .drain(Instant::now() + Duration::from_secs(1), None, None)
+            .ready;
+        ready.sort_by_key(|(_, p, _)| *p);
+        let parts: Vec<i32> = ready.iter().map(|(_, p, _)| *p).collect();
+        assert_eq!(parts, vec![1, 4]);
+        // A batch taken from the grown view resolves through the old view into the same
+        // queue (the queues are shared), which frees its place in flight.
+        let (_, _, b1) = ready.remove(0);
+        a.requeue(&old, 1, b1);
+        let again = a
+            .drain(Instant::now() + Duration::from_secs(1), None, None)
+            .ready;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].1, 1);
+        drop(queued);
+    }
+
+    #[test]
+    fn metadata_counts_listed_partitions_not_ids_read_off_the_wire() {
+        use crate::wire::PartitionMetadata;
+        let part = |id: i32| PartitionMetadata {
+            id,
+            leader: 1,
+            leader_epoch: 0,
+            error: 0,
+        };
+        let meta = |ids: &[i32]| TopicMetadata {
+            error: 0,
+            internal: false,
+            partitions: ids.iter().map(|&id| part(id)).collect(),
+        };
+        let a = acc(1 << 20, 1 << 20);
+        a.learn_metadata("t", &meta(&[0, 1]));
+        assert_eq!(a.topic("t").unwrap().partition_count(), 2);
+        // A hostile id does not size anything: only 0, 1, 2 count.
+        a.learn_metadata("t", &meta(&[0, 1, 2, i32::MAX]));
+        assert_eq!(a.topic("t").unwrap().partition_count(), 3);
+        a.learn_metadata("t", &meta(&[0]));
+        assert_eq!(a.topic("t").unwrap().partition_count(), 3, "never shrinks");
+        a.learn_metadata("u", &meta(&[-1, 5]));
+        assert!(a.topic("u").is_none(), "nothing usable listed");
     }
 
     #[test]

@@ -63,14 +63,27 @@ pub(crate) fn record_size_upper_bound(body: usize) -> usize {
     body + 5 + 10 + 5
 }
 
+/// Appended records are checksummed in pieces of at least this size while they are still in
+/// the CPU's cache (see [`BatchBuilder`]).
+const CRC_CHUNK: usize = 64 << 10;
+
 /// A batch being filled: its buffer (61 reserved bytes, then encoded records) and the header
 /// fields known so far.
+///
+/// An uncompressed batch's CRC is computed as it fills: each time [`CRC_CHUNK`] bytes of
+/// records are unchecksummed they are checksummed (just written, still in cache) and combined
+/// into the running CRC, so closing the batch checksums only the last piece and the 40 header
+/// bytes. Checksummed whole at close, a 1 MiB batch written up to a linger earlier is read back
+/// from memory: 11 % of the producer's CPU at 1 KiB records even with `crc-fast` (issue 14).
 #[derive(Debug)]
 pub(crate) struct BatchBuilder {
     buf: BytesMut,
     records: i32,
     first_timestamp: i64,
     max_timestamp: i64,
+    /// CRC32C of `buf[BATCH_HEADER_SIZE..upto]`, as `(crc, upto)`; `None` when not kept (a
+    /// batch to be compressed: its CRC covers the compressed bytes).
+    records_crc: Option<(u32, usize)>,
 }
 
 impl BatchBuilder {
@@ -88,7 +101,15 @@ impl BatchBuilder {
             records: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
+            records_crc: Some((0, BATCH_HEADER_SIZE)),
         }
+    }
+
+    /// Stops checksumming records as they are appended: for a batch that will be compressed
+    /// (its CRC is computed over the compressed records at close).
+    pub(crate) fn without_running_crc(mut self) -> Self {
+        self.records_crc = None;
+        self
     }
 
     /// Records appended so far.
@@ -134,6 +155,13 @@ impl BatchBuilder {
             put_varint(buf, v.len() as i32);
             buf.put_slice(v);
         }
+        if let Some((crc, upto)) = &mut self.records_crc {
+            if buf.len() - *upto >= CRC_CHUNK {
+                let piece = &buf[*upto..];
+                *crc = crc32c_combine(*crc, batch_crc(piece), piece.len());
+                *upto = buf.len();
+            }
+        }
         self.records += 1;
         if timestamp > self.max_timestamp {
             self.max_timestamp = timestamp;
@@ -153,8 +181,15 @@ impl BatchBuilder {
             records,
             first_timestamp,
             max_timestamp,
+            records_crc,
         } = self;
         let codec = crate::codec::codec_id(compression);
+        // The CRC of the records as they stand (only for an uncompressed batch): the running
+        // CRC with the last piece added.
+        let records_crc = records_crc.filter(|_| codec == 0).map(|(crc, upto)| {
+            let piece = &buf[upto..];
+            crc32c_combine(crc, batch_crc(piece), piece.len())
+        });
         if codec != 0 {
             // Compressed straight behind a zeroed header (filled in below), in one buffer that
             // grows with the output: the batch waits for its acknowledgement in it, so it is
@@ -180,7 +215,7 @@ impl BatchBuilder {
         h[27..35].copy_from_slice(&first_timestamp.to_be_bytes());
         h[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
         h[57..61].copy_from_slice(&records.to_be_bytes());
-        write_producer(&mut buf, producer);
+        write_producer(&mut buf, producer, records_crc);
         Ok(buf.freeze())
     }
 }
@@ -196,8 +231,9 @@ pub(crate) struct ProducerStamp {
 }
 
 /// Writes the producer fields (none: -1, -1, -1) into a batch header and recomputes the CRC,
-/// which covers them.
-fn write_producer(buf: &mut [u8], producer: Option<ProducerStamp>) {
+/// which covers them: over the whole batch, or, given the CRC of the records behind the header
+/// (`records_crc`), over the header's covered fields combined with it.
+fn write_producer(buf: &mut [u8], producer: Option<ProducerStamp>, records_crc: Option<u32>) {
     let (id, epoch, sequence) = match producer {
         Some(p) => (p.producer_id, p.epoch, p.base_sequence),
         None => (-1, -1, -1),
@@ -212,8 +248,79 @@ fn write_producer(buf: &mut [u8], producer: Option<ProducerStamp>) {
     buf[43..51].copy_from_slice(&id.to_be_bytes());
     buf[51..53].copy_from_slice(&epoch.to_be_bytes());
     buf[53..57].copy_from_slice(&sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
+    let crc = match records_crc {
+        Some(records) => crc32c_combine(
+            batch_crc(&buf[ATTRIBUTES_OFFSET..BATCH_HEADER_SIZE]),
+            records,
+            buf.len() - BATCH_HEADER_SIZE,
+        ),
+        None => batch_crc(&buf[ATTRIBUTES_OFFSET..]),
+    };
     buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// CRC32C (Castagnoli, the record batch checksum) of `data`, for the producer and the
+/// consumer's check, with `crc-fast`: it folds with
+/// carry-less multiplication (PCLMULQDQ / VPCLMULQDQ, or ARM's PMULL) where the CPU has it,
+/// 2–4× faster than the `crc32c` crate's SSE4.2 `crc32` instructions on 1 MiB batches here
+/// (AMD EPYC: 39–51 GB/s against 14–21), whose throughput-bound loop was 11–16 % of the
+/// producer's CPU at 1 KiB records (issue 14).
+#[inline]
+pub(crate) fn batch_crc(data: &[u8]) -> u32 {
+    // CRC-32/ISCSI is CRC-32C; the 64-bit result holds the 32-bit checksum.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
+/// CRC-32C's polynomial, bit-reflected.
+const CRC32C_POLY: u32 = 0x82f6_3b78;
+
+/// `a * b mod P` over GF(2), both reflected (x^0 is the top bit).
+const fn multmodp(a: u32, mut b: u32) -> u32 {
+    let mut m = 1u32 << 31;
+    let mut p = 0u32;
+    while m != 0 {
+        if a & m != 0 {
+            p ^= b;
+        }
+        m >>= 1;
+        b = if b & 1 != 0 {
+            (b >> 1) ^ CRC32C_POLY
+        } else {
+            b >> 1
+        };
+    }
+    p
+}
+
+/// `x^(2^k) mod P` for k in 0..32.
+const X2N: [u32; 32] = {
+    let mut t = [0u32; 32];
+    let mut p = 1u32 << 30; // x^1
+    let mut k = 0;
+    while k < 32 {
+        t[k] = p;
+        p = multmodp(p, p);
+        k += 1;
+    }
+    t
+};
+
+/// The CRC32C of `A || B` from `crc1 = CRC(A)`, `crc2 = CRC(B)` and `len2 = |B|`: `crc1`
+/// times `x^(8 len2) mod P`, built from [`X2N`] in at most one product per bit of `len2`
+/// (the `crc32c` crate's combine squares 32×32 bit matrices per bit: ~30 µs per 1 MiB, 4 %
+/// of the producer's CPU when tried per batch).
+fn crc32c_combine(crc1: u32, crc2: u32, len2: usize) -> u32 {
+    let mut n = len2;
+    let mut x8n = 1u32 << 31; // x^0
+    let mut k = 3;
+    while n != 0 {
+        if n & 1 != 0 {
+            x8n = multmodp(X2N[k & 31], x8n);
+        }
+        n >>= 1;
+        k += 1;
+    }
+    multmodp(x8n, crc1) ^ crc2
 }
 
 /// An encoded batch with other producer fields (a resend after the producer id or epoch
@@ -225,7 +332,7 @@ pub(crate) fn restamp(data: &[u8], producer: Option<ProducerStamp>) -> Result<By
         ));
     }
     let mut buf = BytesMut::from(data);
-    write_producer(&mut buf, producer);
+    write_producer(&mut buf, producer, None);
     Ok(buf.freeze())
 }
 
@@ -474,6 +581,89 @@ mod tests {
         let plain = restamp(&data, None).unwrap();
         assert_eq!(read(&plain), (-1, -1, -1));
         assert!(restamp(&data[..20], None).is_err());
+    }
+
+    #[test]
+    fn batch_crc_is_crc32c() {
+        // Every length up to a few folding blocks and around the SIMD widths, with data that
+        // is not periodic, against the crc32c crate (and a known check value).
+        assert_eq!(batch_crc(b"123456789"), 0xe306_9283);
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in (0..1100).chain([4095, 4096, 4097, 65_535, 65_536, 70_000]) {
+            for start in [0, 1, 7] {
+                let end = (start + len).min(data.len());
+                let d = &data[start..end];
+                assert_eq!(batch_crc(d), crc32c::crc32c(d), "{start}..{end}");
+            }
+        }
+    }
+
+    #[test]
+    fn combine_matches_the_crc32c_crate() {
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        for (a, b) in [
+            (0, 0),
+            (0, 5),
+            (5, 0),
+            (1, 1),
+            (61, 1000),
+            (4096, 65_536),
+            (7, 299_000),
+        ] {
+            let (x, y) = (&data[..a], &data[a..a + b]);
+            let c = crc32c_combine(crc32c::crc32c(x), crc32c::crc32c(y), y.len());
+            assert_eq!(c, crc32c::crc32c(&data[..a + b]), "{a} + {b}");
+            assert_eq!(
+                c,
+                crc32c::crc32c_combine(crc32c::crc32c(x), crc32c::crc32c(y), b)
+            );
+        }
+    }
+
+    #[test]
+    fn running_crc_equals_the_crc_over_the_whole_batch() {
+        let stamp = ProducerStamp {
+            producer_id: 3,
+            epoch: 1,
+            base_sequence: 9,
+            transactional: true,
+        };
+        let mut headers = Headers::new();
+        headers.insert("h", "v");
+        for producer in [None, Some(stamp)] {
+            // Batches below, at and well past a few checksummed pieces.
+            for (n, size) in [(0usize, 0usize), (1, 10), (37, 100), (70, 1000), (90, 5000)] {
+                let mut running = BatchBuilder::new(16);
+                let mut plain = BatchBuilder::new(16).without_running_crc();
+                for i in 0..n {
+                    let value: Vec<u8> = (0..size + i).map(|j| (i * 31 + j * 7) as u8).collect();
+                    let key = (i % 2 == 0).then_some(&b"key"[..]);
+                    let body = record_body_size(key, Some(&value), &headers);
+                    for b in [&mut running, &mut plain] {
+                        b.append(body, 1_000 + i as i64, key, Some(&value), &headers);
+                    }
+                }
+                let running = running.finish(Compression::None, producer).unwrap();
+                let plain = plain.finish(Compression::None, producer).unwrap();
+                assert_eq!(running, plain, "{n} records of {size}+ bytes, {producer:?}");
+                let crc =
+                    u32::from_be_bytes(running[CRC_OFFSET..CRC_OFFSET + 4].try_into().unwrap());
+                assert_eq!(crc, crc32c::crc32c(&running[ATTRIBUTES_OFFSET..]));
+            }
+        }
+        // A builder keeping the running CRC that ends up compressed: CRC of what is sent.
+        let mut b = BatchBuilder::new(16);
+        let value = [1u8; 100_000];
+        let body = record_body_size(None, Some(&value), &headers);
+        b.append(body, 1, None, Some(&value), &headers);
+        let data = b.finish(Compression::Gzip, None).unwrap();
+        let crc = u32::from_be_bytes(data[CRC_OFFSET..CRC_OFFSET + 4].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(&data[ATTRIBUTES_OFFSET..]));
+        assert_eq!(decode(data).records.len(), 1);
     }
 
     #[test]

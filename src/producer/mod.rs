@@ -30,7 +30,7 @@
 //! (`delivery`), which every record's [`DeliveryFuture`] reads.
 
 mod accumulator;
-mod batch;
+pub(crate) mod batch;
 mod deadline;
 mod delivery;
 mod detached;
@@ -65,6 +65,15 @@ pub use partitioner::{murmur2, partition_for_key, to_positive, DefaultPartitione
 /// [`enqueue`](Self::enqueue) wait for room, [`try_send`](Self::try_send) refuses with
 /// [`Error::QueueFull`]), and retried on retriable errors within `delivery.timeout.ms` without
 /// reordering a partition's records.
+///
+/// Partitions added to a topic are used: the producer looks up the metadata of its topics
+/// every `metadata.max.age.ms` (alias `topic.metadata.refresh.interval.ms`, default 5 min),
+/// after retriable produce errors, and at once for a record sent to a partition beyond the
+/// count it knows. Once it has seen a larger count, keyed records go to
+/// `murmur2(key) % new count`, the partition the Java client and librdkafka choose, so a
+/// key's records move partition once when its topic grows (as with Java): records enqueued
+/// before stay where they were put, in order. A smaller count (a broker whose metadata
+/// lags) is ignored, since Kafka cannot remove partitions.
 ///
 /// When the last clone is dropped, the records already enqueued are still sent by the
 /// background task (as long as the tokio runtime runs); a record that cannot be sent resolves
@@ -260,6 +269,7 @@ impl Producer {
                 hook: config.retry_hook().cloned(),
                 idempotence,
                 txn: txn.clone(),
+                metadata_max_age: config.metadata_max_age(),
             });
             Arc::new(Core {
                 acc,
@@ -334,7 +344,8 @@ impl Producer {
     ///
     /// Fails at once (nothing queued, the record handed back) for a record larger than
     /// `message.max.bytes` ([`Error::RecordTooLarge`]), an unknown topic or partition, or a
-    /// closed producer.
+    /// closed producer. A partition beyond the topic's known count is looked up first (the
+    /// topic may have grown): it fails only when fresh metadata does not have it either.
     pub async fn enqueue(&self, mut record: Record) -> Result<DeliveryFuture, SendError> {
         let core = match self.core_for(&record) {
             Ok(Some(core)) => core,
@@ -362,7 +373,14 @@ impl Producer {
             body,
             reserved,
         ) {
-            return appended.map_err(|e| SendError::new(e, record));
+            return match appended {
+                // A partition beyond the topic's known count: the topic may have grown.
+                Err(e) if beyond_known_partitions(&e) => {
+                    core.append_after_refresh(&self.inner.client, record, body, reserved)
+                        .await
+                }
+                other => other.map_err(|e| SendError::new(e, record)),
+            };
         }
         // First record for this topic: learn its partitions, then append.
         if let Err(e) = core.load_topic(&self.inner.client, &record.topic).await {
@@ -375,7 +393,9 @@ impl Producer {
 
     /// Queues a record without waiting: [`Error::QueueFull`] when the buffer is full, with
     /// the record handed back to send again later. Otherwise like
-    /// [`enqueue`](Self::enqueue).
+    /// [`enqueue`](Self::enqueue), except that a partition beyond the topic's known count
+    /// fails at once (UNKNOWN_TOPIC_OR_PARTITION) while the producer looks the topic up in
+    /// the background, so a later `try_send` finds a partition the topic gained.
     pub fn try_send(&self, mut record: Record) -> Result<DeliveryFuture, SendError> {
         let core = match self.core_for(&record) {
             Ok(Some(core)) => core,
@@ -391,18 +411,27 @@ impl Producer {
         );
         let (body, reserved) = or_hand_back!(core.prepare(&mut record), record);
         or_hand_back!(core.acc.try_reserve(reserved), record);
-        if core.waiting_topics.load(Ordering::Acquire) == 0 {
-            if let Some(appended) = try_append_record(
+        let appended = if core.waiting_topics.load(Ordering::Acquire) == 0 {
+            try_append_record(
                 &core.acc,
                 core.partitioner.as_deref(),
                 &record,
                 body,
                 reserved,
-            ) {
-                return appended.map_err(|e| SendError::new(e, record));
-            }
+            )
+        } else {
+            None
+        };
+        let result = match appended {
+            Some(appended) => appended.map_err(|e| SendError::new(e, record)),
+            None => core.append_or_wait(&self.inner.client, record, body, reserved),
+        };
+        if matches!(&result, Err(e) if beyond_known_partitions(e.error())) {
+            // A partition beyond the topic's known count, and no waiting here: the sender
+            // looks the topic up now, so a later send finds a partition it gained.
+            core.acc.want_metadata();
         }
-        core.append_or_wait(&self.inner.client, record, body, reserved)
+        result
     }
 
     /// Waits until every record enqueued before this call is resolved (sent or failed).
@@ -719,13 +748,35 @@ impl Core {
                 cluster.topic(topic)
             })
             .await?;
-        self.acc.add_topic(topic, meta.partitions.len());
-        self.acc.with_topic(topic, |t| {
-            for p in &meta.partitions {
-                t.set_has_leader(p.id, p.leader >= 0 && p.error == 0);
-            }
-        });
+        self.acc.learn_metadata(topic, &meta);
         Ok(())
+    }
+
+    /// A record named a partition beyond its topic's known count (its reservation was
+    /// released): refreshes the topic's metadata, as the Java client does before it gives
+    /// up on such a partition, and appends when the topic has grown that far.
+    async fn append_after_refresh(
+        &self,
+        client: &Client,
+        record: Record,
+        body: usize,
+        reserved: usize,
+    ) -> Result<DeliveryFuture, SendError> {
+        let cluster = &self.cluster;
+        let topic: &str = &record.topic;
+        let topics = [topic];
+        let refreshed = client
+            .retry(&format!("metadata of topic {topic}"), || {
+                cluster.refresh(Some(&topics))
+            })
+            .await;
+        let metadata = or_hand_back!(refreshed, record);
+        if let Some(meta) = metadata.topics.get(topic).filter(|m| m.error == 0) {
+            self.acc.learn_metadata(topic, meta);
+        }
+        or_hand_back!(self.acc.reserve(reserved).await, record);
+        self.append(&record, body, reserved)
+            .map_err(|e| SendError::new(e, record))
     }
 
     /// Chooses the partition and appends; releases the reservation on failure.
@@ -758,6 +809,12 @@ impl Core {
             Err(_) => tracing::error!("the producer needs a tokio runtime; none is running"),
         }
     }
+}
+
+/// Whether an append failed because the record's partition is beyond its topic's known
+/// partition count (the only UNKNOWN_TOPIC_OR_PARTITION an append answers).
+fn beyond_known_partitions(e: &Error) -> bool {
+    e.kafka_code() == Some(crate::error::ErrorCode::UnknownTopicOrPartition)
 }
 
 /// The record's encoded body size and the bytes to reserve for it, or

@@ -55,6 +55,20 @@ pub(crate) struct Sender {
     pub(crate) idempotence: Option<Arc<Idempotence>>,
     /// The transactional producer's state (`None` without `transactional.id`).
     pub(crate) txn: Option<Arc<Transactions>>,
+    /// How often the metadata of the producer's topics is refreshed
+    /// (`metadata.max.age.ms`), so that partitions added to a topic are used.
+    pub(crate) metadata_max_age: Duration,
+}
+
+/// A metadata refresh running beside the produce requests.
+type Refresh = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs the refresh, if any (never resolves without one).
+async fn refreshed(refresh: &mut Option<Refresh>) {
+    match refresh {
+        Some(r) => r.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A batch on its way to the broker.
@@ -80,10 +94,20 @@ impl Sender {
         // Linger (and backoff) deadlines wake the sender through this thread, to the
         // microsecond; tokio's millisecond timer only when it cannot be started.
         let timer = self.precise_timer();
+        // The metadata of the topics produced to is refreshed every metadata.max.age.ms (and
+        // when a record names a partition beyond its topic's known count), in its own future
+        // so that a slow refresh holds no produce request; a refresh still running when the
+        // sender stops is dropped.
+        let mut next_refresh = Instant::now() + self.metadata_max_age;
+        let mut refresh: Option<Refresh> = None;
         loop {
             let may_stop = self.acc.may_stop();
             let now = Instant::now();
             self.acc.tick_clock();
+            if refresh.is_none() && (now >= next_refresh || self.acc.take_metadata_wanted()) {
+                next_refresh = now + self.metadata_max_age;
+                refresh = Some(Box::pin(Arc::clone(&self).refresh_metadata()));
+            }
             let producer = match &self.idempotence {
                 None => None,
                 Some(idem) => {
@@ -137,15 +161,50 @@ impl Sender {
             let sleep = async {
                 match due {
                     Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+                    None => tokio::time::sleep_until(next_refresh).await,
                 }
             };
             // New requests are polled (written) here first; a finished one loops to drain.
+            let mut refresh_done = false;
             tokio::select! {
                 biased;
                 Some(()) = requests.next(), if !requests.is_empty() => {}
                 _ = wake => {}
+                () = refreshed(&mut refresh) => refresh_done = true,
                 _ = sleep => {}
+            }
+            if refresh_done {
+                refresh = None;
+            }
+        }
+    }
+
+    /// Refreshes the metadata of every topic the producer has sent to and learns their
+    /// partition counts and leaders (see [`learn`](Self::learn)).
+    async fn refresh_metadata(self: Arc<Self>) {
+        let names = self.acc.topic_names();
+        if names.is_empty() {
+            return;
+        }
+        let topics: Vec<&str> = names.iter().map(|t| &**t).collect();
+        match self.cluster.refresh(Some(&topics)).await {
+            Ok(metadata) => self.learn(&metadata, &topics),
+            Err(e) => tracing::debug!(
+                error = %e,
+                "metadata refresh of the producer's topics failed; tried again in metadata.max.age.ms"
+            ),
+        }
+    }
+
+    /// Takes the partition counts and leaders of `topics` from fresh metadata: a topic with
+    /// more partitions than the producer knows grows, so that keyed records go to
+    /// `murmur2(key) % new count` from now on, as in the Java client and librdkafka (records
+    /// already enqueued keep their partition). A smaller count is ignored (Kafka cannot
+    /// shrink a topic; the answering broker's metadata lags).
+    fn learn(&self, metadata: &crate::wire::Metadata, topics: &[&str]) {
+        for &topic in topics {
+            if let Some(meta) = metadata.topics.get(topic).filter(|m| m.error == 0) {
+                self.acc.learn_metadata(topic, meta);
             }
         }
     }
@@ -470,6 +529,8 @@ impl Sender {
         if retriable {
             match self.cluster.refresh(Some(&topics)).await {
                 Ok(metadata) => {
+                    // A partition the producer did not know (a topic that grew) is learnt.
+                    self.learn(&metadata, &topics);
                     // Keyless records avoid partitions without a leader until they have one.
                     for (b, _) in &failed {
                         for p in 0..b.topic.partition_count() {

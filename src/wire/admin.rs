@@ -1,5 +1,5 @@
-//! Topic administration requests on purekafka's own connections: CreateTopics and
-//! DeleteTopics go to the controller. One attempt each; the caller retries.
+//! Topic administration requests on purekafka's own connections: CreateTopics,
+//! DeleteTopics and CreatePartitions go to the controller. One attempt each; the caller retries.
 
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, TopicName};
@@ -102,6 +102,48 @@ pub(crate) async fn delete_topics(
         .into_iter()
         .map(|t| TopicOutcome {
             name: t.name.map(|n| n.0.to_string()).unwrap_or_default(),
+            code: t.error_code,
+            message: t.error_message.map(|m| m.to_string()),
+        })
+        .collect();
+    if outcomes.iter().any(|o| o.code == NOT_CONTROLLER) {
+        cluster.forget_controller();
+    }
+    Ok(outcomes)
+}
+
+/// CreatePartitions v0–v3 carry the same fields (v2+ in the flexible layout).
+const CREATE_PARTITIONS_MAX: i16 = 3;
+
+/// Sends CreatePartitions to the controller: each `(topic, total)` raises the topic's
+/// partition count to `total` (replicas placed by the broker).
+pub(crate) async fn create_partitions(
+    cluster: &Cluster,
+    topics: &[(String, i32)],
+    timeout_ms: i32,
+) -> Result<Vec<TopicOutcome>> {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::CreatePartitionsRequest;
+    let conn = cluster.controller().await?;
+    let request = CreatePartitionsRequest::default()
+        .with_timeout_ms(timeout_ms)
+        .with_topics(
+            topics
+                .iter()
+                .map(|(t, count)| {
+                    CreatePartitionsTopic::default()
+                        .with_name(name(t))
+                        .with_count(*count)
+                })
+                .collect(),
+        );
+    let version = conn.version_for::<CreatePartitionsRequest>(Some(CREATE_PARTITIONS_MAX))?;
+    let response = conn.send_version(&request, version).await?;
+    let outcomes: Vec<TopicOutcome> = response
+        .results
+        .into_iter()
+        .map(|t| TopicOutcome {
+            name: t.name.0.to_string(),
             code: t.error_code,
             message: t.error_message.map(|m| m.to_string()),
         })

@@ -28,6 +28,11 @@ error on stderr when something fails):
       prints {"open": N}, then waits for a line on stdin: "commit" or "abort" ends the
       transaction that way and prints {"outcome": ...}.
 
+  produce-keys --bootstrap B --topic T --keys K [K ...] [--partitioner NAME]
+      Writes one record per key (value = key) with librdkafka's partitioner NAME (default
+      murmur2_random, the Java client's choice for keyed records), flushes, and prints
+      {"key", "partition", "offset"} per record from its delivery report, in key order.
+
   consume --bootstrap B --topic T --group G [--isolation read_committed|read_uncommitted]
           --count N [--timeout-s S] [--assign-partitions K]
       Reads from the earliest offset until N records arrived or S seconds passed with none
@@ -162,6 +167,27 @@ def hold_txn(args):
     print(json.dumps({"outcome": line}), flush=True)
 
 
+def produce_keys(args):
+    producer = Producer(
+        {"bootstrap.servers": args.bootstrap, "partitioner": args.partitioner, "linger.ms": 5}
+    )
+    delivered = {}
+
+    def report(err, msg):
+        if err is not None:
+            raise KafkaException(err)
+        delivered[msg.key().decode()] = (msg.partition(), msg.offset())
+
+    for key in args.keys:
+        producer.produce(args.topic, key=key.encode(), value=key.encode(), on_delivery=report)
+        producer.poll(0)
+    if producer.flush(30) != 0:
+        raise RuntimeError("records not delivered")
+    for key in args.keys:
+        partition, offset = delivered[key]
+        print(json.dumps({"key": key, "partition": partition, "offset": offset}), flush=True)
+
+
 def consume(args):
     consumer = Consumer(
         {
@@ -231,6 +257,11 @@ def main():
     h.add_argument("--partition", type=int, default=0)
     h.add_argument("--prefix", default="cf")
     h.add_argument("--records", type=int, required=True)
+    k = sub.add_parser("produce-keys")
+    k.add_argument("--bootstrap", required=True)
+    k.add_argument("--topic", required=True)
+    k.add_argument("--partitioner", default="murmur2_random")
+    k.add_argument("--keys", nargs="+", required=True)
     c = sub.add_parser("consume")
     c.add_argument("--bootstrap", required=True)
     c.add_argument("--topic", required=True)
@@ -249,6 +280,8 @@ def main():
             produce_steps(args)
         elif args.command == "hold-txn":
             hold_txn(args)
+        elif args.command == "produce-keys":
+            produce_keys(args)
         else:
             consume(args)
     except Exception as e:  # reported to the Rust test, which fails with it

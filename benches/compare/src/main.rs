@@ -31,7 +31,8 @@ run options:
   --quick                   smoke mode: 50,000 records, 1 repetition, 2 s latency run (< 2 min)
   --broker mock|tansu       local broker started through the testkit (default: mock);
                             KAFKA_BROKERS=host:port,... uses that cluster instead
-  --clients LIST            comma-separated: rdkafka_performance,librdkafka,librdkafka-future,
+  --clients LIST            comma-separated: rdkafka_performance,rdkafka_performance-copy (-D),
+                            librdkafka,librdkafka-future,
                             krafka (not on the mock cluster),
                             rskafka,purekafka
   --workloads LIST          comma-separated: produce,produce-latency,consume,first-record,runtime

@@ -38,14 +38,19 @@ pub enum ClientKind {
     /// librdkafka's own benchmark tool, `examples/rdkafka_performance.c`, built by this
     /// crate's build script against the librdkafka that rdkafka-sys builds.
     RdkafkaPerformance,
+    /// The same tool with `-D`: each payload is first copied into a buffer of its own
+    /// (malloc + memcpy, handed over with `RD_KAFKA_MSG_F_FREE`), as an application whose
+    /// records are not one static buffer has it: beside the default row, never instead of it.
+    RdkafkaPerformanceCopy,
     /// krafka 0.28 (pure Rust): `Producer::enqueue` + `DeliveryHandle`, producer only, not on
     /// the librdkafka mock cluster (its ApiVersions answer breaks KIP-511).
     Krafka,
 }
 
 impl ClientKind {
-    pub const ALL: [ClientKind; 6] = [
+    pub const ALL: [ClientKind; 7] = [
         ClientKind::RdkafkaPerformance,
+        ClientKind::RdkafkaPerformanceCopy,
         ClientKind::Librdkafka,
         ClientKind::LibrdkafkaFuture,
         ClientKind::Rskafka,
@@ -60,6 +65,7 @@ impl ClientKind {
             ClientKind::Rskafka => "rskafka",
             ClientKind::Purekafka => "purekafka",
             ClientKind::RdkafkaPerformance => "rdkafka_performance",
+            ClientKind::RdkafkaPerformanceCopy => "rdkafka_performance-copy",
             ClientKind::Krafka => "krafka",
         }
     }
@@ -81,8 +87,11 @@ impl ClientKind {
             // With idempotence the tool spends ~0.5 s acquiring its producer id inside its
             // timed window (no warm-up record; 1M × 100 B: 1.21 M/s and 137 MiB against
             // 3.76 M/s and 24 MiB without), so it runs the -idem-off rows only.
-            (ClientKind::RdkafkaPerformance, WorkloadKind::Produce) => !keyed && !idempotence,
-            (ClientKind::RdkafkaPerformance, _) => false,
+            (
+                ClientKind::RdkafkaPerformance | ClientKind::RdkafkaPerformanceCopy,
+                WorkloadKind::Produce,
+            ) => !keyed && !idempotence,
+            (ClientKind::RdkafkaPerformance | ClientKind::RdkafkaPerformanceCopy, _) => false,
             (ClientKind::Krafka, WorkloadKind::Produce) => true,
             (ClientKind::Krafka, _) => false,
             (ClientKind::Rskafka, WorkloadKind::Produce | WorkloadKind::ProduceLatency) => {
@@ -102,6 +111,14 @@ impl ClientKind {
                     ClientKind::ALL.map(|c| c.name()).join(", ")
                 )
             })
+    }
+
+    /// Whether the client is librdkafka's own tool (run directly, not as `compare child`).
+    pub fn is_rdkafka_performance(self) -> bool {
+        matches!(
+            self,
+            ClientKind::RdkafkaPerformance | ClientKind::RdkafkaPerformanceCopy
+        )
     }
 
     /// Whether this build can run the client (purekafka needs the `purekafka` feature).

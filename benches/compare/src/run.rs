@@ -259,7 +259,7 @@ impl Runner {
     }
 
     fn child(&self, spec: &ChildSpec) -> Result<ChildRun, String> {
-        if spec.client == ClientKind::RdkafkaPerformance {
+        if spec.client.is_rdkafka_performance() {
             // The tool itself is the measured process (its rusage is its own).
             let (bin, args) = rdkafka_performance::command(spec)?;
             return run_process(&bin, &args, self.opts.child_timeout, |out| {
@@ -474,7 +474,7 @@ impl Runner {
                     case.idempotence,
                 )
             })
-            .filter(|c| *c != ClientKind::RdkafkaPerformance || rdkafka_performance::available())
+            .filter(|c| !c.is_rdkafka_performance() || rdkafka_performance::available())
             .filter(|c| self.opts.broker.runs(*c))
             .collect();
         let n = c.len().max(1);
@@ -603,7 +603,7 @@ pub fn run(opts: RunOptions, command: String) -> Result<(), String> {
         opts.clients
             .iter()
             .filter(|k| k.supports(c.workload, c.keyed, &c.compression, c.idempotence))
-            .filter(|k| **k != ClientKind::RdkafkaPerformance || rdkafka_performance::available())
+            .filter(|k| !k.is_rdkafka_performance() || rdkafka_performance::available())
             .filter(|k| opts.broker.runs(**k))
             .count()
     };
@@ -778,11 +778,17 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     for &c in &o.clients {
         let lines: Vec<String> = match c {
-            ClientKind::RdkafkaPerformance => vec![
-                "rdkafka_performance -P -a -1 -s SIZE -c N -m PAYLOAD, keyless only, -idem-off \
-                 rows only (its idempotent producer acquires its producer id inside its timed \
-                 window: ~0.5 s)"
-                    .into(),
+            ClientKind::RdkafkaPerformance | ClientKind::RdkafkaPerformanceCopy => vec![
+                format!(
+                    "rdkafka_performance -P{} -a -1 -s SIZE -c N -m PAYLOAD, keyless only, \
+                     -idem-off rows only (its idempotent producer acquires its producer id \
+                     inside its timed window: ~0.5 s)",
+                    if c == ClientKind::RdkafkaPerformanceCopy {
+                        " -D"
+                    } else {
+                        ""
+                    }
+                ),
                 format!(
                     "-X linger.ms={linger} batch.size={BATCH_BYTES} batch.num.messages=1000000 \
                      queue.buffering.max.kbytes={BUFFER_KBYTES} \
@@ -790,9 +796,18 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                      enable.idempotence={idem} compression.type=CODEC (compression.level=1 with \
                      zstd)"
                 ),
-                "no copy of the payload (its default), reports served every 1,000 sends, \
-                 clock from before the first send (bootstrap inside), no warm-up"
-                    .into(),
+                format!(
+                    "{}, reports served every 1,000 sends, clock from before the first send \
+                     (bootstrap inside), no warm-up",
+                    if c == ClientKind::RdkafkaPerformanceCopy {
+                        "-D: each payload copied into a malloc'd buffer of its own before \
+                         produce (RD_KAFKA_MSG_F_FREE), as records that are not one static \
+                         buffer are"
+                    } else {
+                        "no copy of the payload (its default: one static buffer for every \
+                         record)"
+                    }
+                ),
             ],
             ClientKind::Librdkafka | ClientKind::LibrdkafkaFuture => vec![
                 format!(

@@ -20,6 +20,7 @@ fn color(c: ClientKind) -> &'static str {
         ClientKind::Rskafka => "#f28e2b",
         ClientKind::Purekafka => "#59a14f",
         ClientKind::RdkafkaPerformance => "#2b4a6f",
+        ClientKind::RdkafkaPerformanceCopy => "#6f8fb5",
         ClientKind::Krafka => "#b07aa1",
     }
 }

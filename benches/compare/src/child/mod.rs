@@ -27,7 +27,9 @@ pub fn main(spec: ChildSpec) -> Result<(), String> {
         ClientKind::Librdkafka | ClientKind::LibrdkafkaFuture => librdkafka::run(&spec)?,
         ClientKind::Rskafka => rskafka_raw::run(&spec)?,
         ClientKind::Krafka => krafka_client::run(&spec)?,
-        ClientKind::RdkafkaPerformance => rdkafka_performance::run(&spec)?,
+        ClientKind::RdkafkaPerformance | ClientKind::RdkafkaPerformanceCopy => {
+            rdkafka_performance::run(&spec)?
+        }
         #[cfg(feature = "purekafka")]
         ClientKind::Purekafka => purekafka::run(&spec)?,
         #[cfg(not(feature = "purekafka"))]

@@ -7,10 +7,16 @@
 //! (`RD_KAFKA_MSG_F_COPY` off), serves delivery reports every 1,000 sends, and its clock
 //! starts before the first send, so its bootstrap is inside its window (no warm-up record);
 //! its clock stops at the last delivery report.
+//!
+//! `rdkafka_performance-copy` is the same tool with `-D`: each payload is first copied into a
+//! buffer of its own (malloc + memcpy, handed to librdkafka with `RD_KAFKA_MSG_F_FREE`), so the
+//! records it holds are resident, as an application's records are (the default row produces
+//! one static buffer, never copied until librdkafka builds its requests). A second row beside
+//! the default one, which stays the baseline of the ratios.
 
 use std::process::Command;
 
-use crate::model::{ChildResult, ChildSpec, WorkloadKind};
+use crate::model::{ChildResult, ChildSpec, ClientKind, WorkloadKind};
 
 /// Path of the built tool; empty when build.rs could not build it.
 pub const BIN: &str = env!("RDKAFKA_PERFORMANCE_BIN");
@@ -47,6 +53,10 @@ pub fn command(spec: &ChildSpec) -> Result<(String, Vec<String>), String> {
         "-a".into(),
         "-1".into(),
     ];
+    if spec.client == ClientKind::RdkafkaPerformanceCopy {
+        // Copy each payload into a buffer of its own before producing it (the tool's `-D`).
+        args.push("-D".into());
+    }
     for (k, v) in super::librdkafka::producer_settings(spec) {
         if k == "acks" {
             continue;
