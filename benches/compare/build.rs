@@ -49,6 +49,9 @@ fn build(out: &Path) -> Result<PathBuf, String> {
         .arg("-o")
         .arg(&bin)
         .arg(&lib)
+        // librdkafka is built with zstd (rdkafka-sys's `zstd` feature): link the same static
+        // libzstd that zstd-sys built for it.
+        .args(zstd_lib())
         .args(["-lm", "-ldl", "-lpthread", "-lrt"])
         .status()
         .map_err(|e| format!("{cc}: {e}"))?;
@@ -82,4 +85,10 @@ fn registry_copy() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// zstd-sys's static libzstd (`cargo:root=...` of the `zstd` links key), when it built one.
+fn zstd_lib() -> Option<PathBuf> {
+    let lib = PathBuf::from(std::env::var("DEP_ZSTD_ROOT").ok()?).join("libzstd.a");
+    lib.is_file().then_some(lib)
 }

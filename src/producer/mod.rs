@@ -31,6 +31,7 @@
 
 mod accumulator;
 pub(crate) mod batch;
+mod deadline;
 mod delivery;
 mod detached;
 mod idempotence;

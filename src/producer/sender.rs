@@ -21,7 +21,8 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::ProduceRequest;
 use tokio::time::Instant;
 
-use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues, CLOCK_TICK, TIMER_SLACK};
+use super::accumulator::{Accumulator, Payload, ReadyBatch, TopicQueues, CLOCK_TICK};
+use super::deadline::DeadlineTimer;
 use super::delivery::{BatchAck, BatchCompletion, CompletionGuard};
 use super::idempotence::{self, codes, Idempotence};
 use super::transaction::Transactions;
@@ -90,6 +91,9 @@ impl Sender {
         let mut requests: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
             FuturesUnordered::new();
         let mut idle = false;
+        // Linger (and backoff) deadlines wake the sender through this thread, to the
+        // microsecond; tokio's millisecond timer only when it cannot be started.
+        let timer = self.precise_timer();
         // The metadata of the topics produced to is refreshed every metadata.max.age.ms (and
         // when a record names a partition beyond its topic's known count), in its own future
         // so that a slow refresh holds no produce request; a refresh still running when the
@@ -143,16 +147,20 @@ impl Sender {
             }
             let wake = self.acc.wake_sender.notified();
             // While records wait, tick at least every CLOCK_TICK (the coarse clock records
-            // without a timestamp get); a linger deadline is slept to within the timer's
-            // granularity (see TIMER_SLACK).
-            let due = match drained.next_due {
-                Some(at) => Some(at.checked_sub(TIMER_SLACK).unwrap_or(at)),
-                None if !drained.empty => Some(now + CLOCK_TICK),
-                None => None,
+            // without a timestamp get); the next linger or backoff deadline is armed on the
+            // precise timer, or slept on tokio's when there is none.
+            let tick = (!drained.empty).then(|| now + CLOCK_TICK);
+            let due = match (drained.next_due, &timer) {
+                (Some(at), Some(timer)) => {
+                    timer.arm(at.into_std());
+                    tick
+                }
+                (Some(at), None) => Some(at.min(now + CLOCK_TICK)),
+                (None, _) => tick,
             };
             let sleep = async {
                 match due {
-                    Some(at) => tokio::time::sleep_until(at.min(now + CLOCK_TICK)).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => tokio::time::sleep_until(next_refresh).await,
                 }
             };
@@ -197,6 +205,24 @@ impl Sender {
         for &topic in topics {
             if let Some(meta) = metadata.topics.get(topic).filter(|m| m.error == 0) {
                 self.acc.learn_metadata(topic, meta);
+            }
+        }
+    }
+
+    /// The thread that wakes this sender at linger deadlines (see [`DeadlineTimer`]); none
+    /// without linger (nothing waits but backoffs, which tokio's timer serves well enough), or
+    /// when the system refuses a thread (then tokio's timer: batches may linger up to about
+    /// 2 ms longer).
+    fn precise_timer(&self) -> Option<DeadlineTimer> {
+        if self.acc.settings.linger.is_zero() {
+            return None;
+        }
+        let acc = Arc::clone(&self.acc);
+        match DeadlineTimer::spawn(move || acc.wake_sender.notify_one()) {
+            Ok(timer) => Some(timer),
+            Err(e) => {
+                tracing::warn!(error = %e, "producer: no linger timer thread; lingering on tokio's millisecond timer");
+                None
             }
         }
     }

@@ -153,7 +153,8 @@ impl ClientKind {
 pub enum WorkloadKind {
     /// Produce `records` records as fast as the client goes; done when all are acknowledged.
     Produce,
-    /// Produce at a fixed rate for a fixed time; latency from scheduled send to acknowledgement.
+    /// Produce at a fixed rate for a fixed time; latency from the start of each record's send
+    /// call to the acknowledgement the caller sees (see `child::Pacer`).
     ProduceLatency,
     /// Join a new consumer group on a filled topic and read `records` records.
     Consume,

@@ -70,7 +70,7 @@ impl RunOptions {
             compressions: if quick {
                 vec!["none".into()]
             } else {
-                vec!["none".into(), "snappy".into()]
+                ["none", "snappy", "lz4", "zstd"].map(String::from).to_vec()
             },
             // On: every client's idempotent producer (purekafka's default); off: the same rows
             // without it, where raw rskafka (no idempotent producer) runs too.
@@ -830,7 +830,8 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                     "-X linger.ms={linger} batch.size={BATCH_BYTES} batch.num.messages=1000000 \
                      queue.buffering.max.kbytes={BUFFER_KBYTES} \
                      queue.buffering.max.messages={BUFFER_MESSAGES} socket.nagle.disable=true \
-                     enable.idempotence={idem} compression.type=CODEC"
+                     enable.idempotence={idem} compression.type=CODEC (compression.level=1 with \
+                     zstd)"
                 ),
                 format!(
                     "{}, reports served every 1,000 sends, clock from before the first send \
@@ -858,15 +859,19 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                     "producer: acks=all linger.ms={linger} batch.size={BATCH_BYTES} \
                      batch.num.messages=1000000 queue.buffering.max.kbytes={BUFFER_KBYTES} \
                      queue.buffering.max.messages={BUFFER_MESSAGES} socket.nagle.disable=true \
-                     enable.idempotence={idem}"
+                     enable.idempotence={idem} compression.type=CODEC (zstd with \
+                     compression.level=1, lz4 at its default level 0: librdkafka's C codecs)"
                 ),
                 if c == ClientKind::Librdkafka {
                     "BaseProducer, all waiting reports served every 1,000 sends and on \
                      QueueFull (100 µs sleeps between empty polls, no spin), clock stops at the \
-                     last report; ThreadedProducer for the fixed rate"
+                     last report; ThreadedProducer for the fixed rate (latency from the send \
+                     call)"
                         .into()
                 } else {
-                    "FutureProducer, futures reaped in send order".into()
+                    "FutureProducer, futures reaped in send order (fixed rate: latency from the \
+                     send call)"
+                        .into()
                 },
                 format!(
                     "consumer: queued.max.messages.kbytes={PREFETCH_KBYTES} \
@@ -878,7 +883,8 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
             ClientKind::Krafka => vec![
                 format!(
                     "krafka 0.28.1 producer: acks=all linger {linger} ms batch_size={BATCH_BYTES} \
-                     buffer_memory={} idempotent={idem} compression=CODEC tcp_nodelay=true; \
+                     buffer_memory={} idempotent={idem} compression=CODEC (zstd at its default \
+                     level 3) tcp_nodelay=true; \
                      enqueue + DeliveryHandle per record, reaped in send order",
                     BUFFER_KBYTES * 1024
                 ),
@@ -915,9 +921,10 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
             ],
             ClientKind::Purekafka => vec![
                 format!(
-                    "producer: acks=all linger.ms={linger}+1 (its sender may send up to 1 ms \
-                     early) batch.size={BATCH_BYTES} queue.buffering.max.kbytes={BUFFER_KBYTES} \
-                     enable.idempotence={idem}, TCP_NODELAY always"
+                    "producer: acks=all linger.ms={linger} batch.size={BATCH_BYTES} \
+                     queue.buffering.max.kbytes={BUFFER_KBYTES} enable.idempotence={idem}, \
+                     TCP_NODELAY always; lz4: lz4_flex (64 KiB independent blocks), zstd: ruzstd \
+                     level \"Fastest\" (≈ zstd 1); latency from the enqueue call"
                 ),
                 "DetachedProducer (one report per batch) for throughput, enqueue + \
                  DeliveryFuture per record for the fixed rate"

@@ -50,7 +50,7 @@ pub fn run(spec: &ChildSpec) -> Result<ChildResult, String> {
 /// The producer settings shared by every client, in librdkafka's names (also given to
 /// rdkafka_performance with `-X`).
 pub fn producer_settings(spec: &ChildSpec) -> Vec<(&'static str, String)> {
-    vec![
+    let mut v = vec![
         ("acks", ACKS.into()),
         ("linger.ms", spec.linger_ms.to_string()),
         ("batch.size", BATCH_BYTES.to_string()),
@@ -67,7 +67,14 @@ pub fn producer_settings(spec: &ChildSpec) -> Vec<(&'static str, String)> {
         // The same for every client of a row: on in the default rows (purekafka's default),
         // off in the -idem-off rows.
         ("enable.idempotence", spec.idempotence.to_string()),
-    ]
+    ];
+    // purekafka's zstd (ruzstd) has one level, "Fastest", which stands for zstd's level 1;
+    // librdkafka's default is 3. lz4 needs nothing: librdkafka's default level 0 is LZ4's
+    // fast mode, lz4_flex's only one (64 KiB independent blocks, no content checksum on both).
+    if spec.compression == "zstd" {
+        v.push(("compression.level", "1".into()));
+    }
+    v
 }
 
 fn producer_config(spec: &ChildSpec) -> ClientConfig {
@@ -379,7 +386,7 @@ fn threaded_paced_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
         },
         || std::thread::sleep(Duration::from_millis(1)),
     )?;
-    let pacer = *producer
+    let pacer = producer
         .context()
         .pacer
         .get_or_init(|| Pacer::new(spec.rate, total));
@@ -391,6 +398,7 @@ fn threaded_paced_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
             let key = record_key(spec, next);
             let mut record =
                 BaseRecord::with_opaque_to(&spec.topic, next as usize).payload(&payload[..]);
+            pacer.sending(next);
             if let Some(k) = &key {
                 record = record.key(&k[..]);
             }
@@ -519,6 +527,9 @@ async fn future_produce(spec: &ChildSpec) -> Result<ChildResult, String> {
             let mut record = FutureRecord::to(&spec.topic).payload(&payload[..]);
             if let Some(k) = &key {
                 record = record.key(&k[..]);
+            }
+            if paced {
+                pacer.sending(next);
             }
             loop {
                 match producer.send_result(record) {

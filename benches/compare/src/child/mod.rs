@@ -14,6 +14,7 @@ mod rskafka_raw;
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -155,11 +156,20 @@ pub fn produce_count(spec: &ChildSpec) -> u64 {
 }
 
 /// The send schedule of a fixed-rate run: record `i` is due at `start + i / rate`.
-#[derive(Debug, Clone, Copy)]
+///
+/// A record's latency runs from the moment its send call starts ([`Pacer::sending`], stamped
+/// just before the call) to the moment the caller sees its acknowledgement: the same span for
+/// every client. It does not run from the schedule: the pacers' own timers differ (tokio's
+/// rounds a deadline up to its next millisecond tick and fires up to 2 ms late, a thread's
+/// `sleep` wakes within microseconds), and their lateness is not the client's. A client that
+/// falls behind still shows it: a send call that waits for buffer space counts from its start.
+#[derive(Debug)]
 pub struct Pacer {
     pub start: Instant,
     pub rate: f64,
     pub total: u64,
+    /// Per record: when its send call started, in µs from `start` (filled by `sending`).
+    sent_us: Vec<AtomicU32>,
 }
 
 impl Pacer {
@@ -168,6 +178,7 @@ impl Pacer {
             start: Instant::now(),
             rate: rate.max(1) as f64,
             total,
+            sent_us: (0..total).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -182,13 +193,26 @@ impl Pacer {
         self.start + Duration::from_secs_f64(i as f64 / self.rate)
     }
 
-    /// Microseconds from record `i`'s scheduled send time to `now`. Measuring from the
-    /// schedule, not from the actual send, keeps a client that falls behind from hiding it.
-    pub fn latency_us(&self, i: u64, now: Instant) -> u32 {
-        now.saturating_duration_since(self.scheduled(i))
-            .as_micros()
-            .min(u32::MAX as u128) as u32
+    /// Stamps record `i`'s send call as starting now; call it just before the send.
+    #[inline]
+    pub fn sending(&self, i: u64) {
+        if let Some(slot) = self.sent_us.get(i as usize) {
+            slot.store(micros(self.start.elapsed()), Ordering::Relaxed);
+        }
     }
+
+    /// Microseconds from the start of record `i`'s send call to `now`.
+    pub fn latency_us(&self, i: u64, now: Instant) -> u32 {
+        let sent = self
+            .sent_us
+            .get(i as usize)
+            .map_or(0, |s| s.load(Ordering::Relaxed));
+        micros(now.saturating_duration_since(self.start)).saturating_sub(sent)
+    }
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
 }
 
 /// Delivery futures of a throughput run, kept in send order and reaped from the front: the
@@ -342,5 +366,10 @@ mod tests {
         assert_eq!(p.due(p.start + Duration::from_millis(4)), 5);
         assert_eq!(p.due(p.start + Duration::from_secs(5)), 10);
         assert_eq!(p.scheduled(3) - p.start, Duration::from_millis(3));
+        p.sending(3);
+        let later = Instant::now() + Duration::from_millis(7);
+        assert!(p.latency_us(3, later) >= 7_000);
+        // Measured from the stamp, which is not before the schedule's start.
+        assert!(p.latency_us(3, later) <= p.latency_us(2, later));
     }
 }

@@ -36,10 +36,7 @@ pub fn run(spec: &ChildSpec) -> Result<ChildResult, String> {
 pub fn settings(spec: &ChildSpec, group: bool) -> Vec<(&'static str, String)> {
     let mut v = vec![
         ("acks", ACKS.to_string()),
-        // purekafka's sender may send a batch up to 1 ms before its linger is up (it wakes
-        // on tokio's 1 ms timer wheel and sends what is due within the next millisecond), so
-        // it gets 1 ms more: its batches linger `linger.ms` to `linger.ms + 1`.
-        ("linger.ms", (spec.linger_ms + 1).to_string()),
+        ("linger.ms", spec.linger_ms.to_string()),
         ("batch.size", BATCH_BYTES.to_string()),
         ("compression.type", spec.compression.clone()),
         ("queue.buffering.max.kbytes", BUFFER_KBYTES.to_string()),
@@ -194,6 +191,7 @@ async fn produce_paced(spec: &ChildSpec) -> Result<ChildResult, String> {
     while next < total {
         let due = pacer.due(Instant::now());
         while next < due {
+            pacer.sending(next);
             let fut = producer
                 .enqueue(record(spec, &topic, &payload, next))
                 .await

@@ -199,10 +199,10 @@ async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
         delivered: 0,
         errors: 0,
         latencies: paced.then(|| Vec::with_capacity(total as usize)),
-        pacer: Pacer::new(spec.rate, total),
+        pacer: Pacer::new(spec.rate, 0),
     };
     let start = Instant::now();
-    s.pacer = Pacer::new(spec.rate, total);
+    s.pacer = Pacer::new(spec.rate, if paced { total } else { 0 });
     s.pacer.start = start;
     let mut next = 0u64;
     while next < total {
@@ -212,6 +212,9 @@ async fn produce(spec: &ChildSpec) -> Result<ChildResult, String> {
             total
         };
         while next < due {
+            if paced {
+                s.pacer.sending(next);
+            }
             // Round robin, keyed or not (rskafka has no partitioner).
             let p = (next % partitions as u64) as usize;
             let key = record_key(spec, next);
