@@ -539,3 +539,64 @@ on_each_backend!(
         assert!(m.breaker_opened >= 2, "{m:?}");
     }
 );
+
+/// With a handler that does not finish, the records handed to the partitions' tasks stop at
+/// `max_pending` plus one poll (10,000 records), not at `max_pending_per_partition` for every
+/// partition; once the handler goes on, every record is processed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_waiting_for_handlers_stay_under_max_pending_in_all() {
+    init_tracing();
+    const N: u64 = 30_000;
+    const MAX_PENDING: u64 = 2_000;
+    const ONE_POLL: u64 = 10_000;
+    let cluster = start(Backend::MockCluster);
+    let topic = unique_name("max-pending");
+    cluster.create_topic(&topic, 6).await.unwrap();
+    let c = client(&cluster, &unique_name("max-pending-group")).await;
+    let records: Vec<Record> = (0..N)
+        .map(|i| Record::new(topic.clone(), format!("{i}")).with_key(format!("k{i}")))
+        .collect();
+    produce(&c, records).await;
+
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let runner = c
+        .consumer(&[&topic])
+        .unwrap()
+        .runner()
+        .config(test_config().max_pending(MAX_PENDING as usize));
+    let handle = runner.handle();
+    let (gate, log) = (go.clone(), seen.clone());
+    let run = tokio::spawn(runner.run(move |r| {
+        let (gate, log) = (gate.clone(), log.clone());
+        async move {
+            gate.acquire().await.unwrap().forget();
+            let v = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).to_string();
+            log.lock().unwrap().push(v.parse().unwrap());
+            Ok(())
+        }
+    }));
+    // Without the total bound every partition would take up to 20,000: all 30,000 records.
+    wait_for(&handle, Duration::from_secs(60), |m| {
+        m.pending >= MAX_PENDING
+    })
+    .await;
+    let mut most = 0;
+    for _ in 0..100 {
+        most = most.max(handle.metrics().pending);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        most <= MAX_PENDING + ONE_POLL,
+        "{most} records waited for handlers (max_pending {MAX_PENDING})"
+    );
+
+    go.add_permits(N as usize);
+    wait_for(&handle, Duration::from_secs(120), |m| m.processed == N).await;
+    handle.shutdown();
+    let m = run.await.unwrap().unwrap();
+    assert_eq!(m.processed, N, "{m:?}");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>(), "each record once");
+}

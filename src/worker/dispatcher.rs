@@ -294,8 +294,8 @@ impl<P: Process> Dispatcher<'_, P> {
         }
     }
 
-    /// Pauses partitions whose task is far behind, and all while the breaker is open;
-    /// resumes the others. Drops the tasks of partitions no longer assigned.
+    /// Pauses partitions whose task is far behind, and all while the breaker is open or the
+    /// records waiting for handlers reach `max_pending`; resumes the others. Drops the tasks of partitions no longer assigned.
     pub(super) fn update_pauses(&mut self, config: &RunnerConfig) {
         let assignment = self.consumer.assignment();
         let assigned: HashSet<&TopicPartition> = assignment.iter().collect();
@@ -307,6 +307,17 @@ impl<P: Process> Dispatcher<'_, P> {
             keep
         });
         let open = self.ctx.breaker.state() != BreakerState::Closed;
+        let pending: usize = self
+            .slots
+            .values()
+            .map(|s| s.backlog.load(Ordering::Relaxed))
+            .sum();
+        self.ctx
+            .control
+            .counters
+            .pending
+            .store(pending as u64, Ordering::Relaxed);
+        let full = pending >= config.max_pending;
         let paused: HashSet<TopicPartition> = self.consumer.paused().into_iter().collect();
         let mut to_pause = Vec::new();
         let mut to_resume = Vec::new();
@@ -314,7 +325,7 @@ impl<P: Process> Dispatcher<'_, P> {
             let behind = self.slots.get(tp).is_some_and(|s| {
                 s.backlog.load(Ordering::Relaxed) >= config.max_pending_per_partition
             });
-            let want = open || behind;
+            let want = open || behind || full;
             match (want, paused.contains(tp)) {
                 (true, false) => to_pause.push((&*tp.topic, tp.partition)),
                 (false, true) => to_resume.push((&*tp.topic, tp.partition)),
@@ -322,7 +333,12 @@ impl<P: Process> Dispatcher<'_, P> {
             }
         }
         if !to_pause.is_empty() {
-            tracing::debug!(partitions = to_pause.len(), breaker_open = open, "pausing");
+            tracing::debug!(
+                partitions = to_pause.len(),
+                breaker_open = open,
+                pending,
+                "pausing"
+            );
             let _ = self.consumer.pause(&to_pause);
         }
         if !to_resume.is_empty() {

@@ -32,6 +32,10 @@ pub struct RunMetrics {
     pub breaker_state: BreakerState,
     /// How many times the breaker opened.
     pub breaker_opened: u64,
+    /// Records handed to the partitions' tasks and not finished yet, as of the run loop's
+    /// last pass (bounded by [`RunnerConfig::max_pending`](super::RunnerConfig::max_pending)
+    /// plus one poll).
+    pub pending: u64,
 }
 
 #[derive(Default)]
@@ -44,4 +48,5 @@ pub(super) struct Counters {
     pub(super) dlq_failures: AtomicU64,
     pub(super) dlq_permanent: AtomicU64,
     pub(super) dlq_skipped: AtomicU64,
+    pub(super) pending: AtomicU64,
 }

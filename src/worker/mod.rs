@@ -124,6 +124,7 @@ impl RunHandle {
             dlq_skipped: c.dlq_skipped.load(Ordering::Relaxed),
             breaker_state,
             breaker_opened,
+            pending: c.pending.load(Ordering::Relaxed),
         }
     }
 }
