@@ -270,6 +270,21 @@ impl Consumer {
         }
     }
 
+    /// The processing runtime's turn of its loop while its handlers have as many records as
+    /// it lets wait (`RunnerConfig::max_pending`): counts as a poll for
+    /// `max.poll.interval.ms` and takes no record, so the prefetched ones stay buffered (the
+    /// fetcher stops at `queued.max.messages.kbytes`) instead of being dropped by a pause and
+    /// fetched again.
+    pub(crate) fn poll_without_records(&self) {
+        self.ensure_started();
+        let max_poll = self.member.client.config().consumer().max_poll_interval;
+        let mut state = self.member.shared.lock();
+        if state.last_poll.elapsed() > max_poll {
+            self.member.shared.membership_wakeup.notify_waiters();
+        }
+        state.last_poll = Instant::now();
+    }
+
     /// Waits up to `timeout` for records and returns those available (at once when some are
     /// buffered; an empty batch when none came in time).
     ///

@@ -135,8 +135,10 @@ pub struct RunnerConfig {
     /// A partition is paused while this many of its records wait for its handler. Default
     /// 20 000 (two polls' worth): bounds memory without starving a fast handler.
     pub max_pending_per_partition: usize,
-    /// Every partition is paused while this many records in all wait for their handlers.
-    /// Default 100 000 (ten polls' worth): the per-partition bound alone let a runner with
+    /// The run loop takes no more records from the consumer while this many in all wait for
+    /// their handlers (it still counts as polling for `max.poll.interval.ms`; the consumer
+    /// keeps what it prefetched, up to `queued.max.messages.kbytes`). Default 100 000 (ten
+    /// polls' worth): the per-partition bound alone let a runner with
     /// many partitions hold 20 000 records for each (48 partitions of 100-byte records and a
     /// slow handler: about 1M records, 553 MiB peak RSS in the comparison harness).
     pub max_pending: usize,

@@ -74,7 +74,16 @@ impl<P: Process> Dispatcher<'_, P> {
                 }
                 last_commit = Instant::now();
             }
-            self.update_pauses(config);
+            if self.update_pauses(config) {
+                // As many records wait for handlers as `max_pending` lets: take no more until
+                // they go down (the consumer keeps what it prefetched).
+                self.consumer.poll_without_records();
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+                continue;
+            }
             let batch = tokio::select! {
                 b = self.consumer.poll(Duration::from_millis(100)) => b,
                 _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -294,9 +303,9 @@ impl<P: Process> Dispatcher<'_, P> {
         }
     }
 
-    /// Pauses partitions whose task is far behind, and all while the breaker is open or the
-    /// records waiting for handlers reach `max_pending`; resumes the others. Drops the tasks of partitions no longer assigned.
-    pub(super) fn update_pauses(&mut self, config: &RunnerConfig) {
+    /// Pauses partitions whose task is far behind, and all while the breaker is open; resumes
+    /// the others. Returns whether the records waiting for handlers reached `max_pending`. Drops the tasks of partitions no longer assigned.
+    pub(super) fn update_pauses(&mut self, config: &RunnerConfig) -> bool {
         let assignment = self.consumer.assignment();
         let assigned: HashSet<&TopicPartition> = assignment.iter().collect();
         self.slots.retain(|tp, s| {
@@ -317,7 +326,6 @@ impl<P: Process> Dispatcher<'_, P> {
             .counters
             .pending
             .store(pending as u64, Ordering::Relaxed);
-        let full = pending >= config.max_pending;
         let paused: HashSet<TopicPartition> = self.consumer.paused().into_iter().collect();
         let mut to_pause = Vec::new();
         let mut to_resume = Vec::new();
@@ -325,7 +333,7 @@ impl<P: Process> Dispatcher<'_, P> {
             let behind = self.slots.get(tp).is_some_and(|s| {
                 s.backlog.load(Ordering::Relaxed) >= config.max_pending_per_partition
             });
-            let want = open || behind || full;
+            let want = open || behind;
             match (want, paused.contains(tp)) {
                 (true, false) => to_pause.push((&*tp.topic, tp.partition)),
                 (false, true) => to_resume.push((&*tp.topic, tp.partition)),
@@ -333,17 +341,13 @@ impl<P: Process> Dispatcher<'_, P> {
             }
         }
         if !to_pause.is_empty() {
-            tracing::debug!(
-                partitions = to_pause.len(),
-                breaker_open = open,
-                pending,
-                "pausing"
-            );
+            tracing::debug!(partitions = to_pause.len(), breaker_open = open, "pausing");
             let _ = self.consumer.pause(&to_pause);
         }
         if !to_resume.is_empty() {
             tracing::debug!(partitions = to_resume.len(), "resuming");
             let _ = self.consumer.resume(&to_resume);
         }
+        pending >= config.max_pending
     }
 }
