@@ -390,7 +390,8 @@ pub struct ConsumerConfig {
     /// (`fetch.wait.max.ms`, alias `fetch.max.wait.ms`; default 500 ms).
     pub fetch_max_wait: Duration,
     /// Bound on prefetched, not yet polled bytes (`queued.max.messages.kbytes`, default
-    /// 64 MiB).
+    /// 64 MiB): the fetched record data and the decoded records' structs (`ConsumedRecord`,
+    /// about 130 bytes each), so the bound holds for small records too.
     pub prefetch_max_bytes: usize,
     /// Verify each fetched batch's CRC32C (`check.crcs`, default true as in the Java
     /// client); a mismatch is an error for that partition only.

@@ -309,6 +309,10 @@ impl Fetcher {
                         outcome.corrupt.push(f.tp.clone());
                     }
                 }
+                // What the chunk holds in memory: the fetched bytes and the records' own
+                // structs (at 100-byte records about as much again).
+                let bytes =
+                    bytes + decoded.records.len() * std::mem::size_of::<crate::ConsumedRecord>();
                 chunks.push((f, decoded, bytes, p.high_watermark));
             }
         }
