@@ -220,9 +220,13 @@ async fn three_members_split_and_take_over(backend: Backend) {
         if unique.len() == 6 && sets.iter().map(Vec::len).sum::<usize>() == 6 {
             break;
         }
+        // A clean leave rebalances at once (about a second here). The bound is generous: under
+        // a loaded CI run the mock's classic coordinator once closed both remaining members'
+        // connections in the middle of their JoinGroup (EOF, rejoined 84 ms later) and the
+        // take-over took more than 6 s (2026-12-07); no timing is asserted here.
         assert!(
-            left_at.elapsed() < Duration::from_secs(6),
-            "partitions not taken over within the session timeout: {sets:?}"
+            left_at.elapsed() < Duration::from_secs(45),
+            "partitions not taken over: {sets:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
