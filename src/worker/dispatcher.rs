@@ -304,7 +304,8 @@ impl<P: Process> Dispatcher<'_, P> {
     }
 
     /// Pauses partitions whose task is far behind, and all while the breaker is open; resumes
-    /// the others. Returns whether the records waiting for handlers reached `max_pending`. Drops the tasks of partitions no longer assigned.
+    /// the others; drops the tasks of partitions no longer assigned. Returns whether the
+    /// records waiting for handlers reached `max_pending`.
     pub(super) fn update_pauses(&mut self, config: &RunnerConfig) -> bool {
         let assignment = self.consumer.assignment();
         let assigned: HashSet<&TopicPartition> = assignment.iter().collect();
