@@ -16,9 +16,7 @@ use purekafka_testkit::unique_name;
 
 #[macro_use]
 mod support;
-#[path = "support/tansu_sql.rs"]
-mod tansu_sql;
-use tansu_sql::TansuSql;
+use support::tansu_sql::TansuSql;
 
 /// The Java client's partition for `key` among `n` partitions, computed here without
 /// purekafka: `Utils.toPositive(Utils.murmur2(key)) % n` (MurmurHash2, seed 0x9747b28c).

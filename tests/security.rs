@@ -13,7 +13,7 @@
 //! name, an expired one, and a client certificate.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ use purekafka_testkit::unique_name;
 
 #[macro_use]
 mod support;
+use support::process::{free_port, wait_listening, Proc};
+use support::tansu_sql::tansu_sql_bin;
 
 // ---------------------------------------------------------------------------------------
 // Certificates
@@ -141,92 +143,10 @@ impl Certs {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Processes: tansu and stunnel, each killed when dropped (and when this process dies: a
-// `sh` watchdog kills the child when its stdin, a pipe from us, closes).
-
-struct Proc {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        drop(self._stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(program: &str, args: &[&str], log: PathBuf) -> Proc {
-        const WATCHDOG: &str = r#"bin=$1; shift
-"$bin" "$@" </dev/null &
-child=$!
-cat >/dev/null
-kill -KILL "$child" 2>/dev/null
-wait "$child" 2>/dev/null
-exit 0"#;
-        let out = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("watchdog")
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        let stdin = child.stdin.take();
-        Proc {
-            child,
-            _stdin: stdin,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(port: u16, what: &Proc) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {port}: {}",
-            what.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn tansu_bin() -> String {
     std::env::var("PUREKAFKA_TANSU_BIN").unwrap_or_else(|_| {
         let home = std::env::var("HOME").unwrap_or_default();
         format!("{home}/.cargo/bin/tansu")
-    })
-}
-
-/// tansu built with SQLite storage (`testcontainers/tansu/install.sh --sql`, installed as
-/// `tansu-sql`): the only tansu here whose SCRAM users outlive the broker that created them,
-/// because the wheel's memory storage forgets them and refuses to create them while
-/// `--authentication` is on.
-fn tansu_sql_bin() -> String {
-    std::env::var("PUREKAFKA_TANSU_SQL_BIN").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cargo/bin/tansu-sql")
     })
 }
 

@@ -5,6 +5,11 @@
 
 use std::time::Duration;
 
+/// Processes started under a watchdog (tansu, stunnel).
+pub mod process;
+/// tansu with SQLite storage, and topics grown in its database.
+pub mod tansu_sql;
+
 use purekafka::rskafka::client::partition::Compression;
 use purekafka::rskafka::record::Record as RsRecord;
 use purekafka::{Client, Config};

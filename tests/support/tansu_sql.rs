@@ -11,25 +11,25 @@
 //! moment of the update, so tests grow a topic while nothing is being written to it).
 
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use purekafka_testkit::unique_name;
+
+use super::process::{free_port, wait_listening, Proc};
 
 /// A running `tansu-sql` broker on 127.0.0.1, killed when dropped (and when the test process
 /// dies: a `sh` watchdog kills it when its stdin, a pipe from the test, closes); its
 /// directory (database and log) is removed when dropped.
 pub struct TansuSql {
-    child: Child,
-    stdin: Option<ChildStdin>,
+    broker: Option<Proc>,
     dir: PathBuf,
     port: u16,
 }
 
 impl Drop for TansuSql {
     fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
+        // The broker first (its drop waits for it), then its directory.
+        drop(self.broker.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -45,13 +45,6 @@ pub fn tansu_sql_bin() -> String {
 impl TansuSql {
     /// Starts tansu-sql on a free port with a new database; returns once it listens.
     pub fn start() -> TansuSql {
-        const WATCHDOG: &str = r#"bin=$1; shift
-"$bin" "$@" </dev/null &
-child=$!
-cat >/dev/null
-kill -KILL "$child" 2>/dev/null
-wait "$child" 2>/dev/null
-exit 0"#;
         let bin = tansu_sql_bin();
         assert!(
             std::path::Path::new(&bin).exists(),
@@ -60,47 +53,28 @@ exit 0"#;
         );
         let dir = std::env::temp_dir().join(unique_name("purekafka-tansu-sql"));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         // tansu takes the URL's path without its first `/`: four slashes name an absolute path.
         let storage = format!(
             "--storage-engine=sqlite:///{}",
             dir.join("tansu.db").display()
         );
-        let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("tansu-sql-watchdog")
-            .arg(&bin)
-            .args(["broker", &storage, "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
-        let stdin = child.stdin.take();
-        let broker = TansuSql {
-            child,
-            stdin,
+        let args = [
+            "broker",
+            &storage,
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ];
+        let broker = Proc::spawn(&bin, &args, dir.join("tansu.log"));
+        wait_listening(port, &broker);
+        TansuSql {
+            broker: Some(broker),
             dir,
             port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu-sql does not listen on {port}: {}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        broker
     }
 
     /// `127.0.0.1:port`.
@@ -110,7 +84,7 @@ exit 0"#;
 
     /// The broker's output so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
+        self.broker.as_ref().map(Proc::log).unwrap_or_default()
     }
 
     /// Grows `topic` to `partitions` partitions in the broker's database (see the module
