@@ -67,6 +67,19 @@ pub fn command(spec: &ChildSpec) -> Result<(String, Vec<String>), String> {
     Ok((BIN.to_string(), args))
 }
 
+/// The number in the word just before `word` in one of the tool's summary lines (digits
+/// only: `(offset 123,` reads 123); `what` names it in the error.
+pub fn number_before(line: &str, word: &str, what: &str) -> Result<u64, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .iter()
+        .position(|x| *x == word)
+        .and_then(|i| words.get(i.checked_sub(1)?))
+        .map(|s| s.trim_matches(|c: char| !c.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("rdkafka_performance summary without {what}: {line:?}"))
+}
+
 /// Reads the tool's last summary line:
 /// `% N messages produced (B bytes), D delivered (offset O, F failed) in Tms: R msgs/s and ...`
 pub fn parse(spec: &ChildSpec, stdout: &str) -> Result<ChildResult, String> {
@@ -75,21 +88,9 @@ pub fn parse(spec: &ChildSpec, stdout: &str) -> Result<ChildResult, String> {
         .rev()
         .find(|l| l.contains(" messages produced (") && l.contains(" delivered ("))
         .ok_or("rdkafka_performance printed no summary line")?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let after = |w: &str| -> Option<&str> {
-        words
-            .iter()
-            .position(|x| *x == w)
-            .and_then(|i| words.get(i.checked_sub(1)?).copied())
-    };
-    let num = |s: Option<&str>, what: &str| -> Result<u64, String> {
-        s.map(|s| s.trim_matches(|c: char| !c.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("rdkafka_performance summary without {what}: {line:?}"))
-    };
-    let delivered = num(after("delivered"), "delivered count")?;
-    let failed = num(after("failed)"), "failed count")?;
-    let rate = num(after("msgs/s"), "msgs/s")?;
+    let delivered = number_before(line, "delivered", "delivered count")?;
+    let failed = number_before(line, "failed)", "failed count")?;
+    let rate = number_before(line, "msgs/s", "msgs/s")?;
     if rate == 0 {
         return Err(format!("rdkafka_performance reported 0 msgs/s: {line:?}"));
     }

@@ -23,7 +23,7 @@ use std::process::Command;
 use crate::model::{ChildResult, ChildSpec, WorkloadKind};
 use crate::proc::TimedLine;
 
-use super::rdkafka_performance::{available, BIN};
+use super::rdkafka_performance::{available, number_before, BIN};
 
 /// What the tool writes to stderr right after `rd_kafka_subscribe`.
 const SUBSCRIBED: &str = "Waiting for group rebalance";
@@ -72,21 +72,9 @@ pub fn parse(spec: &ChildSpec, stdout: &str, stderr: &[TimedLine]) -> Result<Chi
         .rev()
         .find(|l| l.contains(" messages (") && l.contains(" consumed in "))
         .ok_or("rdkafka_performance printed no consumer summary line")?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let before = |w: &str| -> Option<&str> {
-        words
-            .iter()
-            .position(|x| *x == w)
-            .and_then(|i| words.get(i.checked_sub(1)?).copied())
-    };
-    let num = |s: Option<&str>, what: &str| -> Result<u64, String> {
-        s.map(|s| s.trim_matches(|c: char| !c.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("rdkafka_performance summary without {what}: {line:?}"))
-    };
-    let records = num(before("messages"), "message count")?;
-    let bytes = num(before("bytes)"), "byte count")?;
-    let rate = num(before("msgs/s"), "msgs/s")?;
+    let records = number_before(line, "messages", "message count")?;
+    let bytes = number_before(line, "bytes)", "byte count")?;
+    let rate = number_before(line, "msgs/s", "msgs/s")?;
     if rate == 0 {
         return Err(format!("rdkafka_performance reported 0 msgs/s: {line:?}"));
     }
