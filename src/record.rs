@@ -14,21 +14,101 @@ use serde::Serialize;
 use crate::error::Result;
 
 /// Record headers: an ordered list of `name → bytes`; a name may repeat, as Kafka allows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, Bytes)>);
+///
+/// A record with one header (the common case: a trace id, an event id) keeps it inline, and a
+/// name of up to 22 bytes is stored without a heap allocation, so the consumer decodes such
+/// records without allocating per record.
+#[derive(Clone, Default)]
+pub struct Headers(HeaderList);
+
+/// The headers themselves: none, one inline, or a list.
+#[derive(Clone, Default)]
+enum HeaderList {
+    #[default]
+    Empty,
+    One(HeaderName, Bytes),
+    Many(Vec<(HeaderName, Bytes)>),
+}
+
+/// Bytes of a header name kept inline (beyond that, a boxed string).
+const INLINE_NAME: usize = 22;
+
+/// A header name: short names inline, longer ones boxed. Always valid UTF-8 (built from
+/// `&str` only).
+#[derive(Clone)]
+enum HeaderName {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Boxed(Box<str>),
+}
+
+impl HeaderName {
+    fn new(name: &str) -> Self {
+        if name.len() <= INLINE_NAME {
+            let mut bytes = [0u8; INLINE_NAME];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            HeaderName::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            HeaderName::Boxed(name.into())
+        }
+    }
+
+    fn from_string(name: String) -> Self {
+        if name.len() <= INLINE_NAME {
+            HeaderName::new(&name)
+        } else {
+            HeaderName::Boxed(name.into_boxed_str())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` prefix of at most INLINE_NAME bytes: always valid UTF-8.
+            HeaderName::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            HeaderName::Boxed(s) => s,
+        }
+    }
+}
 
 impl Headers {
     /// No headers (allocates nothing).
     pub const fn new() -> Self {
-        Headers(Vec::new())
+        Headers(HeaderList::Empty)
     }
+
     /// Appends a header.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
-        self.0.push((name.into(), value.into()));
+        self.push(HeaderName::from_string(name.into()), value.into());
     }
+
+    /// Appends a header whose name was read off the wire (the consumer's decoder): a name that
+    /// is not UTF-8 is kept with U+FFFD in place of its invalid bytes.
+    pub(crate) fn insert_wire(&mut self, name: &[u8], value: Bytes) {
+        let name = match std::str::from_utf8(name) {
+            Ok(n) => HeaderName::new(n),
+            Err(_) => HeaderName::from_string(String::from_utf8_lossy(name).into_owned()),
+        };
+        self.push(name, value);
+    }
+
+    fn push(&mut self, name: HeaderName, value: Bytes) {
+        self.0 = match std::mem::take(&mut self.0) {
+            HeaderList::Empty => HeaderList::One(name, value),
+            HeaderList::One(n, v) => HeaderList::Many(vec![(n, v), (name, value)]),
+            HeaderList::Many(mut list) => {
+                list.push((name, value));
+                HeaderList::Many(list)
+            }
+        };
+    }
+
     /// The value of the first header called `name`.
     pub fn get(&self, name: &str) -> Option<&Bytes> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
     /// The value of the first header called `name`, if it is UTF-8.
     pub fn get_str(&self, name: &str) -> Option<&str> {
@@ -36,25 +116,50 @@ impl Headers {
     }
     /// All headers in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v))
+        let (one, rest) = match &self.0 {
+            HeaderList::Empty => (None, &[][..]),
+            HeaderList::One(n, v) => (Some((n, v)), &[][..]),
+            HeaderList::Many(list) => (None, &list[..]),
+        };
+        one.into_iter()
+            .chain(rest.iter().map(|(n, v)| (n, v)))
+            .map(|(n, v)| (n.as_str(), v))
     }
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.0.len()
+        match &self.0 {
+            HeaderList::Empty => 0,
+            HeaderList::One(..) => 1,
+            HeaderList::Many(list) => list.len(),
+        }
     }
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
 impl<N: Into<String>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
-        Headers(
-            iter.into_iter()
-                .map(|(n, v)| (n.into(), v.into()))
-                .collect(),
-        )
+        let mut headers = Headers::new();
+        for (n, v) in iter {
+            headers.insert(n, v);
+        }
+        headers
     }
 }
 
@@ -62,7 +167,19 @@ impl IntoIterator for Headers {
     type Item = (String, Bytes);
     type IntoIter = std::vec::IntoIter<(String, Bytes)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        let owned = |(n, v): (HeaderName, Bytes)| {
+            let name = match n {
+                HeaderName::Boxed(s) => s.into_string(),
+                inline => inline.as_str().to_owned(),
+            };
+            (name, v)
+        };
+        match self.0 {
+            HeaderList::Empty => Vec::new(),
+            HeaderList::One(n, v) => vec![owned((n, v))],
+            HeaderList::Many(list) => list.into_iter().map(owned).collect(),
+        }
+        .into_iter()
     }
 }
 
@@ -254,5 +371,53 @@ mod tests {
             ..consumed
         };
         assert!(matches!(bad.json::<Order>(), Err(crate::Error::Json(_))));
+    }
+
+    #[test]
+    fn headers_keep_order_repeats_and_long_names_in_every_shape() {
+        let long = "x".repeat(INLINE_NAME + 1);
+        let edge = "y".repeat(INLINE_NAME);
+        let mut h = Headers::new();
+        assert!(h.is_empty());
+        assert_eq!(h, Headers::new());
+        h.insert("trace", "a");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get_str("trace"), Some("a"));
+        h.insert(long.clone(), "b");
+        h.insert(edge.as_str(), "c");
+        h.insert("trace", "d");
+        let names: Vec<&str> = h.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["trace", long.as_str(), edge.as_str(), "trace"]);
+        assert_eq!(h.get_str(&long), Some("b"));
+        assert_eq!(h.get_str(&edge), Some("c"));
+        // The first of a repeated name.
+        assert_eq!(h.get_str("trace"), Some("a"));
+        let collected: Headers = h.clone().into_iter().collect();
+        assert_eq!(collected, h);
+        let owned: Vec<(String, Bytes)> = h.into_iter().collect();
+        assert_eq!(owned[1], (long, Bytes::from_static(b"b")));
+    }
+
+    #[test]
+    fn one_header_equals_the_same_header_built_any_way() {
+        let mut one = Headers::new();
+        one.insert_wire(b"event_id", Bytes::from_static(b"e-1"));
+        let built: Headers = [("event_id", "e-1")].into_iter().collect();
+        assert_eq!(one, built);
+        assert_ne!(one, Headers::new());
+        let mut two = one.clone();
+        two.insert("k", "v");
+        assert_ne!(one, two);
+        assert_eq!(format!("{one:?}"), r#"[("event_id", b"e-1")]"#);
+    }
+
+    #[test]
+    fn a_wire_name_that_is_not_utf8_is_kept_lossily() {
+        let mut h = Headers::new();
+        h.insert_wire(b"bad\xffname", Bytes::from_static(b"v"));
+        h.insert_wire(&[0xff; 40], Bytes::from_static(b"w"));
+        let names: Vec<&str> = h.iter().map(|(n, _)| n).collect();
+        assert_eq!(names[0], "bad\u{fffd}name");
+        assert_eq!(names[1], "\u{fffd}".repeat(40));
     }
 }

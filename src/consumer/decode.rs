@@ -374,7 +374,7 @@ fn decode_v2(
         for _ in 0..header_count.max(0) {
             let name = nullable_bytes(&mut rec)?.unwrap_or_default();
             let value = nullable_bytes(&mut rec)?.unwrap_or_default();
-            headers.insert(String::from_utf8_lossy(&name).into_owned(), value);
+            headers.insert_wire(&name, value);
         }
         let offset = base_offset
             .checked_add(offset_delta)

@@ -207,6 +207,15 @@ fn expected_checksum(records: u64, value_size: usize) -> u64 {
     })
 }
 
+/// `COMPARE_PERF=DIR` (and `COMPARE_PERF_CLIENT`, default `purekafka`): that client's children
+/// run under `perf record -g`, one file per run in DIR — for profiles only, since perf's own
+/// CPU and memory are then counted in the run's figures.
+fn perf_dir(client: ClientKind) -> Option<String> {
+    let dir = std::env::var("COMPARE_PERF").ok()?;
+    let wanted = std::env::var("COMPARE_PERF_CLIENT").unwrap_or_else(|_| "purekafka".into());
+    (client.name() == wanted).then_some(dir)
+}
+
 /// `linger.ms` of the consume topic's fill: [`FILL_LINGER_MS`], or `COMPARE_FILL_LINGER_MS` to
 /// see what smaller batches do to the mock cluster (such runs are not the published shape: say
 /// so when quoting them).
@@ -290,6 +299,25 @@ impl Runner {
         }
         let mut args = vec!["child".to_string()];
         args.extend(spec.to_args());
+        if let Some(dir) = perf_dir(spec.client) {
+            // Profiling only: perf's own CPU and memory land in this run's figures.
+            let out = format!(
+                "{dir}/{}-{}-{}.perf",
+                spec.client.name(),
+                spec.workload.name(),
+                std::process::id() as u64 * 1000 + self.pb.position()
+            );
+            let mut perf = vec![
+                "record".to_string(),
+                "-g".into(),
+                "-o".into(),
+                out,
+                "--".into(),
+                self.exe.clone(),
+            ];
+            perf.extend(args);
+            return run_child("perf", &perf, self.opts.child_timeout);
+        }
         run_child(&self.exe, &args, self.opts.child_timeout)
     }
 
