@@ -96,14 +96,15 @@ impl Headers {
     }
 
     fn push(&mut self, name: HeaderName, value: Bytes) {
-        self.0 = match std::mem::take(&mut self.0) {
-            HeaderList::Empty => HeaderList::One(name, value),
-            HeaderList::One(n, v) => HeaderList::Many(vec![(n, v), (name, value)]),
-            HeaderList::Many(mut list) => {
-                list.push((name, value));
-                HeaderList::Many(list)
+        match &mut self.0 {
+            HeaderList::Empty => self.0 = HeaderList::One(name, value),
+            HeaderList::Many(list) => list.push((name, value)),
+            HeaderList::One(..) => {
+                if let HeaderList::One(n, v) = std::mem::take(&mut self.0) {
+                    self.0 = HeaderList::Many(vec![(n, v), (name, value)]);
+                }
             }
-        };
+        }
     }
 
     /// The value of the first header called `name`.

@@ -50,6 +50,40 @@ fn varint(buf: &mut Bytes) -> Result<i64> {
     })
 }
 
+/// Reads a zig-zag varint off a slice cursor (one-byte values take the short path).
+#[inline]
+fn slice_varint(cur: &mut &[u8]) -> Result<i64> {
+    match cur.first() {
+        Some(&b) if b < 0x80 => {
+            *cur = &cur[1..];
+            Ok(i64::from(b >> 1) ^ -i64::from(b & 1))
+        }
+        _ => varint_from(cur),
+    }
+}
+
+fn varint_from(cur: &mut &[u8]) -> Result<i64> {
+    crate::varint::get_varlong(cur).map_err(|e| match e {
+        crate::varint::VarintError::Truncated => corrupt("truncated varint"),
+        crate::varint::VarintError::TooLong => corrupt("varint too long"),
+    })
+}
+
+/// A length-prefixed (varint) byte field off a slice cursor; length -1 (or less) is null.
+#[inline]
+fn slice_field<'a>(cur: &mut &'a [u8]) -> Result<Option<&'a [u8]>> {
+    let len = slice_varint(cur)?;
+    if len < 0 {
+        return Ok(None);
+    }
+    if cur.len() < len as usize {
+        return Err(corrupt("field longer than its record"));
+    }
+    let (field, rest) = cur.split_at(len as usize);
+    *cur = rest;
+    Ok(Some(field))
+}
+
 /// A length-prefixed (varint) byte field; length -1 is null.
 fn nullable_bytes(buf: &mut Bytes) -> Result<Option<Bytes>> {
     let len = varint(buf)?;
@@ -348,33 +382,37 @@ fn decode_v2(
         return Ok(());
     }
     let log_append_time = attributes & 0x08 != 0;
-    let mut records = match attributes & 0x07 {
+    let records = match attributes & 0x07 {
         0 => batch,
         codec => decompress(codec, batch, topic, partition)?,
     };
     // Bounded by the bytes present, not by the count read off the wire.
     out.records
         .reserve((count as usize).min(records.len() / MIN_RECORD));
+    // The records are read through a slice cursor; only keys, values and header values
+    // become `Bytes` (slices of `records`, one reference count each).
+    let data: &[u8] = &records;
+    let mut cur = data;
     for _ in 0..count {
-        let len = varint(&mut records)?;
-        if len < 0 || records.remaining() < len as usize {
+        let len = slice_varint(&mut cur)?;
+        if len < 0 || cur.len() < len as usize {
             return Err(corrupt("record longer than its batch"));
         }
-        let mut rec = records.split_to(len as usize);
-        if !rec.has_remaining() {
+        let (rec, rest) = cur.split_at(len as usize);
+        cur = rest;
+        let Some((_attributes, mut rec)) = rec.split_first() else {
             return Err(corrupt("empty record"));
-        }
-        rec.advance(1); // attributes
-        let ts_delta = varint(&mut rec)?;
-        let offset_delta = varint(&mut rec)?;
-        let key = nullable_bytes(&mut rec)?;
-        let value = nullable_bytes(&mut rec)?;
-        let header_count = varint(&mut rec)?;
+        };
+        let ts_delta = slice_varint(&mut rec)?;
+        let offset_delta = slice_varint(&mut rec)?;
+        let key = slice_field(&mut rec)?.map(|k| records.slice_ref(k));
+        let value = slice_field(&mut rec)?.map(|v| records.slice_ref(v));
+        let header_count = slice_varint(&mut rec)?;
         let mut headers = Headers::new();
         for _ in 0..header_count.max(0) {
-            let name = nullable_bytes(&mut rec)?.unwrap_or_default();
-            let value = nullable_bytes(&mut rec)?.unwrap_or_default();
-            headers.insert_wire(&name, value);
+            let name = slice_field(&mut rec)?.unwrap_or_default();
+            let value = slice_field(&mut rec)?.map_or_else(Bytes::new, |v| records.slice_ref(v));
+            headers.insert_wire(name, value);
         }
         let offset = base_offset
             .checked_add(offset_delta)
