@@ -66,6 +66,10 @@ use state::ConsumerHub;
 
 /// Most records one `poll` returns (whole fetched chunks are split at this size).
 const MAX_POLL_RECORDS: usize = 10_000;
+/// A poll hands out a fetched chunk's own vector of records; it copies a further chunk's
+/// records behind them only while that chunk is smaller than this (copying 4,000 records of
+/// ~170 bytes each was 6 % of a 48-partition consume run's samples).
+const MERGE_BELOW: usize = 1_024;
 
 /// Told about rebalances: which partitions this member got, gave up, or lost. Set one with
 /// [`Consumer::set_rebalance_listener`]. Runs on the membership task: keep it short.
@@ -347,6 +351,10 @@ impl Consumer {
             let Some(mut chunk) = state.buffer.pop_front() else {
                 break;
             };
+            if !out.is_empty() && chunk.records.len() >= MERGE_BELOW {
+                state.buffer.push_front(chunk);
+                break;
+            }
             let Some(p) = state.partitions.get_mut(&chunk.tp) else {
                 freed += chunk.bytes;
                 continue;
