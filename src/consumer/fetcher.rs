@@ -2,8 +2,10 @@
 //! that broker leads, decodes the batches (zero-copy, [`decode`](super::decode)) and queues
 //! them for `poll`, while the buffered bytes stay under `queued.max.messages.kbytes`.
 //!
-//! One request per broker is in flight at a time; the next one is sent as soon as its response
-//! is decoded, so `poll` normally finds data waiting. Leader changes (NOT_LEADER, unknown
+//! One request per broker is in flight at a time, on the worker's own connection (opened as
+//! soon as the worker starts, while positions are looked up). Each partition's records go to
+//! `poll` as soon as that partition is decoded, and the next request is sent once the whole
+//! response is, so `poll` normally finds data waiting. Leader changes (NOT_LEADER, unknown
 //! partition, fenced epoch) refresh metadata; OFFSET_OUT_OF_RANGE applies `auto.offset.reset`.
 //!
 //! Fetches carry the consumer's `isolation.level` (read_committed by default: the broker
@@ -176,19 +178,18 @@ impl Fetcher {
         }
     }
 
-    /// Sends one Fetch to `node` for `planned` and queues what comes back.
-    async fn fetch(
+    /// The worker's own connection to `node`, opened (through the client's wire layer, with
+    /// its security and timeouts) when there is none or it closed.
+    async fn connection(
         &self,
         node: i32,
-        planned: &[Planned],
         own: &mut Option<Arc<BrokerConnection>>,
-    ) -> Result<FetchOutcome> {
-        let config = self.client.config().consumer();
+    ) -> Result<Arc<BrokerConnection>> {
         let cluster = self.client.wire()?;
         // Each worker has its own connection: a broker holds a fetch up to fetch.wait.max.ms
         // and answers one connection's requests in order, so a shared connection would make
         // other consumers' fetches (and the producer's requests) wait behind ours.
-        let conn = match own {
+        Ok(match own {
             Some(c) if !c.is_closed() => Arc::clone(c),
             _ => {
                 let addr = match cluster.metadata().brokers.get(&node) {
@@ -211,7 +212,18 @@ impl Fetcher {
                 *own = Some(Arc::clone(&c));
                 c
             }
-        };
+        })
+    }
+
+    /// Sends one Fetch to `node` for `planned` and queues what comes back.
+    async fn fetch(
+        &self,
+        node: i32,
+        planned: &[Planned],
+        own: &mut Option<Arc<BrokerConnection>>,
+    ) -> Result<FetchOutcome> {
+        let config = self.client.config().consumer();
+        let conn = self.connection(node, own).await?;
         let version = conn.version_for::<FetchRequest>(Some(FETCH_MAX))?;
         let mut topics: Vec<FetchTopic> = Vec::new();
         for f in planned {
@@ -257,7 +269,6 @@ impl Fetcher {
         }
 
         let mut outcome = FetchOutcome::default();
-        let mut chunks = Vec::new();
         for t in response.responses {
             for p in t.partitions {
                 let Some(f) = planned
@@ -313,55 +324,65 @@ impl Fetcher {
                 // structs (at 100-byte records about as much again).
                 let bytes =
                     bytes + decoded.records.len() * std::mem::size_of::<crate::ConsumedRecord>();
-                chunks.push((f, decoded, bytes, p.high_watermark));
-            }
-        }
-
-        let mut state = self.shared.lock();
-        for (f, decoded, bytes, high_watermark) in chunks {
-            let Some(p) = state.partitions.get_mut(&f.tp) else {
-                continue;
-            };
-            if p.epoch != f.epoch || p.fetch_offset != f.offset {
-                continue;
-            }
-            p.high_watermark = high_watermark;
-            let next = decoded
-                .records
-                .last()
-                .map(|r| r.offset + 1)
-                .into_iter()
-                .chain(decoded.next_offset)
-                .max();
-            if let Some(next) = next {
-                p.fetch_offset = next.max(p.fetch_offset);
-            }
-            let next = p.fetch_offset;
-            if !decoded.records.is_empty() {
-                state.buffered_bytes += bytes;
-                state.buffer.push_back(Chunk {
-                    tp: f.tp.clone(),
-                    epoch: f.epoch,
-                    records: decoded.records,
-                    bytes,
-                    next,
-                });
-                outcome.got_data = true;
-            } else if p.position == Some(f.offset) {
-                // Only skipped batches (markers, aborted transactions) and nothing of this
-                // partition waiting for poll: the position passes them now.
-                p.position = Some(next);
-            } else if let Some(c) = state
-                .buffer
-                .iter_mut()
-                .rev()
-                .find(|c| c.tp == f.tp && c.epoch == f.epoch)
-            {
-                // Records still wait for poll: it passes the skipped batches after them.
-                c.next = c.next.max(next);
+                // Each partition's records are handed over as soon as they are decoded, so
+                // `poll` has the first ones while the rest of the response is decoded.
+                if self.deliver(f, decoded, bytes, p.high_watermark) {
+                    outcome.got_data = true;
+                    self.shared.data_ready.notify_waiters();
+                }
             }
         }
         Ok(outcome)
+    }
+
+    /// Queues one partition's decoded records for `poll` (unless a seek, pause or revoke
+    /// made them stale) and moves its fetch offset past them; whether records were queued.
+    fn deliver(&self, f: &Planned, decoded: Decoded, bytes: usize, high_watermark: i64) -> bool {
+        let mut state = self.shared.lock();
+        let state = &mut *state;
+        let Some(p) = state.partitions.get_mut(&f.tp) else {
+            return false;
+        };
+        if p.epoch != f.epoch || p.fetch_offset != f.offset {
+            return false;
+        }
+        p.high_watermark = high_watermark;
+        let next = decoded
+            .records
+            .last()
+            .map(|r| r.offset + 1)
+            .into_iter()
+            .chain(decoded.next_offset)
+            .max();
+        if let Some(next) = next {
+            p.fetch_offset = next.max(p.fetch_offset);
+        }
+        let next = p.fetch_offset;
+        if !decoded.records.is_empty() {
+            state.buffered_bytes += bytes;
+            state.buffer.push_back(Chunk {
+                tp: f.tp.clone(),
+                epoch: f.epoch,
+                records: decoded.records,
+                bytes,
+                next,
+            });
+            return true;
+        }
+        if p.position == Some(f.offset) {
+            // Only skipped batches (markers, aborted transactions) and nothing of this
+            // partition waiting for poll: the position passes them now.
+            p.position = Some(next);
+        } else if let Some(c) = state
+            .buffer
+            .iter_mut()
+            .rev()
+            .find(|c| c.tp == f.tp && c.epoch == f.epoch)
+        {
+            // Records still wait for poll: it passes the skipped batches after them.
+            c.next = c.next.max(next);
+        }
+        false
     }
 }
 
@@ -433,6 +454,12 @@ async fn refresh(fetcher: &Fetcher, topics: HashSet<Arc<str>>) {
 async fn worker(fetcher: Arc<Fetcher>, node: i32) {
     let mut failures = 0u32;
     let mut conn = None;
+    // Connect now, while the positions are being looked up (OffsetFetch, ListOffsets), rather
+    // than on the first fetch: the first records then wait for no handshake (ApiVersions,
+    // TLS, SASL). A failure here is met again, with backoff, by the first fetch.
+    if let Err(e) = fetcher.connection(node, &mut conn).await {
+        tracing::debug!(broker = node, error = %e, "fetch connection not opened yet");
+    }
     loop {
         let wakeup = fetcher.shared.fetch_wakeup.notified();
         tokio::pin!(wakeup);
@@ -459,9 +486,6 @@ async fn worker(fetcher: Arc<Fetcher>, node: i32) {
                 tracing::trace!(broker = node, got_data = outcome.got_data, "fetched");
                 failures = 0;
                 fetcher.release(&planned, 0);
-                if outcome.got_data {
-                    fetcher.shared.data_ready.notify_waiters();
-                }
                 if !outcome.stale_leaders.is_empty() {
                     let stale: Vec<&Planned> = planned
                         .iter()
