@@ -23,6 +23,13 @@ use crate::model::{
 };
 
 pub fn run(spec: &ChildSpec) -> Result<ChildResult, String> {
+    if let Ok(filter) = std::env::var("COMPARE_PUREKAFKA_LOG") {
+        // Diagnosis only: a child run by hand (`compare child ...`) shows purekafka's log.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let rt = super::runtime()?;
     match spec.workload {
         WorkloadKind::Produce => rt.block_on(produce_throughput(spec)),
