@@ -13,8 +13,8 @@
 //! own match finder, [`zstd_matcher::FastMatcher`] (zstd's "fast" strategy: one hash-table
 //! probe per position), plugged in through ruzstd's `Matcher` trait and kept per thread.
 //! ruzstd's built-in matcher was the bottleneck (68 % of the producer's CPU with zstd);
-//! ours compresses 1.5x faster on JSON events and about 5x faster on batches of repeated
-//! records, with output no larger (figures in `benches/codecs.rs` and the README). Every
+//! ours compresses 1.5-1.9x faster on JSON events and about 5x faster on batches of repeated
+//! records, with output no larger (`cargo bench --bench codecs`; figures in the README). Every
 //! reader decodes the frames (tests: ruzstd, libzstd with `zstd-c`, librdkafka in
 //! tests/codecs.rs); they are larger than libzstd's level 1 writes.
 //!

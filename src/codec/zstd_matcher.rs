@@ -5,9 +5,9 @@
 //! sequences).
 //!
 //! The strategy is zstd's "fast" one (as lz4's): one hash table indexed by a hash of the next
-//! [`HASH_BYTES`] bytes holds the last position seen with that hash; each position probes it
+//! 5 bytes holds the last position seen with that hash; each position probes it
 //! once, a candidate is verified byte by byte (a hash collision is just a miss), extended
-//! forwards and backwards, and emitted if it is at least [`MIN_MATCH`] bytes long. Runs
+//! forwards and backwards, and emitted if it is at least 5 bytes long. Runs
 //! without a match are skipped faster the longer they get, so incompressible input costs
 //! little. ruzstd's own matcher instead probes a freshly allocated table per 128 KiB block
 //! with a division per position; this one keeps its table between frames.
@@ -47,7 +47,7 @@ const POS_LIMIT: u32 = u32::MAX - 4 * BLOCK as u32;
 /// Call [`FastMatcher::expect_input`] before each frame to size its blocks and window to the
 /// input; without it, blocks are 128 KiB and the window 128 KiB.
 pub struct FastMatcher {
-    /// Hash of [`HASH_BYTES`] bytes → the last absolute position seen with that hash.
+    /// Hash of `HASH_BYTES` bytes → the last absolute position seen with that hash.
     table: Vec<u32>,
     /// The block being matched (the last committed space).
     cur: Vec<u8>,
@@ -125,8 +125,8 @@ impl FastMatcher {
         self.frame_start = 0;
     }
 
-    /// Indexes `cur[at..]` position by position without matching (the encoder stores such a
-    /// block as RLE; later blocks may still match into it).
+    /// Indexes the current block position by position without matching (the encoder stores
+    /// such a block as RLE; later blocks may still match into it).
     fn index_all(&mut self) {
         if self.cur.len() < 8 {
             return;
@@ -136,6 +136,7 @@ impl FastMatcher {
             table[hash(read_u64(&self.cur, ip))] = self.cur_base + ip as u32;
         }
     }
+
     /// Hands the current block's sequences to the encoder, or the whole block as literals if
     /// ruzstd could not entropy-code them (see [`encodable`]).
     fn emit(&self, mut handle_sequence: impl for<'a> FnMut(Sequence<'a>)) {
