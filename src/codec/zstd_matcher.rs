@@ -388,22 +388,71 @@ impl Matcher for FastMatcher {
     }
 }
 
-/// Compresses `input` as one zstd frame (ruzstd's "fastest" level, its framing and entropy
-/// stage, with [`FastMatcher`]) appended to `out`. The matcher is kept per thread, so its
-/// table and buffers are allocated once per thread, not per batch.
-pub fn compress_frame(input: &[u8], out: &mut bytes::BytesMut) {
-    use bytes::BufMut;
-    thread_local! {
-        static MATCHER: RefCell<Option<FastMatcher>> = const { RefCell::new(None) };
+/// The encoder's source: a copy of the batch. ruzstd's `FrameCompressor` can only be kept
+/// between calls (sparing it the three default FSE tables it builds when created) if its
+/// source type is `'static`, so the input is copied in; the copy costs less than the tables.
+#[derive(Default)]
+struct Source {
+    data: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.data[self.at..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
     }
-    let mut matcher = MATCHER.with(|m| m.borrow_mut().take()).unwrap_or_default();
+}
+
+type Compressor = FrameCompressor<Source, Vec<u8>, FastMatcher>;
+
+/// Buffers above this are not kept for the next call (a thread keeps at most this much of
+/// a past batch).
+const KEEP_BUFFER: usize = 2 << 20;
+
+/// Compresses `input` as one zstd frame (ruzstd's "fastest" level, its framing and entropy
+/// stage, with [`FastMatcher`]) appended to `out`. The compressor and its matcher are kept
+/// per thread, so their tables and buffers are allocated once per thread, not per batch.
+pub fn compress_frame(input: &[u8], out: &mut bytes::BytesMut) {
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<Box<Compressor>>> = const { RefCell::new(None) };
+    }
+    let mut c = COMPRESSOR
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_else(|| {
+            let mut c =
+                FrameCompressor::new_with_matcher(FastMatcher::new(), CompressionLevel::Fastest);
+            c.set_source(Source::default());
+            c.set_drain(Vec::new());
+            Box::new(c)
+        });
+    let mut matcher = c.replace_matcher(FastMatcher::new());
     matcher.expect_input(input.len());
-    let mut compressor = FrameCompressor::new_with_matcher(matcher, CompressionLevel::Fastest);
-    compressor.set_source(input);
-    compressor.set_drain((&mut *out).writer());
-    compressor.compress();
-    let matcher = compressor.replace_matcher(FastMatcher::new());
-    MATCHER.with(|m| *m.borrow_mut() = Some(matcher));
+    c.replace_matcher(matcher);
+    if let Some(source) = c.source_mut() {
+        source.data.clear();
+        source.data.extend_from_slice(input);
+        source.at = 0;
+    }
+    if let Some(drain) = c.drain_mut() {
+        drain.clear();
+    }
+    c.compress();
+    if let Some(drain) = c.drain_mut() {
+        out.extend_from_slice(drain);
+        if drain.capacity() > KEEP_BUFFER {
+            *drain = Vec::new();
+        }
+    }
+    if let Some(source) = c.source_mut() {
+        if source.data.capacity() > KEEP_BUFFER {
+            source.data = Vec::new();
+        }
+    }
+    COMPRESSOR.with(|slot| *slot.borrow_mut() = Some(c));
 }
 
 #[cfg(test)]
@@ -528,9 +577,11 @@ mod tests {
     #[test]
     fn frames_round_trip_through_ruzstd() {
         for (name, input) in inputs() {
-            let mut packed = bytes::BytesMut::new();
+            // Appended behind what `out` holds (the producer's batch header).
+            let mut packed = bytes::BytesMut::from(&b"header"[..]);
             compress_frame(&input, &mut packed);
-            assert_eq!(ruzstd_decode(&packed), input, "{name}");
+            assert_eq!(&packed[..6], b"header");
+            assert_eq!(ruzstd_decode(&packed[6..]), input, "{name}");
             let (packed, _) = compress_with(FastMatcher::new(), &input, false);
             assert_eq!(ruzstd_decode(&packed), input, "{name} without a hint");
         }
