@@ -3,6 +3,9 @@
 //! batches kcat writes with gzip, snappy, lz4 and zstd are read exactly by a purekafka group
 //! consumer, and batches purekafka writes with each codec are read exactly by kcat.
 //!
+//! `librdkafka_reads_multi_block_zstd_batches_purekafka_writes` does the same for zstd batches
+//! of several 128 KiB zstd blocks (purekafka's own match finder, matches across blocks).
+//!
 //! Each direction first checks, with a raw Fetch, that the stored batches really carry the
 //! codec (librdkafka sends a batch uncompressed when compression does not pay), so a
 //! passing test cannot be one that silently compared plain batches.
@@ -266,5 +269,87 @@ async fn librdkafka_reads_batches_purekafka_compressed_with_each_codec() {
                 "{codec}"
             );
         }
+    }
+}
+
+/// A ~1 KiB printable value built from a pool of pseudo-random words, so a batch of them has
+/// matches at every distance, many reaching back across zstd's 128 KiB blocks.
+fn wordy_value(i: usize) -> String {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = format!("{i:06}");
+    while out.len() < 1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // 512 distinct words: 8 hex digits of a fixed scramble of the word's number.
+        let word = (x % 512).wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32;
+        out.push_str(&format!(" {word:08x}"));
+    }
+    out
+}
+
+/// purekafka's zstd frames for batches far larger than one zstd block (several 128 KiB
+/// blocks, matches across block boundaries) are read exactly by librdkafka's C zstd (kcat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_reads_multi_block_zstd_batches_purekafka_writes() {
+    const LARGE: usize = 1200;
+    let cluster = mock();
+    let bootstrap = cluster.bootstrap();
+    let topic = unique_name("purekafka-zstd-large");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let client = connect(
+        &cluster,
+        &[
+            ("compression.type", "zstd"),
+            // Long enough that, even on a loaded machine, every record is queued before the
+            // linger runs out: batches close when full (1 MiB), not on time.
+            ("linger.ms", "1000"),
+            ("batch.size", "1048576"),
+        ],
+    )
+    .await;
+    let producer = client.producer();
+    let results = producer
+        .send_all((0..LARGE).map(|i| {
+            Record::new(topic.clone(), wordy_value(i))
+                .with_key(format!("key-{i}"))
+                .with_partition(0)
+        }))
+        .await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap().offset, i as i64);
+    }
+    producer.close().await;
+    let codecs = stored_codecs(&bootstrap, &topic).await;
+    // 1200 records of ~1 KiB in at most 4 batches: at least one batch holds over 256 KiB,
+    // so its frame has three or more blocks.
+    assert!(
+        !codecs.is_empty() && codecs.len() <= 4 && codecs.iter().all(|c| *c == 4),
+        "batches stored with codecs {codecs:?}"
+    );
+    let out = kcat(
+        &[
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            &topic,
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o|%k|%s\n",
+        ],
+        None,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), LARGE, "kcat read {} records", lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            *line == format!("{i}|key-{i}|{}", wordy_value(i)),
+            "record {i} differs: {line}"
+        );
     }
 }
