@@ -951,8 +951,9 @@ fn settings_by_client(o: &RunOptions) -> Vec<(String, Vec<String>)> {
                 format!(
                     "producer: acks=all linger.ms={linger} batch.size={BATCH_BYTES} \
                      queue.buffering.max.kbytes={BUFFER_KBYTES} enable.idempotence={idem}, \
-                     TCP_NODELAY always; lz4: lz4_flex (64 KiB independent blocks), zstd: ruzstd \
-                     level \"Fastest\" (≈ zstd 1); latency from the enqueue call"
+                     TCP_NODELAY always; lz4: lz4_flex (64 KiB independent blocks), zstd: purekafka's \
+                     own match finder (zstd's \"fast\" strategy, ≈ level 1) with ruzstd's \
+                     entropy coder; latency from the enqueue call"
                 ),
                 "DetachedProducer (one report per batch) for throughput, enqueue + \
                  DeliveryFuture per record for the fixed rate"
