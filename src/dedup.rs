@@ -30,12 +30,13 @@
 //! generation; a new generation starts every `capacity` keys or `ttl`; moka holds the last two
 //! generations (`max_capacity`) for `2 × ttl` each (`time_to_live`) and its eviction listener
 //! retires whole generations. Each key carries its claim time, so it is forgotten exactly
-//! `ttl` after its claim; generations only bound the memory. Every stripe keeps one hash table per live generation
-//! and drops a retired one whole (no per-key removal, so no tombstones and no rehashing). A
-//! new key costs one keyed hash (foldhash, seeded at random per deduplicator: fast and
-//! minimally DoS-resistant, hashbrown's own default; SipHash was 8 % of a dedup-on run), one stripe lock, a probe of each of the two tables and an
-//! insert: a 24-byte slot, the key's bytes appended to the table's arena (no allocation per
-//! key; the arena goes whole with its generation).
+//! `ttl` after its claim; generations only bound the memory. Every stripe keeps one hash
+//! table per live generation and drops a retired one whole (no per-key removal, so no
+//! tombstones and no rehashing). A new key costs one keyed hash (foldhash, seeded at random
+//! per deduplicator: fast and minimally DoS-resistant, hashbrown's own default; SipHash was
+//! 8 % of a dedup-on run), one stripe lock, a probe of each of the two tables and an insert:
+//! a 24-byte slot, the key's bytes appended to the table's arena (no allocation per key; the
+//! arena goes whole with its generation).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
