@@ -89,14 +89,19 @@ on_each_backend!(
 );
 
 /// A port on 127.0.0.1 where nothing listens (bound, then released).
-fn dead_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// A port nothing listens on, held for the whole test: a socket bound to it but not listening
+/// (connections to it are refused), so that no other test's broker or proxy can take the port
+/// meanwhile (a port freed at once was once taken by a parallel test's process 0.3 s later).
+fn dead_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
 }
 
 #[tokio::test]
 async fn nothing_listening_gives_growing_delays_then_a_clear_error() {
-    let port = dead_port();
+    let (_held, port) = dead_port();
     let broker = format!("127.0.0.1:{port}");
     let delays = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&delays);
@@ -151,7 +156,7 @@ async fn broker_started_two_seconds_after_connect_is_found() {
     if Backend::from_env().is_some() {
         return; // needs a broker it can start itself
     }
-    let port = dead_port();
+    let (held, port) = dead_port();
     let retries = Arc::new(Mutex::new(0u32));
     let seen = Arc::clone(&retries);
     let config = Config::builder()
@@ -171,6 +176,8 @@ async fn broker_started_two_seconds_after_connect_is_found() {
         !connecting.is_finished(),
         "connect returned before any broker existed"
     );
+    // The port is let go only now, for the broker to take.
+    drop(held);
     let cluster = tokio::task::spawn_blocking(move || TestCluster::start_tansu_on(port))
         .await
         .unwrap()
