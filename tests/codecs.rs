@@ -30,6 +30,28 @@ mod support;
 const CODECS: [(&str, i16); 4] = [("gzip", 1), ("snappy", 2), ("lz4", 3), ("zstd", 4)];
 const RECORDS: usize = 200;
 
+/// Everything in partition 0 of `topic`, read by kcat (librdkafka) from the beginning, one
+/// line per record in kcat's `-f` `format`.
+fn kcat_partition_0(bootstrap: &str, topic: &str, format: &str) -> String {
+    kcat(
+        &[
+            "-b",
+            bootstrap,
+            "-C",
+            "-t",
+            topic,
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            format,
+        ],
+        None,
+    )
+}
+
 fn kcat(args: &[&str], stdin: Option<&str>) -> String {
     let mut child = Command::new("kcat")
         .args(args)
@@ -243,23 +265,7 @@ async fn librdkafka_reads_batches_purekafka_compressed_with_each_codec() {
             !codecs.is_empty() && codecs.iter().all(|c| *c == id),
             "{codec}: purekafka's batches are stored with codecs {codecs:?}"
         );
-        let out = kcat(
-            &[
-                "-b",
-                &bootstrap,
-                "-C",
-                "-t",
-                &topic,
-                "-p",
-                "0",
-                "-o",
-                "beginning",
-                "-e",
-                "-f",
-                "%o|%k|%s|%h\n",
-            ],
-            None,
-        );
+        let out = kcat_partition_0(&bootstrap, &topic, "%o|%k|%s|%h\n");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), RECORDS, "{codec}: kcat read {out}");
         for (i, line) in lines.iter().enumerate() {
@@ -327,23 +333,7 @@ async fn librdkafka_reads_multi_block_zstd_batches_purekafka_writes() {
         !codecs.is_empty() && codecs.len() <= 4 && codecs.iter().all(|c| *c == 4),
         "batches stored with codecs {codecs:?}"
     );
-    let out = kcat(
-        &[
-            "-b",
-            &bootstrap,
-            "-C",
-            "-t",
-            &topic,
-            "-p",
-            "0",
-            "-o",
-            "beginning",
-            "-e",
-            "-f",
-            "%o|%k|%s\n",
-        ],
-        None,
-    );
+    let out = kcat_partition_0(&bootstrap, &topic, "%o|%k|%s\n");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), LARGE, "kcat read {} records", lines.len());
     for (i, line) in lines.iter().enumerate() {
